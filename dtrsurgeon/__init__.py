@@ -1,0 +1,35 @@
+"""dtrsurgeon: a declarative model-surgery compiler for Denoising Task Routing.
+
+    >>> import dtrsurgeon
+    >>> routed = dtrsurgeon.transform(model, "specs/dit-paper.json")   # doctest: +SKIP
+
+Pipeline: spec (validated JSON) -> analysis (graph capture, residual chains)
+-> plan (JSON-serialisable IR) -> emitters (live module | generated source).
+"""
+
+__version__ = "0.1.0"
+
+from dtrsurgeon.errors import (
+    CaptureError,
+    CheckpointError,
+    DtrSurgeonError,
+    EmitError,
+    NoMatchingUnitError,
+    SpecError,
+)
+from dtrsurgeon.masks import mask_table, task_index
+from dtrsurgeon.spec import Spec, load_spec
+
+__all__ = [
+    "CaptureError",
+    "CheckpointError",
+    "DtrSurgeonError",
+    "EmitError",
+    "NoMatchingUnitError",
+    "Spec",
+    "SpecError",
+    "__version__",
+    "load_spec",
+    "mask_table",
+    "task_index",
+]

@@ -1,0 +1,94 @@
+"""DTR mask tables and the timestep -> task map.
+
+For N tasks, C channels, channel ratio beta and a window curve w(u)::
+
+    K       = floor(C * beta)                  (Python int(C * beta))
+    u_i     = i / (N - 1)                      i = 0 .. N-1
+    start_i = round(w(u_i) * (C - K))          round half to even (numpy.round)
+    m[i, c] = start_i <= c < start_i + K
+
+with w(u) = u ** alpha for the paper's "power" curve (alpha = 4 on DiT), so
+task 0 (least noise) uses channels [0, K) and task N-1 uses [C-K, C).  The
+"fixed" shift uses start_i = 0 for every task; "random" draws K channels per
+task from ``torch.randperm`` seeded with ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from dtrsurgeon.spec.model import MaskParams, Spec, TaskWeights, TimestepMap
+
+
+def active_channels(channels: int, channel_ratio: float) -> int:
+    """K = floor(C * beta), at least 1."""
+    return max(1, int(channels * channel_ratio))
+
+
+def window_curve(u: np.ndarray, weights: TaskWeights) -> np.ndarray:
+    """w(u) in [0, 1]: where the window of task u = i / (N - 1) starts, as a
+    fraction of the free range C - K."""
+    if weights.curve == "power":
+        return u**weights.alpha
+    if weights.curve == "linear":
+        return u
+    if weights.curve == "cosine":
+        return (1.0 - np.cos(math.pi * u)) / 2.0
+    us, ws = zip(*weights.points)
+    return np.interp(u, us, ws)
+
+
+def window_starts(params: MaskParams, channels: int) -> np.ndarray:
+    """start_i for every task (int64 array of length N), sliding or fixed."""
+    k = active_channels(channels, params.channel_ratio)
+    n = params.num_tasks
+    if params.window_shift == "fixed":
+        return np.zeros(n, dtype=np.int64)
+    u = np.arange(n, dtype=np.float64) / (n - 1)
+    return np.round(window_curve(u, params.task_weights) * (channels - k)).astype(np.int64)
+
+
+def mask_table_for(params: MaskParams, channels: int) -> torch.Tensor:
+    """The [N, C] boolean mask table of one unit."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    k = active_channels(channels, params.channel_ratio)
+    n = params.num_tasks
+    if params.window_shift == "random":
+        gen = torch.Generator().manual_seed(params.seed)
+        table = torch.zeros(n, channels, dtype=torch.bool)
+        for i in range(n):
+            table[i, torch.randperm(channels, generator=gen)[:k]] = True
+        return table
+    starts = torch.from_numpy(window_starts(params, channels))
+    c = torch.arange(channels)
+    return (c[None, :] >= starts[:, None]) & (c[None, :] < starts[:, None] + k)
+
+
+def mask_table(spec, channels: int, module_path: str | None = None) -> torch.Tensor:
+    """``torch.BoolTensor[N, C]``: row i is the channel set of task i.
+
+    ``spec`` is anything :func:`dtrsurgeon.load_spec` accepts.  With
+    ``module_path`` the spec's overrides for that unit apply.
+    """
+    from dtrsurgeon.spec import load_spec
+
+    spec = load_spec(spec)
+    params = spec.routing if module_path is None else spec.mask_params_for(module_path)
+    return mask_table_for(params, channels)
+
+
+def task_index(t: torch.Tensor, tmap: TimestepMap) -> torch.Tensor:
+    """Map timesteps to task indices (long, same shape as ``t``).
+
+    ``task = clamp(round((t - t0) * (N - 1) / (t1 - t0)), 0, N - 1)``, flipped
+    when ``tmap.reverse``.  Pure tensor ops: no host sync, no data-dependent
+    Python, so ``torch.compile`` sees one graph for every t.
+    """
+    n = tmap.num_tasks
+    scale = (n - 1) / (tmap.t1 - tmap.t0)
+    task = ((t.to(torch.float32) - tmap.t0) * scale).round().clamp(0, n - 1).long()
+    return (n - 1) - task if tmap.reverse else task

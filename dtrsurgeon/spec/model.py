@@ -1,0 +1,190 @@
+"""Immutable spec records.
+
+The records hold resolved values only (defaults filled in), so every consumer
+(masks, plan, emitters) reads one field and never re-implements a default.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+# The paper's DiT setting (method.md §1): beta 0.8, power curve alpha 4,
+# sliding windows, N = 1000 tasks over timesteps 0..999, argument "t".
+DEFAULT_CHANNEL_RATIO = 0.8
+DEFAULT_ALPHA = 4.0
+DEFAULT_NUM_TASKS = 1000
+DEFAULT_TIMESTEP_ARG = "t"
+
+
+@dataclass(frozen=True)
+class TaskWeights:
+    """Shape of the window-start curve w(u) over u = i / (N - 1).
+
+    ``power``: w = u ** alpha; ``linear``: w = u; ``cosine``: w = (1 - cos(pi u)) / 2;
+    ``table``: piecewise-linear through ``points``.
+    """
+
+    curve: str = "power"
+    alpha: float = DEFAULT_ALPHA
+    points: tuple[tuple[float, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.curve == "power":
+            return {"curve": "power", "alpha": self.alpha}
+        if self.curve == "table":
+            return {"curve": "table", "points": [list(p) for p in self.points]}
+        return {"curve": self.curve}
+
+
+@dataclass(frozen=True)
+class MaskParams:
+    """Everything that decides one unit's mask table, given its width C."""
+
+    channel_ratio: float = DEFAULT_CHANNEL_RATIO
+    window_shift: str = "sliding"
+    task_weights: TaskWeights = field(default_factory=TaskWeights)
+    num_tasks: int = DEFAULT_NUM_TASKS
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "channel_ratio": self.channel_ratio,
+            "window_shift": self.window_shift,
+            "task_weights": self.task_weights.to_dict(),
+            "num_tasks": self.num_tasks,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MaskParams":
+        tw = d["task_weights"]
+        return cls(
+            channel_ratio=float(d["channel_ratio"]),
+            window_shift=d["window_shift"],
+            task_weights=TaskWeights(
+                curve=tw["curve"],
+                alpha=float(tw.get("alpha", DEFAULT_ALPHA)),
+                points=tuple(tuple(map(float, p)) for p in tw.get("points", ())),
+            ),
+            num_tasks=int(d["num_tasks"]),
+            seed=int(d["seed"]),
+        )
+
+
+@dataclass(frozen=True)
+class TimestepMap:
+    """Linear map from the model's timestep values onto task indices 0..N-1.
+
+    ``task = clamp(round((t - t0) / (t1 - t0) * (N - 1)), 0, N - 1)``, then
+    ``N - 1 - task`` when ``reverse``.  Rounding is half to even (torch.round).
+    """
+
+    arg: str = DEFAULT_TIMESTEP_ARG
+    num_tasks: int = DEFAULT_NUM_TASKS
+    t0: float = 0.0
+    t1: float = DEFAULT_NUM_TASKS - 1
+    reverse: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arg": self.arg, "num_tasks": self.num_tasks, "range": [self.t0, self.t1], "reverse": self.reverse}
+
+
+@dataclass(frozen=True)
+class Override:
+    match: str
+    channel_ratio: float | None = None
+    window_shift: str | None = None
+    task_weights: TaskWeights | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"match": self.match}
+        if self.channel_ratio is not None:
+            d["channel_ratio"] = self.channel_ratio
+        if self.window_shift is not None:
+            d["window_shift"] = self.window_shift
+        if self.task_weights is not None:
+            d["task_weights"] = self.task_weights.to_dict()
+        return d
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated routing spec with every default resolved.
+
+    Build it with :func:`dtrsurgeon.load_spec`; ``to_dict()`` gives the resolved
+    document back (``load_spec(spec.to_dict()) == spec``).
+    """
+
+    timestep: TimestepMap = field(default_factory=TimestepMap)
+    routing: MaskParams = field(default_factory=MaskParams)
+    mode: str = "block"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    overrides: tuple[Override, ...] = ()
+    description: str = ""
+    mtl: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mtl is not None and not isinstance(self.mtl, MappingProxyType):
+            object.__setattr__(self, "mtl", _freeze(self.mtl))
+
+    def to_dict(self) -> dict[str, Any]:
+        routing = self.routing.to_dict()
+        routing.pop("num_tasks")
+        routing["mode"] = self.mode
+        d: dict[str, Any] = {
+            "version": 1,
+            "timestep": self.timestep.to_dict(),
+            "routing": routing,
+            "targets": {"include": list(self.include), "exclude": list(self.exclude)},
+            "overrides": [o.to_dict() for o in self.overrides],
+        }
+        if self.description:
+            d["description"] = self.description
+        if self.mtl is not None:
+            d["mtl"] = _thaw(self.mtl)
+        return d
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): stable across runs, used for hashing."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def mask_params_for(self, module_path: str) -> MaskParams:
+        """The mask parameters of one unit: the global routing, then every
+        override whose ``match`` glob matches ``module_path``, in order."""
+        params = self.routing
+        for ov in self.overrides:
+            if fnmatch.fnmatchcase(module_path, ov.match):
+                params = MaskParams(
+                    channel_ratio=params.channel_ratio if ov.channel_ratio is None else ov.channel_ratio,
+                    window_shift=params.window_shift if ov.window_shift is None else ov.window_shift,
+                    task_weights=params.task_weights if ov.task_weights is None else ov.task_weights,
+                    num_tasks=params.num_tasks,
+                    seed=params.seed,
+                )
+        return params
