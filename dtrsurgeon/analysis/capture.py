@@ -1,0 +1,132 @@
+"""Capture pass: the model's forward as an ATen-level torch.fx graph.
+
+Plain ``torch.fx.symbolic_trace`` fails on real backbones (``int()`` of a
+Proxy, Python control flow on shapes, iterating a Proxy), so capture uses
+``torch.export.export(..., strict=False)``: the model's own Python runs on fake
+tensors, shapes are concrete, and every node keeps ``nn_module_stack`` (which
+module it belongs to) and ``stack_trace`` (file and line).  The captured graph
+is only analysed; the model that trains is the user's own code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from dtrsurgeon.errors import CaptureError
+
+
+@dataclass
+class Capture:
+    graph: fx.Graph
+    args: tuple
+    kwargs: dict
+
+
+def _module_paths(model: nn.Module) -> dict[int, str]:
+    return {id(m): name for name, m in model.named_modules()}
+
+
+def _where_capture_stopped(model: nn.Module, exc: BaseException) -> str:
+    """'module path (file:line: code)' of the innermost user frame that ran
+    inside one of the model's modules when ``exc`` was raised."""
+    paths = _module_paths(model)
+    found = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        filename = frame.f_code.co_filename
+        if owner is None or id(owner) not in paths or "/torch/" in filename:
+            continue
+        found = (paths[id(owner)] or "<root>", type(owner).__name__, filename, lineno)
+    if found is None:
+        return "outside the model's modules"
+    path, cls, filename, lineno = found
+    import linecache
+
+    code = linecache.getline(filename, lineno).strip()
+    return f"module {path!r} ({cls}) at {filename}:{lineno}: {code}"
+
+
+def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
+    """Export ``model(*args, **kwargs)`` in eval mode (restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        ep = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
+    except Exception as exc:  # every export failure becomes one actionable line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CaptureError(
+            f"cannot capture {type(model).__name__}.forward: {type(exc).__name__}: {first[:300]} -- "
+            f"stopped in {_where_capture_stopped(model, exc)}. "
+            "Capture runs the forward on fake tensors, so data-dependent Python (if on tensor values, "
+            ".item(), .tolist(), numpy) cannot be followed: make that code shape-only, or route the "
+            "blocks below it by calling dtrsurgeon on that submodule."
+        ) from exc
+    finally:
+        model.train(was_training)
+    return Capture(graph=ep.graph, args=tuple(args), kwargs=dict(kwargs))
+
+
+# -- example inputs -----------------------------------------------------------
+
+_IMAGE_ARGS = {"x", "sample", "hidden_states", "input", "inputs", "img", "image", "images", "latents", "z", "x_t", "xt"}
+_TIME_ARGS = {"t", "timestep", "timesteps", "time", "noise_labels", "sigma", "sigmas", "noise_level"}
+_LABEL_ARGS = {"y", "class_labels", "labels", "label", "class_label", "classes"}
+
+
+def _first_attr(model: nn.Module, names: tuple[str, ...]) -> Any:
+    for name in names:
+        for mod in model.modules():
+            value = getattr(mod, name, None)
+            if isinstance(value, (tuple, list)) and value and isinstance(value[0], int):
+                value = value[0]
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def example_inputs(model: nn.Module, timestep_arg: str, t_range: tuple[float, float], batch_size: int = 2):
+    """(args, kwargs) to capture ``model`` with.
+
+    Uses ``model.example_inputs()`` when the model has one; otherwise guesses
+    from the forward's parameter names and the model's size attributes
+    (``in_channels``, ``input_size``/``img_size``/``sample_size``, ``num_classes``).
+    """
+    if callable(getattr(model, "example_inputs", None)):
+        args, kwargs = model.example_inputs(batch_size)
+        return tuple(args), dict(kwargs)
+    sig = inspect.signature(model.forward)
+    gen = torch.Generator().manual_seed(0)
+    kwargs: dict[str, Any] = {}
+    for name, p in sig.parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or (p.default is not p.empty and name != timestep_arg):
+            continue
+        if name == timestep_arg or name in _TIME_ARGS:
+            t0, t1 = t_range
+            kwargs[name] = t0 + (t1 - t0) * torch.rand(batch_size, generator=gen)
+            if float(t0).is_integer() and float(t1).is_integer():
+                kwargs[name] = kwargs[name].round().long()
+        elif name in _IMAGE_ARGS:
+            channels = _first_attr(model, ("in_channels", "in_chans", "img_channels", "channels"))
+            size = _first_attr(model, ("input_size", "img_size", "image_size", "sample_size", "img_resolution", "resolution"))
+            if channels is None or size is None:
+                raise CaptureError(
+                    f"cannot guess an example value for {type(model).__name__}.forward argument {name!r}: "
+                    "no in_channels/input_size attributes found; pass example_inputs (CLI: --example-inputs)"
+                )
+            kwargs[name] = torch.randn(batch_size, channels, size, size, generator=gen)
+        elif name in _LABEL_ARGS:
+            n = _first_attr(model, ("num_classes", "n_classes", "label_dim")) or 1
+            kwargs[name] = torch.randint(0, n, (batch_size,), generator=gen)
+        else:
+            raise CaptureError(
+                f"cannot guess an example value for {type(model).__name__}.forward argument {name!r}; "
+                "pass example_inputs=(args, kwargs) (CLI: --example-inputs FILE.pt)"
+            )
+    return (), kwargs

@@ -1,0 +1,94 @@
+"""The plan: dtrsurgeon's intermediate representation.
+
+A plan is plain data (frozen dataclasses of strings, ints and floats) that says,
+for every routed unit, where it is, how wide its stream is, how its mask is
+built and which source frames carry the task index to it.  Both emitters (the
+live module rewrite and the generated source) consume a plan and nothing else;
+``dtrsurgeon inspect`` prints it.  ``Plan.to_json()`` is stable (sorted keys).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dtrsurgeon.spec.model import MaskParams, TimestepMap
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SourceLine:
+    file: str
+    line: int
+    function: str  # qualified name, e.g. "DiT.forward"
+    code: str
+
+
+@dataclass(frozen=True)
+class RoutedUnit:
+    path: str  # named_modules() name, e.g. "blocks.3"
+    cls: str  # "package.module.ClassName"
+    mode: str  # "block" or "branch"
+    mode_note: str  # why the mode differs from the spec's, "" otherwise
+    channel_axis: int  # axis of the stream that holds channels
+    rank: int  # number of dims of the stream, batch included
+    channels: int  # C
+    active: int  # K = floor(C * beta)
+    mask: MaskParams
+    stream_arg: str  # forward parameter carrying the routed stream
+    call_path: tuple[SourceLine, ...]  # root.forward ... the line that calls this unit
+    residual_lines: tuple[SourceLine, ...]  # the residual adds inside the unit
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mask"] = self.mask.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RoutedUnit":
+        d = dict(d)
+        d["mask"] = MaskParams.from_dict(d["mask"])
+        d["call_path"] = tuple(SourceLine(**s) for s in d["call_path"])
+        d["residual_lines"] = tuple(SourceLine(**s) for s in d["residual_lines"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str  # class of the root
+    timestep: TimestepMap
+    spec_sha256: str
+    units: tuple[RoutedUnit, ...]
+    skipped: tuple[tuple[str, str], ...] = field(default=())  # (module path, why) of residual holders not routed
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model": self.model,
+            "timestep": self.timestep.to_dict(),
+            "spec_sha256": self.spec_sha256,
+            "units": [u.to_dict() for u in self.units],
+            "skipped": [list(s) for s in self.skipped],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        if d.get("version") != PLAN_VERSION:
+            raise ValueError(f"plan version {d.get('version')!r} is not supported (expected {PLAN_VERSION})")
+        ts = d["timestep"]
+        return cls(
+            model=d["model"],
+            timestep=TimestepMap(arg=ts["arg"], num_tasks=ts["num_tasks"], t0=ts["range"][0], t1=ts["range"][1], reverse=ts["reverse"]),
+            spec_sha256=d["spec_sha256"],
+            units=tuple(RoutedUnit.from_dict(u) for u in d["units"]),
+            skipped=tuple(tuple(s) for s in d.get("skipped", ())),
+        )
+
+    def unit(self, path: str) -> RoutedUnit:
+        return next(u for u in self.units if u.path == path)
