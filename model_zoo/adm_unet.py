@@ -83,10 +83,14 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with 32 groups that normalises in float32 and casts back (ADM's ``normalization``)."""
+    """ADM's GroupNorm: statistics in at least float32 (so fp16/bf16 activations normalise stably),
+    result cast back to the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        weight = self.weight.to(dtype) if self.weight is not None else None
+        bias = self.bias.to(dtype) if self.bias is not None else None
+        return F.group_norm(x.to(dtype), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> GroupNorm32:
@@ -519,7 +523,7 @@ class ADMUNet(nn.Module):
             # Sampling loops (e.g. diffusers' `for t in scheduler.timesteps`) pass one scalar timestep.
             t = t.expand(x.shape[0])
 
-        emb = self.time_embed(timestep_embedding(t, self.model_channels))
+        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
 

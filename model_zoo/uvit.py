@@ -328,7 +328,7 @@ class UViT(nn.Module):
         x = self.patch_embed(x)
         B, L, D = x.shape
 
-        time_token = self.time_embed(timestep_embedding(t, self.embed_dim))
+        time_token = self.time_embed(timestep_embedding(t, self.embed_dim).to(x.dtype))
         time_token = time_token.unsqueeze(dim=1)
         x = torch.cat((time_token, x), dim=1)
         if y is not None:
