@@ -17,7 +17,9 @@ from dtrsurgeon.errors import (
     NoMatchingUnitError,
     SpecError,
 )
+from dtrsurgeon.api import plan, transform
 from dtrsurgeon.masks import mask_table, task_index
+from dtrsurgeon.plan import Plan, RoutedUnit
 from dtrsurgeon.spec import Spec, load_spec
 
 __all__ = [
@@ -26,10 +28,14 @@ __all__ = [
     "DtrSurgeonError",
     "EmitError",
     "NoMatchingUnitError",
+    "Plan",
+    "RoutedUnit",
     "Spec",
     "SpecError",
     "__version__",
     "load_spec",
     "mask_table",
+    "plan",
     "task_index",
+    "transform",
 ]

@@ -88,7 +88,20 @@ def task_index(t: torch.Tensor, tmap: TimestepMap) -> torch.Tensor:
     when ``tmap.reverse``.  Pure tensor ops: no host sync, no data-dependent
     Python, so ``torch.compile`` sees one graph for every t.
     """
-    n = tmap.num_tasks
-    scale = (n - 1) / (tmap.t1 - tmap.t0)
-    task = ((t.to(torch.float32) - tmap.t0) * scale).round().clamp(0, n - 1).long()
-    return (n - 1) - task if tmap.reverse else task
+    return dtr_task_index(t, tmap.t0, tmap.t1, tmap.num_tasks, tmap.reverse)
+
+
+def dtr_task_index(t: torch.Tensor, t0: float, t1: float, num_tasks: int, reverse: bool) -> torch.Tensor:
+    """:func:`task_index` with the map's numbers spelled out (what emitted code calls)."""
+    task = ((t.to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
+    return (num_tasks - 1) - task if reverse else task
+
+
+def dtr_channel_mask(table: torch.Tensor, task: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+    """Rows of ``table`` for ``task`` ([B] or 0-d), in ``like``'s dtype, shaped to
+    broadcast along ``like``'s channel ``axis``: [B, 1, C] for tokens, [B, C, 1, 1]
+    for feature maps."""
+    shape = [1] * like.dim()
+    shape[0] = -1
+    shape[axis] = table.shape[1]
+    return table[task].to(like.dtype).view(shape)

@@ -62,6 +62,7 @@ class Plan:
     spec_sha256: str
     units: tuple[RoutedUnit, ...]
     skipped: tuple[tuple[str, str], ...] = field(default=())  # (module path, why) of residual holders not routed
+    passthrough: tuple[str, ...] = field(default=())  # non-units called on a line that calls units
     version: int = PLAN_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +73,7 @@ class Plan:
             "spec_sha256": self.spec_sha256,
             "units": [u.to_dict() for u in self.units],
             "skipped": [list(s) for s in self.skipped],
+            "passthrough": list(self.passthrough),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -88,6 +90,7 @@ class Plan:
             spec_sha256=d["spec_sha256"],
             units=tuple(RoutedUnit.from_dict(u) for u in d["units"]),
             skipped=tuple(tuple(s) for s in d.get("skipped", ())),
+            passthrough=tuple(d.get("passthrough", ())),
         )
 
     def unit(self, path: str) -> RoutedUnit:

@@ -149,5 +149,12 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
             call_path=call_path,
             residual_lines=tuple(dict.fromkeys(residual_lines)),
         ))
+    unit_paths = {u.path for u in units}
+    call_lines = {(u.call_path[-1].file, u.call_path[-1].line) for u in units}
+    passthrough = tuple(
+        p for p, c in calls.items()
+        if p and p not in unit_paths and c.entry > 0
+        and (c.frames[c.entry - 1].file, c.frames[c.entry - 1].line) in call_lines
+    )
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=spec.sha256,
-                units=tuple(units), skipped=tuple(skipped))
+                units=tuple(units), skipped=tuple(skipped), passthrough=passthrough)

@@ -1,0 +1,224 @@
+"""LibCST edits shared by both emitters.
+
+One transformer, :class:`RouteFunctions`, applies per-function edits named by
+qualified name (``"DiT.forward"``); everything else in the file comes out
+byte-identical.  The edits, on DiT::
+
+    def forward(self, x, t, y):                def forward(self, x, t, y):
+        x = self.x_embedder(x) + ...      ->       dtr_task = dtr_task_index(t, 0.0, 999.0, 1000, False)
+        for block in self.blocks:                  x = self.x_embedder(x) + ...
+            x = block(x, c)                        for block in self.blocks:
+                                                       x = block(x, c, dtr_task=dtr_task)
+
+A function between the root and a unit gains a ``dtr_task=None`` parameter and
+passes it on; in branch mode the unit's residual lines mask their branch input::
+
+    x = x + gate * self.attn(norm(x))   ->   x = x + gate * self.attn(norm(x * dtr_m))
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+from dtrsurgeon.errors import EmitError
+
+TASK = "dtr_task"
+MASK = "dtr_m"
+
+
+@dataclass
+class FunctionEdit:
+    """What to change in one function."""
+
+    task_stmt: str | None = None  # root: statement computing the task index
+    add_task_param: bool = False  # non-root: accept dtr_task=None
+    call_lines: set[int] = field(default_factory=set)  # lines whose unit call gets dtr_task=dtr_task
+    mask_stmt: str | None = None  # branch mode: statement computing dtr_m
+    branch_lines: set[int] = field(default_factory=set)  # residual adds whose branch input gets masked
+    stream_var: str = ""  # the residual stream's variable name
+
+
+@lru_cache(maxsize=64)
+def parse_file(path: str, mtime: float) -> MetadataWrapper:
+    with open(path) as f:
+        source = f.read()
+    try:
+        return MetadataWrapper(cst.parse_module(source))
+    except cst.ParserSyntaxError as e:
+        raise EmitError(f"{path}:{e.raw_line}:{e.raw_column}: cannot parse: {e.message}") from None
+
+
+def _code(node: cst.CSTNode) -> str:
+    return cst.Module(body=[]).code_for_node(node)
+
+
+def _first_name(expr: cst.BaseExpression) -> str | None:
+    while isinstance(expr, (cst.Attribute, cst.Subscript, cst.Call)):
+        expr = expr.value if not isinstance(expr, cst.Call) else expr.func
+    return expr.value if isinstance(expr, cst.Name) else None
+
+
+class _MaskStream(cst.CSTTransformer):
+    """Replace every load of ``var`` with ``(var * dtr_m)``."""
+
+    def __init__(self, var: str):
+        self.var = var
+
+    def leave_Name(self, original, updated):
+        if updated.value == self.var:
+            return cst.BinaryOperation(
+                left=cst.Name(self.var), operator=cst.Multiply(), right=cst.Name(MASK),
+                lpar=[cst.LeftParen()], rpar=[cst.RightParen()],
+            )
+        return updated
+
+
+class RouteFunctions(cst.CSTTransformer):
+    """Apply :class:`FunctionEdit` records to the functions they name.
+
+    ``is_unit_call(qualname, call_code)`` says whether a call on a call line may
+    reach a unit (it rules out ``torch.cat``, ``F.silu``, helpers and
+    non-module attributes); exactly one candidate per call line is required.
+    """
+
+    METADATA_DEPENDENCIES = (PositionProvider,)
+
+    def __init__(self, path: str, edits: dict[str, FunctionEdit], is_unit_call: Callable[[str, str], bool]):
+        super().__init__()
+        self.path = path
+        self.edits = edits
+        self.is_unit_call = is_unit_call
+        self.scope: list[str] = []
+        self.active: list[tuple[str, FunctionEdit | None, dict]] = []
+        self.done: dict[str, cst.FunctionDef] = {}
+
+    # -- scope tracking
+    def visit_ClassDef(self, node):
+        self.scope.append(node.name.value)
+
+    def leave_ClassDef(self, original, updated):
+        self.scope.pop()
+        return updated
+
+    def visit_FunctionDef(self, node):
+        qual = ".".join(self.scope + [node.name.value])
+        self.scope.append(node.name.value)
+        edit = self.edits.get(qual)
+        found: dict[int, list[cst.Call]] = {}
+        if edit is not None:
+            self._collect_calls(node, edit, found)
+        self.active.append((qual, edit, found))
+
+    def _collect_calls(self, node, edit: FunctionEdit, found) -> None:
+        qual = ".".join(self.scope)
+        for line in edit.call_lines:
+            candidates = []
+            for call in _calls_in(node):
+                pos = self.get_metadata(PositionProvider, call)
+                if pos.start.line <= line <= pos.end.line and self.is_unit_call(qual, _code(call.func)):
+                    candidates.append((pos.end.line - pos.start.line, call))
+            if not candidates:
+                raise EmitError(f"{self.path}:{line}: found no call that can reach the routed unit in {qual}")
+            narrowest = min(span for span, _ in candidates)
+            best = [c for span, c in candidates if span == narrowest]
+            if len(best) != 1:
+                raise EmitError(
+                    f"{self.path}:{line}: {len(best)} calls on this line could reach the routed unit "
+                    f"({', '.join(_code(c.func) for c in best)}); put the unit call on its own line"
+                )
+            found[id(best[0])] = best[0]
+
+    def leave_Call(self, original, updated):
+        if self.active and id(original) in self.active[-1][2]:
+            if any(a.keyword and a.keyword.value == TASK for a in updated.args):
+                return updated
+            args = list(updated.args)
+            if args and args[-1].comma is cst.MaybeSentinel.DEFAULT:
+                args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+            kw = cst.Arg(keyword=cst.Name(TASK), value=cst.Name(TASK), equal=cst.AssignEqual(
+                whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
+            return updated.with_changes(args=args + [kw])
+        return updated
+
+    def _in_branch_line(self, node) -> bool:
+        edit = self.active[-1][1] if self.active else None
+        if edit is None or not edit.branch_lines:
+            return False
+        pos = self.get_metadata(PositionProvider, node)
+        return any(pos.start.line <= ln <= pos.end.line for ln in edit.branch_lines)
+
+    def leave_BinaryOperation(self, original, updated):
+        if not isinstance(updated.operator, cst.Add) or not self._in_branch_line(original):
+            return updated
+        var = self.active[-1][1].stream_var
+        if isinstance(updated.left, cst.Name) and updated.left.value == var:
+            return updated.with_changes(right=updated.right.visit(_MaskStream(var)))
+        if isinstance(updated.right, cst.Name) and updated.right.value == var:
+            return updated.with_changes(left=updated.left.visit(_MaskStream(var)))
+        return updated
+
+    def leave_AugAssign(self, original, updated):
+        if isinstance(updated.operator, cst.AddAssign) and self._in_branch_line(original):
+            var = self.active[-1][1].stream_var
+            if isinstance(updated.target, cst.Name) and updated.target.value == var:
+                return updated.with_changes(value=updated.value.visit(_MaskStream(var)))
+        return updated
+
+    def leave_FunctionDef(self, original, updated):
+        qual, edit, _ = self.active.pop()
+        self.scope.pop()
+        if edit is None:
+            return updated
+        if edit.add_task_param:
+            updated = updated.with_changes(params=_with_task_param(updated.params))
+        stmts = [s for s in (edit.task_stmt, edit.mask_stmt) if s]
+        if stmts:
+            body = list(updated.body.body)
+            at = 1 if body and _is_docstring(body[0]) else 0
+            new = [cst.parse_statement(s + "\n") for s in stmts]
+            updated = updated.with_changes(body=updated.body.with_changes(body=body[:at] + new + body[at:]))
+        self.done[qual] = updated
+        return updated
+
+
+def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
+    calls: list[cst.Call] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_Call(self, n):
+            calls.append(n)
+
+        def visit_FunctionDef(self, n):
+            return n is node  # do not enter nested functions
+
+    node.visit(_V())
+    return calls
+
+
+def _is_docstring(stmt) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
+            and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)))
+
+
+def _with_task_param(params: cst.Parameters) -> cst.Parameters:
+    if any(p.name.value == TASK for p in list(params.params) + list(params.kwonly_params)):
+        return params
+    new = cst.Param(cst.Name(TASK), default=cst.Name("None"), equal=cst.AssignEqual(
+        whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
+    if isinstance(params.star_arg, cst.Param) or params.kwonly_params:
+        return params.with_changes(kwonly_params=list(params.kwonly_params) + [new])
+    return params.with_changes(params=list(params.params) + [new])
+
+
+def is_builtin(name: str | None) -> bool:
+    return name is not None and hasattr(builtins, name)
+
+
+def first_name(code: str) -> str | None:
+    return _first_name(cst.parse_expression(code))

@@ -1,0 +1,252 @@
+"""Module emitter: route a live ``nn.Module`` in place of its own classes.
+
+Every instance keeps its parameters, buffers and ``state_dict()`` keys: only
+its class is swapped for a subclass that differs in one method.
+
+* the root's ``forward`` (same signature) first computes ``dtr_task`` from the
+  timestep argument and passes it to the calls that reach units;
+* functions between the root and the units accept ``dtr_task=None`` and pass it on;
+* a block-mode unit runs ``y = unit(x * m_t, ...) + x * (1 - m_t)``;
+* a branch-mode unit runs its forward with each residual branch's input masked;
+* other modules called on a rewritten line accept and ignore ``dtr_task``.
+
+Masks are non-persistent ``dtr_mask`` buffers ([N, C] bool), so checkpoints
+load both ways with ``strict=True``.  Nothing is stored per forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import linecache
+import os
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from dtrsurgeon.emit.edits import MASK, TASK, FunctionEdit, RouteFunctions, first_name, is_builtin, parse_file
+from dtrsurgeon.errors import CheckpointError, EmitError
+from dtrsurgeon.masks import dtr_channel_mask, dtr_task_index, mask_table_for
+from dtrsurgeon.plan import Plan, RoutedUnit
+
+_PASS_THROUGH_CALLS = (torch.utils.checkpoint.checkpoint,)
+
+
+def collect_edits(plan: Plan) -> dict[str, dict[str, FunctionEdit]]:
+    """file -> function qualname -> edit, for every function the plan touches."""
+    ts = plan.timestep
+    edits: dict[str, dict[str, FunctionEdit]] = defaultdict(dict)
+    for unit in plan.units:
+        for i, sl in enumerate(unit.call_path):
+            edit = edits[sl.file].setdefault(sl.function, FunctionEdit())
+            edit.call_lines.add(sl.line)
+            if i == 0:
+                edit.task_stmt = f"{TASK} = dtr_task_index({ts.arg}, {ts.t0!r}, {ts.t1!r}, {ts.num_tasks}, {ts.reverse})"
+            else:
+                edit.add_task_param = True
+        if unit.mode == "branch":
+            forward = unit.cls.rsplit(".", 1)[1] + ".forward"
+            bad = [sl for sl in unit.residual_lines if sl.function.split(".")[-1] != "forward"]
+            if bad:
+                raise EmitError(f"{bad[0].file}:{bad[0].line}: branch mode needs the residual add of unit "
+                                f"{unit.path!r} in its forward, found it in {bad[0].function}")
+            file = unit.residual_lines[0].file
+            func = unit.residual_lines[0].function if unit.residual_lines[0].function.endswith("forward") else forward
+            edit = edits[file].setdefault(func, FunctionEdit())
+            edit.add_task_param = True
+            edit.mask_stmt = f"{MASK} = dtr_channel_mask(self.dtr_mask, {TASK}, {unit.stream_arg}, {unit.channel_axis})"
+            edit.branch_lines |= {sl.line for sl in unit.residual_lines}
+            edit.stream_var = unit.stream_arg
+    return edits
+
+
+def _functions_by_qualname(model: nn.Module) -> dict[tuple[str, str], object]:
+    """(file, qualname) -> function, over the MROs of all the model's classes."""
+    found = {}
+    for module in model.modules():
+        for cls in type(module).__mro__:
+            for value in vars(cls).values():
+                func = getattr(value, "__func__", value)
+                code = getattr(func, "__code__", None)
+                if code is not None:
+                    found.setdefault((os.path.abspath(code.co_filename), func.__qualname__), func)
+    return found
+
+
+def _unit_call_filter(model: nn.Module, functions):
+    """is_unit_call(qualname, call code) for RouteFunctions: rule out globals that
+    are plain functions (torch.cat, F.silu, helpers) and non-module attributes."""
+
+    def is_unit_call(file: str, qual: str, code: str) -> bool:
+        func = functions.get((file, qual))
+        name = first_name(code)
+        if name is None or is_builtin(name):
+            return False
+        if name == "self":
+            return True
+        g = getattr(func, "__globals__", {})
+        if name in g:
+            obj = g[name]
+            return any(obj is f for f in _PASS_THROUGH_CALLS) or isinstance(obj, nn.Module)
+        return True  # a local: a loop variable over a ModuleList, a module fetched from a dict
+
+    return is_unit_call
+
+
+def compile_routed_functions(model: nn.Module, plan: Plan) -> dict[tuple[str, str], object]:
+    """Rewrite and compile every function the plan touches: (file, qualname) -> function."""
+    functions = _functions_by_qualname(model)
+    is_unit_call = _unit_call_filter(model, functions)
+    compiled = {}
+    for file, edits in collect_edits(plan).items():
+        file = os.path.abspath(file)
+        wrapper = parse_file(file, os.path.getmtime(file))
+        routed = RouteFunctions(file, edits, lambda q, c, f=file: is_unit_call(f, q, c))
+        wrapper.visit(routed)
+        for qual, node in routed.done.items():
+            original = functions.get((file, qual))
+            if original is None:
+                raise EmitError(f"{file}: function {qual} is not a method of the model's classes")
+            compiled[(file, qual)] = _compile(node, original, qual)
+    return compiled
+
+
+def _compile(node, original, qual: str):
+    import libcst as cst
+
+    code = cst.Module(body=[]).code_for_node(node)
+    if "super()" in code:
+        raise EmitError(f"{qual}: zero-argument super() cannot be re-compiled outside its class; write super(Class, self)")
+    filename = f"<dtrsurgeon routed {qual}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    namespace = dict(original.__globals__)
+    namespace.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask)
+    exec(compile(code, filename, "exec"), namespace)
+    func = namespace[node.name.value]
+    func.__qualname__ = original.__qualname__
+    func.__module__ = original.__module__
+    return func
+
+
+# -- routed classes -------------------------------------------------------------
+
+def _block_forward(self, *args, dtr_task=None, **kwargs):
+    """y = unit(x * m, ...) + x * (1 - m) on the unit's stream x."""
+    if dtr_task is None:
+        raise EmitError(f"routed unit {type(self).__qualname__} was called without dtr_task; call the routed "
+                        "model's forward, which computes it from the timestep")
+    name, index = type(self)._dtr_stream
+    if name in kwargs:
+        x = kwargs[name]
+        m = dtr_channel_mask(self.dtr_mask, dtr_task, x, self._dtr_axis)
+        kwargs[name] = x * m
+    else:
+        x = args[index]
+        m = dtr_channel_mask(self.dtr_mask, dtr_task, x, self._dtr_axis)
+        args = args[:index] + (x * m,) + args[index + 1:]
+    inner = type(self)._dtr_inner
+    out = inner(self, *args, dtr_task=dtr_task, **kwargs) if type(self)._dtr_inner_takes_task else inner(self, *args, **kwargs)
+    return out + x * (1 - m)
+
+
+def _pass_through_forward(self, *args, dtr_task=None, **kwargs):
+    """Accept and ignore dtr_task: a module called on a line that also calls units."""
+    return type(self)._dtr_inner(self, *args, **kwargs)
+
+
+_CLASS_CACHE: dict[tuple, type] = {}
+
+
+def _routed_class(cls: type, methods: dict[str, object], role: str, stream: tuple[str, int] | None) -> type:
+    key = (cls, tuple(sorted((k, id(v)) for k, v in methods.items())), role, stream)
+    if key in _CLASS_CACHE:
+        return _CLASS_CACHE[key]
+    namespace = dict(methods)
+    namespace.update(__module__=cls.__module__, __qualname__=cls.__qualname__, __doc__=cls.__doc__,
+                     _dtr_role=role, _dtr_base=cls)
+    if role in ("block", "pass"):
+        inner = methods.get("forward", cls.forward)
+        namespace.update(_dtr_inner=inner, _dtr_stream=stream,
+                         _dtr_inner_takes_task=TASK in inspect.signature(inner).parameters,
+                         forward=_block_forward if role == "block" else _pass_through_forward)
+    routed = type(cls.__name__, (cls,), namespace)
+    _CLASS_CACHE[key] = routed
+    return routed
+
+
+def _stream_position(unit: RoutedUnit, cls: type) -> tuple[str, int]:
+    params = [n for n in inspect.signature(cls.forward).parameters if n != "self"]
+    return unit.stream_arg, params.index(unit.stream_arg) if unit.stream_arg in params else 0
+
+
+def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -> nn.Module:
+    """Route ``model`` as ``plan`` says; a deep copy unless ``inplace``."""
+    compiled = compile_routed_functions(model, plan)
+    target = model if inplace else copy.deepcopy(model)
+    named = dict(target.named_modules())
+    units = {u.path: u for u in plan.units}
+    passthrough = set(plan.passthrough)
+
+    for path, module in named.items():
+        cls = type(module)
+        if getattr(cls, "_dtr_role", None):
+            raise EmitError(f"module {path or '<root>'!r} is already routed; transform the original model")
+        methods = {}
+        for base in cls.__mro__:
+            for name, value in vars(base).items():
+                func = getattr(value, "__func__", value)
+                code = getattr(func, "__code__", None)
+                key = (os.path.abspath(code.co_filename), func.__qualname__) if code else None
+                if key in compiled and name not in methods:
+                    methods[name] = compiled[key]
+        if path in units:
+            unit = units[path]
+            role = "block" if unit.mode == "block" else "branch"
+            stream = _stream_position(unit, cls) if role == "block" else None
+            module.__class__ = _routed_class(cls, methods, role, stream)
+            module.register_buffer("dtr_mask", mask_table_for(unit.mask, unit.channels), persistent=False)
+            module._dtr_axis = unit.channel_axis
+        elif methods:
+            module.__class__ = _routed_class(cls, methods, "thread", None)
+        elif path in passthrough:
+            module.__class__ = _routed_class(cls, {}, "pass", None)
+    target.dtr_plan = plan
+    target.dtr_spec = spec
+    _register_foreign_mask_hook(target, plan)
+    return target
+
+
+# -- checkpoints of the authors' DTR code ----------------------------------------
+
+FOREIGN_MASK_SUFFIX = "routing._unit_mapping"
+
+
+def _register_foreign_mask_hook(model: nn.Module, plan: Plan) -> None:
+    """Accept checkpoints written by the authors' DTR code: their persistent
+    ``<unit>.routing._unit_mapping`` tables are checked against ours and dropped."""
+    units = {u.path: u for u in plan.units}
+
+    def hook(module, state_dict, prefix, *args):
+        for key in [k for k in state_dict if k.startswith(prefix) and k.endswith("." + FOREIGN_MASK_SUFFIX)]:
+            path = key[len(prefix): -len(FOREIGN_MASK_SUFFIX) - 1]
+            theirs = state_dict.pop(key)
+            if path not in units:
+                raise CheckpointError(f"checkpoint key {key!r}: {path!r} is not a routed unit of this model "
+                                      f"(routed: {', '.join(list(units)[:4])}, ...)")
+            ours = model.get_submodule(path).dtr_mask
+            theirs = theirs.detach().to("cpu") != 0
+            if theirs.shape != ours.shape:
+                raise CheckpointError(f"checkpoint key {key!r}: mask table of shape {tuple(theirs.shape)}, "
+                                      f"this spec builds {tuple(ours.shape)} for {path!r}")
+            bad = (theirs != ours.cpu()).any(dim=1).nonzero()
+            if len(bad):
+                raise CheckpointError(f"checkpoint key {key!r}: mask table differs from this spec's for {path!r} "
+                                      f"at {len(bad)} task(s), first task {int(bad[0])}; check channel_ratio, "
+                                      "task_weights and num_tasks")
+
+    register = getattr(model, "register_load_state_dict_pre_hook", None)
+    if register is not None:
+        register(hook)
+    else:
+        model._register_load_state_dict_pre_hook(hook, with_module=True)
