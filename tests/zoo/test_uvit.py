@@ -186,7 +186,8 @@ def test_zero_dim_timestep_is_broadcast(tiny):
     expected = tiny(x, torch.full((3,), 417), **kwargs)
     torch.testing.assert_close(tiny(x, torch.tensor(417), **kwargs), expected)
     torch.testing.assert_close(tiny(x, 417, **kwargs), expected)
-    torch.testing.assert_close(tiny(x, torch.tensor(0.5).double(), **kwargs), tiny(x, torch.full((3,), 0.5), **kwargs))
+    fractional = tiny(x, torch.full((3,), 0.5), **kwargs)
+    torch.testing.assert_close(tiny(x, torch.tensor(0.5).double(), **kwargs), fractional)
 
 
 def test_output_depends_on_timestep_and_label(tiny):
