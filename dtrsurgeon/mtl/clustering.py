@@ -47,6 +47,7 @@ import numpy as np
 from dtrsurgeon.mtl.errors import MtlError
 
 COSTS = ("snr", "log_snr", "timestep", "affinity")
+CONVENTIONS = ("exact", "reference")
 _BLOCK = 128  # DP row-block height: a 128 x T float64 block stays in L2 cache for T ~ 1000
 
 
@@ -254,8 +255,12 @@ def _prefix_blocks(v: np.ndarray, cost: str):
     return block
 
 
-def _solve(block, n: int, k: int) -> list[int]:
-    """Starts of the optimal k intervals, given cost blocks (see module docstring)."""
+def _solve(block, n: int, k: int, reference: bool = False) -> list[int]:
+    """Starts of the optimal k intervals, given cost blocks (see module docstring).
+
+    ``reference`` applies the released script's search rules (see
+    :func:`interval_clustering`) and returns its reported starts.
+    """
     D = np.full((k, n), np.inf)
     arg = np.zeros((k, n), dtype=np.int64)  # start of the last interval of the best split
     for a in range(0, n, _BLOCK):
@@ -272,20 +277,29 @@ def _solve(block, n: int, k: int) -> list[int]:
                 rows = C[:, 1:]
                 lo = a
             work = rows + D[j - 1, : b - 1]  # work[r, s-1] = D[j-1, s-1] + C(s, lo+r)
+            if reference:
+                work[work == 0.0] = np.inf
+                if j - 1 < work.shape[1]:
+                    work[:, j - 1] = np.inf
             best = work.argmin(axis=1)
             arg[j, lo:b] = best + 1
             D[j, lo:b] = work[np.arange(work.shape[0]), best]
+    if not np.isfinite(D[k - 1, n - 1]):
+        raise MtlError(
+            f"the reference convention finds no split of T = {n} into k = {k} "
+            "(it needs T > k and treats a zero-cost candidate as infeasible); use convention 'exact'"
+        )
     starts = []
     i = n - 1
     for j in range(k - 1, 0, -1):
         s = int(arg[j, i])
-        starts.append(s)
+        starts.append(s - 1 if reference else s)
         i = s - 1
     starts.append(0)
     return starts[::-1]
 
 
-def interval_clustering(values, k: int, cost: str = "snr") -> list[tuple[int, int]]:
+def interval_clustering(values, k: int, cost: str = "snr", convention: str = "exact") -> list[tuple[int, int]]:
     """Optimal split of ``0 .. T-1`` into ``k`` contiguous intervals.
 
     ``values`` is the SNR curve (length T) for the costs ``"snr"``, ``"log_snr"``
@@ -293,10 +307,24 @@ def interval_clustering(values, k: int, cost: str = "snr") -> list[tuple[int, in
     task-affinity matrix for ``"affinity"``.  Returns ``[(first, last), ...]``,
     inclusive, ordered, covering every timestep.
 
+    ``convention="exact"`` (default) is the true minimum of the objective.
+    ``convention="reference"`` reproduces what the authors' released script
+    prints, for users who need the published clusters: that script (1) never
+    lets the first ``j`` of ``j + 1`` intervals cover only ``j`` timesteps (so
+    the first interval has at least two), (2) treats a candidate whose total
+    cost is exactly 0 as infeasible, and (3) reports each later interval as
+    starting one step early (at the last timestep of the previous interval of
+    its own DP solution).  Its last interval ends at a hard-coded 1000; here it
+    ends at T-1.  The exact convention never has a worse objective.
+
         >>> from dtrsurgeon.mtl import make_schedule
-        >>> interval_clustering(make_schedule("linear", 1000).snr, 5)[0]
-        (0, 5)
+        >>> interval_clustering(make_schedule("linear", 1000).snr, 5)
+        [(0, 0), (1, 1), (2, 6), (7, 21), (22, 999)]
+        >>> interval_clustering(make_schedule("linear", 1000).snr, 5, convention="reference")
+        [(0, 0), (1, 2), (3, 7), (8, 26), (27, 999)]
     """
+    if convention not in CONVENTIONS:
+        raise MtlError(f"unknown clustering convention {convention!r}; expected one of: {', '.join(CONVENTIONS)}")
     v = _prepare(values, cost)
     n = v.shape[0]
     k = _check_k(k, n)
@@ -306,4 +334,4 @@ def interval_clustering(values, k: int, cost: str = "snr") -> list[tuple[int, in
     else:
         monotone = cost != "affinity"
     block = _monotone_blocks(v) if monotone else _prefix_blocks(v, cost)
-    return _to_intervals(_solve(block, n, k), n)
+    return _to_intervals(_solve(block, n, k, reference=convention == "reference"), n)
