@@ -1,0 +1,21 @@
+import pytest
+import torch
+
+from model_zoo.dit import tiny_dit
+
+
+def randomize_(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
+    """Give zero-initialised layers (adaLN-Zero, zero convs) random weights, so
+    that every block does something and routing changes outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.dim() >= 1 and p.abs().max() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@pytest.fixture
+def dit():
+    torch.manual_seed(0)
+    return randomize_(tiny_dit()).eval()
