@@ -125,27 +125,31 @@ def _centers_by_sum(num_timesteps: int, cost: str) -> np.ndarray:
     return half + ((m1 & 1) & (half & 1))
 
 
-def interval_cost(values, first: int, last: int, cost: str = "snr") -> float:
-    """The cost of one interval ``[first, last]`` (inclusive), summed directly.
-
-    This is the reference definition (see the module docstring); the DP computes
-    the same numbers through prefix sums.
-    """
-    v = _prepare(values, cost)
-    n = v.shape[0]
-    if not (0 <= first <= last < n):
-        raise MtlError(f"interval ({first}, {last}) is not inside 0..{n - 1} with first <= last")
+def _cost_of(v: np.ndarray, first: int, last: int, cost: str) -> float:
     c = _center(first, last, cost)
     if cost == "affinity":
         return float(-v[c, first : last + 1].sum())
     return float(np.abs(v[first : last + 1] - v[c]).sum())
 
 
-def partition_cost(values, intervals: Sequence[tuple[int, int]], cost: str = "snr") -> float:
-    """The objective of a partition: the sum of its interval costs."""
+def interval_cost(values, first: int, last: int, cost: str = "snr") -> float:
+    """The cost of one interval ``[first, last]`` (inclusive), summed directly.
+
+    This is the reference definition (see the module docstring); the DP computes
+    the same numbers through prefix sums.  ``values`` as in :func:`interval_clustering`.
+    """
     v = _prepare(values, cost)
-    validate_intervals(intervals, v.shape[0])
-    return float(sum(interval_cost(v, f, l, cost) for f, l in intervals))
+    n = v.shape[0]
+    if not (0 <= first <= last < n):
+        raise MtlError(f"interval ({first}, {last}) is not inside 0..{n - 1} with first <= last")
+    return _cost_of(v, first, last, cost)
+
+
+def partition_cost(values, intervals: Sequence[tuple[int, int]], cost: str = "snr") -> float:
+    """The objective of a partition: the sum of its interval costs, summed directly."""
+    v = _prepare(values, cost)
+    pairs = validate_intervals(intervals, v.shape[0])
+    return float(sum(_cost_of(v, f, l, cost) for f, l in pairs))
 
 
 # --- partitions -----------------------------------------------------------------
@@ -208,82 +212,85 @@ def _to_intervals(starts: list[int], num_timesteps: int) -> list[tuple[int, int]
 # --- the DP ---------------------------------------------------------------------
 
 
-def _monotone_blocks(v: np.ndarray):
-    """Cost blocks for a monotone curve: C(s, i) = sgn * (g[s+i] + S[s] + S[i+1])."""
+def _hankel(g: np.ndarray, n: int) -> np.ndarray:
+    """Read-only view H[i, s] = g[i + s] (n x n) of a length 2n-1 array."""
+    return np.lib.stride_tricks.as_strided(g, shape=(n, n), strides=(g.strides[0], g.strides[0]), writeable=False)
+
+
+def _monotone_terms(v: np.ndarray):
+    """For a monotone curve, C(s, i) = g[s+i] + S[s] + S[i+1] (signs folded in),
+    so a cost block is a Hankel view of g: nothing T x T is ever built."""
     n = v.shape[0]
-    sgn = 1.0 if n < 2 or v[-1] >= v[0] else -1.0
+    sgn = 1.0 if v[-1] >= v[0] else -1.0
     S = np.concatenate(([0.0], np.cumsum(v)))
     m = np.arange(2 * n - 1, dtype=np.int64)
-    # the 1-wide interval at T-1 may round its center to T; it is zeroed below anyway
+    # the 1-wide interval at T-1 may round its center to T; singletons are overridden anyway
     c = np.minimum(_centers_by_sum(n, "snr"), n - 1)
-    g = v[c] * (2 * c - m - 1) - 2.0 * S[c]
-    hankel = np.lib.stride_tricks.as_strided(g, shape=(n, n), strides=(g.strides[0], g.strides[0]), writeable=False)
-    upper = np.triu(np.full((_BLOCK, _BLOCK), np.inf), k=1)
-
-    def block(a: int, b: int) -> np.ndarray:
-        out = np.add(hankel[a:b, :b], S[:b])
-        out += S[a + 1 : b + 1, None]
-        if sgn < 0:
-            np.negative(out, out=out)
-        out[:, a:b] += upper[: b - a, : b - a]
-        out[np.arange(b - a), np.arange(a, b)] = 0.0
-        return out
-
-    return block
+    g = sgn * (v[c] * (2 * c - m - 1) - 2.0 * S[c])
+    S *= sgn
+    hankel = _hankel(g, n)
+    return (lambda a, b: hankel[a:b, :b]), S[:n], S[1:], np.zeros(n)
 
 
-def _prefix_blocks(v: np.ndarray, cost: str):
-    """Cost blocks for any curve or affinity matrix: C(s, i) = P[c, i+1] - P[c, s]
-    where P[c] is the prefix sum of row c of |v - v[c]| (or of -A)."""
+def _prefix_terms(v: np.ndarray, cost: str):
+    """For any curve or an affinity matrix, C(s, i) = P[c, i+1] - P[c, s], where
+    P[c] is the prefix sum of row c of |v - v[c]| (or of -A): gathered per block."""
     n = v.shape[0]
     rows = -v if cost == "affinity" else np.abs(v[None, :] - v[:, None])
     P = np.zeros((n, n + 1))
     np.cumsum(rows, axis=1, out=P[:, 1:])
     flat = P.ravel()
-    base = np.minimum(_centers_by_sum(n, cost), n - 1) * (n + 1)
-    hankel = np.lib.stride_tricks.as_strided(base, shape=(n, n), strides=(base.strides[0], base.strides[0]), writeable=False)
-    upper = np.triu(np.full((_BLOCK, _BLOCK), np.inf), k=1)
+    base = _hankel(np.minimum(_centers_by_sum(n, cost), n - 1) * (n + 1), n)
+    diag = -np.diagonal(v).copy() if cost == "affinity" else np.zeros(n)
 
     def block(a: int, b: int) -> np.ndarray:
-        hb = hankel[a:b, :b]
-        out = flat[hb + np.arange(a + 1, b + 1)[:, None]] - flat[hb + np.arange(b)[None, :]]
-        out[:, a:b] += upper[: b - a, : b - a]
-        if cost != "affinity":
-            out[np.arange(b - a), np.arange(a, b)] = 0.0
-        return out
+        hb = base[a:b, :b]
+        return flat[hb + np.arange(a + 1, b + 1)[:, None]] - flat[hb + np.arange(b)[None, :]]
 
-    return block
+    return block, np.zeros(n), np.zeros(n), diag
 
 
-def _solve(block, n: int, k: int, reference: bool = False) -> list[int]:
-    """Starts of the optimal k intervals, given cost blocks (see module docstring).
+def _solve(terms, n: int, k: int, reference: bool = False) -> list[int]:
+    """Starts of the optimal k intervals.
 
-    ``reference`` applies the released script's search rules (see
-    :func:`interval_clustering`) and returns its reported starts.
+    ``terms = (block, col, row, diag)`` describe the costs: for s < i,
+    ``C(s, i) = block(a, b)[i - a, s] + col[s] + row[i]`` (rows a..b-1 of a
+    block); ``C(i, i) = diag[i]``.  ``D[j, i]``, the best cost of j+1 intervals
+    over 0..i, is filled block by block, every layer per block, so each block is
+    read while it is still in cache.  ``reference`` applies the released script's
+    search rules (see :func:`interval_clustering`) and returns its reported starts.
     """
+    block, col, row, diag = terms
     D = np.full((k, n), np.inf)
     arg = np.zeros((k, n), dtype=np.int64)  # start of the last interval of the best split
+    buf = np.empty(_BLOCK * n)  # flat, so every work block is C-contiguous
+    upper = np.triu(np.full((_BLOCK, _BLOCK), np.inf), k=1)
+    shifted = np.empty(n)
     for a in range(0, n, _BLOCK):
         b = min(a + _BLOCK, n)
-        C = block(a, b)  # C[i - a, s] = cost of [s, i]; inf for s > i
-        D[0, a:b] = C[:, 0]
+        B = block(a, b)
+        D[0, a:b] = B[:, 0] + col[0] + row[a:b]
+        if a == 0:
+            D[0, 0] = diag[0]
         for j in range(1, k):
+            r0 = 0
             if j == k - 1:
                 if b < n:
                     break  # the last layer is only needed at i = T-1
-                rows = C[-1:, 1:]
-                lo = n - 1
-            else:
-                rows = C[:, 1:]
-                lo = a
-            work = rows + D[j - 1, : b - 1]  # work[r, s-1] = D[j-1, s-1] + C(s, lo+r)
+                r0 = b - a - 1
+            lo = a + r0
+            shifted[0] = np.inf  # s = 0 cannot start interval j >= 1
+            np.add(D[j - 1, : b - 1], col[1:b], out=shifted[1:b])
+            W = np.add(B[r0:], shifted[:b], out=buf[: (b - lo) * b].reshape(b - lo, b))  # + row[i]: constant per row
+            W[:, a:b] += upper[r0 : b - a, : b - a]  # s > i is not an interval
+            ii = np.arange(max(lo, 1), b)
+            W[ii - lo, ii] = D[j - 1, ii - 1] + diag[ii] - row[ii]  # 1-wide last interval
             if reference:
-                work[work == 0.0] = np.inf
-                if j - 1 < work.shape[1]:
-                    work[:, j - 1] = np.inf
-            best = work.argmin(axis=1)
-            arg[j, lo:b] = best + 1
-            D[j, lo:b] = work[np.arange(work.shape[0]), best]
+                W[(W + row[lo:b, None]) == 0.0] = np.inf
+                W[:, j] = np.inf
+            best = W.argmin(axis=1)
+            arg[j, lo:b] = best
+            D[j, lo:b] = W[np.arange(b - lo), best] + row[lo:b]
     if not np.isfinite(D[k - 1, n - 1]):
         raise MtlError(
             f"the reference convention finds no split of T = {n} into k = {k} "
@@ -333,5 +340,5 @@ def interval_clustering(values, k: int, cost: str = "snr", convention: str = "ex
         monotone = bool(np.all(d >= 0) or np.all(d <= 0))
     else:
         monotone = cost != "affinity"
-    block = _monotone_blocks(v) if monotone else _prefix_blocks(v, cost)
-    return _to_intervals(_solve(block, n, k, reference=convention == "reference"), n)
+    terms = _monotone_terms(v) if monotone else _prefix_terms(v, cost)
+    return _to_intervals(_solve(terms, n, k, reference=convention == "reference"), n)
