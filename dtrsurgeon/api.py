@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from dtrsurgeon.analysis.units import build_plan
-from dtrsurgeon.emit.module import apply_plan
+from dtrsurgeon.emit.module import apply_plan, refuse_routed
 from dtrsurgeon.plan import Plan
 from dtrsurgeon.spec import load_spec
 
@@ -33,4 +33,5 @@ def transform(model: nn.Module, spec, example_inputs=None, inplace: bool = False
         >>> routed(x, t, y).shape == model(x, t, y).shape                       # doctest: +SKIP
     """
     spec = load_spec(spec)
+    refuse_routed(model)
     return apply_plan(model, build_plan(model, spec, example_inputs), spec, inplace=inplace)

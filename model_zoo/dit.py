@@ -259,9 +259,10 @@ class DiT(nn.Module):
         """(args, kwargs) of valid random inputs, for tracing and tests."""
         g = torch.Generator().manual_seed(0)
         size = self.x_embedder.img_size[0]
-        x = torch.randn(batch_size, self.in_channels, size, size, generator=g)
-        t = torch.randint(0, 1000, (batch_size,), generator=g)
-        y = torch.randint(0, self.y_embedder.num_classes, (batch_size,), generator=g)
+        weight = self.x_embedder.proj.weight
+        x = torch.randn(batch_size, self.in_channels, size, size, generator=g).to(weight.device, weight.dtype)
+        t = torch.randint(0, 1000, (batch_size,), generator=g).to(weight.device)
+        y = torch.randint(0, self.y_embedder.num_classes, (batch_size,), generator=g).to(weight.device)
         return (x, t, y), {}
 
 

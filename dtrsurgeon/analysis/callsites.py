@@ -1,10 +1,8 @@
-"""Call-site pass: for each module, the chain of source frames that calls it.
+"""Source frames: where a module is called from, and which function a frame is.
 
-Every captured node carries ``stack_trace`` (the user frames that produced it)
-and ``nn_module_stack`` (the modules it ran in).  Walking both together tells,
-for a module, which frames run between the root's ``forward`` and the line that
-calls the module: these are the functions a rewrite must thread the task
-index through::
+Capture records, for each module's first call, the frames between the root's
+``forward`` and the line that calls it: the functions a rewrite must thread the
+task index through::
 
     DiT.forward        dit.py:243   x = block(x, c)      <- call site of blocks.3
     DiTBlock.forward   dit.py:148   x = x + gate_msa...  <- inside blocks.3
@@ -16,8 +14,6 @@ import inspect
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-
-from torch import fx, nn
 
 _FRAME = re.compile(r'File "(?P<file>.+?)", line (?P<line>\d+), in (?P<func>\S+)\n(?P<code>[^\n]*)')
 
@@ -53,40 +49,6 @@ def is_frame_of(frame: Frame, func) -> bool:
         return False
     file, first, last = _code_span(func)
     return file == frame.file and first <= frame.line <= last
-
-
-@dataclass
-class ModuleCall:
-    """How one module is reached: ``frames[:entry]`` run before it is called;
-    ``frames[entry - 1]`` holds the call.  ``frames[entry:]`` run inside it
-    (empty when its forward is library code, e.g. ``nn.Linear``)."""
-
-    path: str
-    frames: list[Frame]
-    entry: int
-
-
-def module_calls(graph: fx.Graph, model: nn.Module) -> dict[str, ModuleCall]:
-    """The first call of every module that produced at least one node."""
-    calls: dict[str, ModuleCall] = {}
-    for node in graph.nodes:
-        stack = list((node.meta.get("nn_module_stack") or {}).values())
-        frames = parse_stack_trace(node.meta.get("stack_trace"))
-        if not stack or not frames:
-            continue
-        pos = 0  # frames[pos] is the first frame not yet attributed
-        for depth, (path, _cls) in enumerate(stack):
-            module = model.get_submodule(path) if path else model
-            fwd = type(module).forward
-            entry = next((i for i in range(pos, len(frames)) if is_frame_of(frames[i], fwd)), None)
-            if depth == 0:
-                entry = 0 if entry is None else entry
-            if path not in calls:
-                calls[path] = ModuleCall(path, frames, len(frames) if entry is None else entry)
-            if entry is None:
-                break  # library module: nothing below it is user code
-            pos = entry + 1
-    return calls
 
 
 def resolve_function(frame: Frame, owner: type):

@@ -11,7 +11,7 @@ is only analysed; the model that trains is the user's own code.
 from __future__ import annotations
 
 import inspect
-import sys
+import os
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +27,7 @@ class Capture:
     graph: fx.Graph
     args: tuple
     kwargs: dict
+    callers: dict[str, list]  # module path -> source frames that led to its first call (root.forward first)
 
 
 def _module_paths(model: nn.Module) -> dict[int, str]:
@@ -57,6 +58,15 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
     """Export ``model(*args, **kwargs)`` in eval mode (restored afterwards)."""
     was_training = model.training
     model.eval()
+    paths = _module_paths(model)
+    callers: dict[str, list] = {}
+
+    def record_caller(module, _inputs):
+        path = paths.get(id(module))
+        if path is not None and path not in callers:
+            callers[path] = _user_frames(model, traceback.extract_stack()[:-1])
+
+    handle = nn.modules.module.register_module_forward_pre_hook(record_caller)
     try:
         ep = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
     except Exception as exc:  # every export failure becomes one actionable line
@@ -69,8 +79,26 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
             "blocks below it by calling dtrsurgeon on that submodule."
         ) from exc
     finally:
+        handle.remove()
         model.train(was_training)
-    return Capture(graph=ep.graph, args=tuple(args), kwargs=dict(kwargs))
+    return Capture(graph=ep.graph, args=tuple(args), kwargs=dict(kwargs), callers=callers)
+
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_CONTAINERS = os.path.join(_TORCH_DIR, "nn", "modules", "container.py")
+
+
+def _user_frames(model: nn.Module, stack) -> list:
+    """The frames from the root's forward down to a module call: the model's
+    own code and torch's containers (nn.Sequential calls its children), not
+    torch's machinery (``_call_impl``, export, checkpoint internals)."""
+    from dtrsurgeon.analysis.callsites import Frame, is_frame_of
+
+    frames = [Frame(f.filename, f.lineno, f.name, (f.line or "").strip()) for f in stack]
+    root = next((i for i, f in enumerate(frames) if is_frame_of(f, type(model).forward)), None)
+    if root is None:
+        return []
+    return [f for f in frames[root:] if not f.file.startswith(_TORCH_DIR) or f.file == _CONTAINERS]
 
 
 # -- example inputs -----------------------------------------------------------
@@ -100,7 +128,7 @@ def example_inputs(model: nn.Module, timestep_arg: str, t_range: tuple[float, fl
     """
     if callable(getattr(model, "example_inputs", None)):
         args, kwargs = model.example_inputs(batch_size)
-        return tuple(args), dict(kwargs)
+        return like_model(model, (tuple(args), dict(kwargs)))
     sig = inspect.signature(model.forward)
     gen = torch.Generator().manual_seed(0)
     kwargs: dict[str, Any] = {}
@@ -129,4 +157,18 @@ def example_inputs(model: nn.Module, timestep_arg: str, t_range: tuple[float, fl
                 f"cannot guess an example value for {type(model).__name__}.forward argument {name!r}; "
                 "pass example_inputs=(args, kwargs) (CLI: --example-inputs FILE.pt)"
             )
-    return (), kwargs
+    return like_model(model, ((), kwargs))
+
+
+def like_model(model: nn.Module, inputs):
+    """Floating-point inputs in the model's dtype, every tensor on its device."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is None:
+        return inputs
+
+    def convert(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device=param.device, dtype=param.dtype if v.is_floating_point() else v.dtype)
+        return v
+
+    return torch.utils._pytree.tree_map(convert, inputs)

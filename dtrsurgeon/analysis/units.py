@@ -14,7 +14,7 @@ import inspect
 
 from torch import nn
 
-from dtrsurgeon.analysis.callsites import Frame, module_calls, parse_stack_trace, resolve_function
+from dtrsurgeon.analysis.callsites import Frame, parse_stack_trace, resolve_function
 from dtrsurgeon.analysis.capture import capture, example_inputs as guess_inputs
 from dtrsurgeon.analysis.residuals import find_residual_adds, group_chains
 from dtrsurgeon.analysis.targets import check_overrides, select_units
@@ -88,7 +88,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         args, kwargs = tuple(example_inputs), {}
     cap = capture(model, args, kwargs)
     chains = [c for c in group_chains(find_residual_adds(cap.graph)) if "@" not in c.module_key]
-    calls = module_calls(cap.graph, model)
+    callers = cap.callers
 
     holders: dict[str, list] = {}
     for chain in chains:
@@ -106,7 +106,6 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     for path in chosen:
         module = named[path]
         unit_chains = holders[path]
-        call = calls[path]
         inside_unit = [c for c in unit_chains if c.start.meta.get("nn_module_stack")
                        and path in [p for p, _ in c.start.meta["nn_module_stack"].values()]]
         from_input = [c for c in unit_chains if c not in inside_unit]
@@ -125,7 +124,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
                        f"found {len(unit_chains)} chains") + ": using branch semantics")
 
         ancestors = [named[p] for p in named if p == "" or path.startswith(p + ".") or p == path]
-        prefix = call.frames[: call.entry]
+        prefix = callers.get(path, [])
         if not prefix:
             raise CaptureError(f"module {path!r}: no source frame calls it; cannot thread the task index to it")
         owners = _owner_of_frames(model, prefix, ancestors)
@@ -134,7 +133,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         for chain in unit_chains:
             for add in chain.adds:
                 frames = parse_stack_trace(add.node.meta.get("stack_trace"))
-                residual_lines.append(_source_line((frames[call.entry:] or frames[-1:])[-1], type(module)))
+                residual_lines.append(_source_line(frames[-1], type(module)))
         units.append(RoutedUnit(
             path=path,
             cls=_qualname(type(module)),
@@ -152,9 +151,8 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     unit_paths = {u.path for u in units}
     call_lines = {(u.call_path[-1].file, u.call_path[-1].line) for u in units}
     passthrough = tuple(
-        p for p, c in calls.items()
-        if p and p not in unit_paths and c.entry > 0
-        and (c.frames[c.entry - 1].file, c.frames[c.entry - 1].line) in call_lines
+        p for p, frames in callers.items()
+        if p and p not in unit_paths and frames and (frames[-1].file, frames[-1].line) in call_lines
     )
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=spec.sha256,
                 units=tuple(units), skipped=tuple(skipped), passthrough=passthrough)

@@ -180,8 +180,15 @@ def _stream_position(unit: RoutedUnit, cls: type) -> tuple[str, int]:
     return unit.stream_arg, params.index(unit.stream_arg) if unit.stream_arg in params else 0
 
 
+def refuse_routed(model: nn.Module) -> None:
+    for path, module in model.named_modules():
+        if getattr(type(module), "_dtr_role", None):
+            raise EmitError(f"module {path or '<root>'!r} is already routed; transform the original model")
+
+
 def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -> nn.Module:
     """Route ``model`` as ``plan`` says; a deep copy unless ``inplace``."""
+    refuse_routed(model)
     compiled = compile_routed_functions(model, plan)
     target = model if inplace else copy.deepcopy(model)
     named = dict(target.named_modules())
@@ -190,8 +197,6 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
 
     for path, module in named.items():
         cls = type(module)
-        if getattr(cls, "_dtr_role", None):
-            raise EmitError(f"module {path or '<root>'!r} is already routed; transform the original model")
         methods = {}
         for base in cls.__mro__:
             for name, value in vars(base).items():

@@ -1,0 +1,150 @@
+"""Small models that exercise one construct each (their source must be a file:
+the compiler rewrites it)."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+class Block(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.emb = nn.Linear(dim, dim)
+
+    def forward(self, x, c):
+        x = x + self.fc2(F.gelu(self.fc1(self.norm(x) + self.emb(c)[:, None])))
+        return x
+
+
+class TimeEmbed(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(1, dim)
+
+    def forward(self, t):
+        return torch.sin(self.fc(t.float()[:, None] / 100.0))
+
+
+class TokenNet(nn.Module):
+    """Tokens [B, L, C]; accepts a 0-d timestep by broadcasting it, as diffusers models do."""
+
+    def __init__(self, dim=16, depth=3, tokens=5):
+        super().__init__()
+        self.inp = nn.Linear(3, dim)
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim))
+        self.time = TimeEmbed(dim)
+        self.blocks = nn.ModuleList([Block(dim) for _ in range(depth)])
+        self.out = nn.Linear(dim, 3)
+
+    def forward(self, x, t):
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        c = self.time(t)
+        h = self.inp(x) + self.pos
+        for block in self.blocks:
+            h = block(h, c)
+        return self.out(h)
+
+    def example_inputs(self, batch_size=2):
+        g = torch.Generator().manual_seed(0)
+        return (torch.randn(batch_size, self.pos.shape[1], 3, generator=g), torch.randint(0, 1000, (batch_size,), generator=g)), {}
+
+
+class ThroughHelper(TokenNet):
+    """Blocks are called from a helper method, not from forward."""
+
+    def forward(self, x, t):
+        c = self.time(t)
+        h = self.inp(x) + self.pos
+        h = self.features(h, c)
+        return self.out(h)
+
+    def features(self, h, c):
+        for block in self.blocks:
+            h = block(h, c)
+        return h
+
+
+class Checkpointed(TokenNet):
+    """Blocks run under non-reentrant activation checkpointing."""
+
+    def forward(self, x, t):
+        c = self.time(t)
+        h = self.inp(x) + self.pos
+        for block in self.blocks:
+            h = checkpoint(block, h, c, use_reentrant=False)
+        return self.out(h)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, ch):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv2(F.silu(self.conv1(x)))
+        return x + h
+
+
+class ConvNet(nn.Module):
+    """Feature maps [B, C, H, W]: channel axis 1."""
+
+    def __init__(self, ch=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, ch, 3, padding=1)
+        self.body = nn.Sequential(ConvBlock(ch), ConvBlock(ch))
+        self.head = nn.Conv2d(ch, 3, 1)
+
+    def forward(self, x, t):
+        h = self.stem(x)
+        for blk in self.body:
+            h = blk(h)
+        return self.head(h) * t.float()[:, None, None, None] / 1000
+
+    def example_inputs(self, batch_size=2):
+        return (torch.randn(batch_size, 3, 6, 6), torch.tensor([10, 900][:batch_size])), {}
+
+
+class ConcatOnly(nn.Module):
+    """A concat skip and an add of independent operands: no residual at all."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.f = nn.Linear(dim, dim)
+        self.g = nn.Linear(2 * dim, dim)
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x, t):
+        h = self.g(torch.cat([x, self.f(x)], dim=-1))
+        return h + self.bias + t.float()[:, None]
+
+    def example_inputs(self, batch_size=2):
+        return (torch.randn(batch_size, 8), torch.arange(batch_size)), {}
+
+
+class DataDependentBlock(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = x + self.fc(x)
+        return x
+
+
+class DataDependent(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.block = DataDependentBlock(dim)
+
+    def forward(self, x, t):
+        return self.block(x) * t.float()[:, None]
+
+    def example_inputs(self, batch_size=2):
+        return (torch.randn(batch_size, 8), torch.arange(batch_size)), {}
