@@ -15,9 +15,9 @@ task from ``torch.randperm`` seeded with ``seed``.
 
 from __future__ import annotations
 
+import bisect
 import math
 
-import numpy as np
 import torch
 
 from dtrsurgeon.spec.model import MaskParams, Spec, TaskWeights, TimestepMap
@@ -28,27 +28,29 @@ def active_channels(channels: int, channel_ratio: float) -> int:
     return max(1, int(channels * channel_ratio))
 
 
-def window_curve(u: np.ndarray, weights: TaskWeights) -> np.ndarray:
+def window_curve(u: float, weights: TaskWeights) -> float:
     """w(u) in [0, 1]: where the window of task u = i / (N - 1) starts, as a
-    fraction of the free range C - K."""
+    fraction of the free range C - K.  Plain Python floats (libm ``pow`` and
+    ``cos``), so generated code that repeats this reproduces it bit for bit."""
     if weights.curve == "power":
         return u**weights.alpha
     if weights.curve == "linear":
         return u
     if weights.curve == "cosine":
-        return (1.0 - np.cos(math.pi * u)) / 2.0
-    us, ws = zip(*weights.points)
-    return np.interp(u, us, ws)
+        return (1.0 - math.cos(math.pi * u)) / 2.0
+    points = weights.points
+    j = max(1, bisect.bisect_left([p[0] for p in points], u))
+    (u0, w0), (u1, w1) = points[j - 1], points[j]
+    return w0 + (w1 - w0) * (u - u0) / (u1 - u0)
 
 
-def window_starts(params: MaskParams, channels: int) -> np.ndarray:
-    """start_i for every task (int64 array of length N), sliding or fixed."""
+def window_starts(params: MaskParams, channels: int) -> list[int]:
+    """start_i for every task, sliding or fixed (``round`` is half to even)."""
     k = active_channels(channels, params.channel_ratio)
     n = params.num_tasks
     if params.window_shift == "fixed":
-        return np.zeros(n, dtype=np.int64)
-    u = np.arange(n, dtype=np.float64) / (n - 1)
-    return np.round(window_curve(u, params.task_weights) * (channels - k)).astype(np.int64)
+        return [0] * n
+    return [round(window_curve(i / (n - 1), params.task_weights) * (channels - k)) for i in range(n)]
 
 
 def mask_table_for(params: MaskParams, channels: int) -> torch.Tensor:
@@ -63,7 +65,7 @@ def mask_table_for(params: MaskParams, channels: int) -> torch.Tensor:
         for i in range(n):
             table[i, torch.randperm(channels, generator=gen)[:k]] = True
         return table
-    starts = torch.from_numpy(window_starts(params, channels))
+    starts = torch.tensor(window_starts(params, channels))
     c = torch.arange(channels)
     return (c[None, :] >= starts[:, None]) & (c[None, :] < starts[:, None] + k)
 

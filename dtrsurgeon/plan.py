@@ -63,6 +63,7 @@ class Plan:
     units: tuple[RoutedUnit, ...]
     skipped: tuple[tuple[str, str], ...] = field(default=())  # (module path, why) of residual holders not routed
     passthrough: tuple[str, ...] = field(default=())  # non-units called on a line that calls units
+    unmatched: tuple[tuple[str, int], ...] = field(default=())  # (path, C) of units the targets leave out
     version: int = PLAN_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +75,7 @@ class Plan:
             "units": [u.to_dict() for u in self.units],
             "skipped": [list(s) for s in self.skipped],
             "passthrough": list(self.passthrough),
+            "unmatched": [list(u) for u in self.unmatched],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -91,6 +93,7 @@ class Plan:
             units=tuple(RoutedUnit.from_dict(u) for u in d["units"]),
             skipped=tuple(tuple(s) for s in d.get("skipped", ())),
             passthrough=tuple(d.get("passthrough", ())),
+            unmatched=tuple((p, int(c)) for p, c in d.get("unmatched", ())),
         )
 
     def unit(self, path: str) -> RoutedUnit:

@@ -154,5 +154,10 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         p for p, frames in callers.items()
         if p and p not in unit_paths and frames and (frames[-1].file, frames[-1].line) in call_lines
     )
+    unmatched = []
+    for path in candidates:
+        if path not in unit_paths:
+            start = holders[path][0].start.meta["val"]
+            unmatched.append((path, int(start.shape[channel_axis(start.dim())])))
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=spec.sha256,
-                units=tuple(units), skipped=tuple(skipped), passthrough=passthrough)
+                units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched))

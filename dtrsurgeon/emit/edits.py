@@ -19,6 +19,7 @@ passes it on; in branch mode the unit's residual lines mask their branch input::
 from __future__ import annotations
 
 import builtins
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
@@ -27,6 +28,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from dtrsurgeon.errors import EmitError
+from dtrsurgeon.plan import Plan
 
 TASK = "dtr_task"
 MASK = "dtr_m"
@@ -37,11 +39,14 @@ class FunctionEdit:
     """What to change in one function."""
 
     task_stmt: str | None = None  # root: statement computing the task index
-    add_task_param: bool = False  # non-root: accept dtr_task=None
+    task_param: str = ""  # "required": gains a dtr_task parameter; "optional": dtr_task=None; "": none
     call_lines: set[int] = field(default_factory=set)  # lines whose unit call gets dtr_task=dtr_task
     mask_stmt: str | None = None  # branch mode: statement computing dtr_m
     branch_lines: set[int] = field(default_factory=set)  # residual adds whose branch input gets masked
     stream_var: str = ""  # the residual stream's variable name
+    block_stmts: tuple[str, ...] = ()  # block mode (source): mask the stream on entry ...
+    return_suffix: str = ""  # ... and add the bypass to every returned value
+    append_stmt: str | None = None  # statement appended to the body (root __init__)
 
 
 @lru_cache(maxsize=64)
@@ -163,6 +168,20 @@ class RouteFunctions(cst.CSTTransformer):
             return updated.with_changes(left=updated.left.visit(_MaskStream(var)))
         return updated
 
+    def leave_Return(self, original, updated):
+        edit = self.active[-1][1] if self.active else None
+        if edit is None or not edit.return_suffix:
+            return updated
+        if updated.value is None or isinstance(updated.value, cst.Tuple):
+            pos = self.get_metadata(PositionProvider, original)
+            raise EmitError(f"{self.path}:{pos.start.line}: block mode needs the unit to return its stream, "
+                            "found a bare or tuple return; use routing.mode 'branch' for this unit")
+        value = updated.value
+        if not isinstance(value, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)):
+            value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+        return updated.with_changes(value=cst.BinaryOperation(
+            left=value, operator=cst.Add(), right=cst.parse_expression(edit.return_suffix)))
+
     def leave_AugAssign(self, original, updated):
         if isinstance(updated.operator, cst.AddAssign) and self._in_branch_line(original):
             var = self.active[-1][1].stream_var
@@ -175,14 +194,17 @@ class RouteFunctions(cst.CSTTransformer):
         self.scope.pop()
         if edit is None:
             return updated
-        if edit.add_task_param:
-            updated = updated.with_changes(params=_with_task_param(updated.params))
-        stmts = [s for s in (edit.task_stmt, edit.mask_stmt) if s]
+        if edit.task_param:
+            updated = updated.with_changes(params=_with_task_param(updated.params, edit.task_param == "required"))
+        stmts = [s for s in (edit.task_stmt, edit.mask_stmt, *edit.block_stmts) if s]
+        body = list(updated.body.body)
         if stmts:
-            body = list(updated.body.body)
             at = 1 if body and _is_docstring(body[0]) else 0
-            new = [cst.parse_statement(s + "\n") for s in stmts]
-            updated = updated.with_changes(body=updated.body.with_changes(body=body[:at] + new + body[at:]))
+            body = body[:at] + [cst.parse_statement(s + "\n") for s in stmts] + body[at:]
+        if edit.append_stmt:
+            body.append(cst.parse_statement(edit.append_stmt + "\n"))
+        if stmts or edit.append_stmt:
+            updated = updated.with_changes(body=updated.body.with_changes(body=body))
         self.done[qual] = updated
         return updated
 
@@ -206,13 +228,17 @@ def _is_docstring(stmt) -> bool:
             and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)))
 
 
-def _with_task_param(params: cst.Parameters) -> cst.Parameters:
+def _with_task_param(params: cst.Parameters, required: bool) -> cst.Parameters:
+    """Add ``dtr_task`` (required, or ``=None``) where Python allows it:
+    last positional parameter if that is legal, else keyword-only."""
     if any(p.name.value == TASK for p in list(params.params) + list(params.kwonly_params)):
         return params
-    new = cst.Param(cst.Name(TASK), default=cst.Name("None"), equal=cst.AssignEqual(
-        whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
-    if isinstance(params.star_arg, cst.Param) or params.kwonly_params:
-        return params.with_changes(kwonly_params=list(params.kwonly_params) + [new])
+    eq = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
+    new = cst.Param(cst.Name(TASK)) if required else cst.Param(cst.Name(TASK), default=cst.Name("None"), equal=eq)
+    has_default = any(p.default is not None for p in params.params)
+    if isinstance(params.star_arg, cst.Param) or params.kwonly_params or (required and has_default):
+        star = params.star_arg if isinstance(params.star_arg, cst.Param) else cst.ParamStar()
+        return params.with_changes(star_arg=star, kwonly_params=list(params.kwonly_params) + [new])
     return params.with_changes(params=list(params.params) + [new])
 
 
@@ -222,3 +248,31 @@ def is_builtin(name: str | None) -> bool:
 
 def first_name(code: str) -> str | None:
     return _first_name(cst.parse_expression(code))
+
+
+def collect_edits(plan: Plan) -> dict[str, dict[str, FunctionEdit]]:
+    """file -> function qualname -> edit, for every function the plan touches."""
+    ts = plan.timestep
+    edits: dict[str, dict[str, FunctionEdit]] = defaultdict(dict)
+    for unit in plan.units:
+        for i, sl in enumerate(unit.call_path):
+            edit = edits[sl.file].setdefault(sl.function, FunctionEdit())
+            edit.call_lines.add(sl.line)
+            if i == 0:
+                edit.task_stmt = f"{TASK} = dtr_task_index({ts.arg}, {ts.t0!r}, {ts.t1!r}, {ts.num_tasks}, {ts.reverse})"
+            else:
+                edit.task_param = "required"
+        if unit.mode == "branch":
+            forward = unit.cls.rsplit(".", 1)[1] + ".forward"
+            bad = [sl for sl in unit.residual_lines if sl.function.split(".")[-1] != "forward"]
+            if bad:
+                raise EmitError(f"{bad[0].file}:{bad[0].line}: branch mode needs the residual add of unit "
+                                f"{unit.path!r} in its forward, found it in {bad[0].function}")
+            file = unit.residual_lines[0].file
+            func = unit.residual_lines[0].function if unit.residual_lines[0].function.endswith("forward") else forward
+            edit = edits[file].setdefault(func, FunctionEdit())
+            edit.task_param = "required"
+            edit.mask_stmt = f"{MASK} = dtr_channel_mask(self.dtr_mask, {TASK}, {unit.stream_arg}, {unit.channel_axis})"
+            edit.branch_lines |= {sl.line for sl in unit.residual_lines}
+            edit.stream_var = unit.stream_arg
+    return edits

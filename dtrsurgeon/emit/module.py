@@ -20,45 +20,16 @@ import copy
 import inspect
 import linecache
 import os
-from collections import defaultdict
 
 import torch
 from torch import nn
 
-from dtrsurgeon.emit.edits import MASK, TASK, FunctionEdit, RouteFunctions, first_name, is_builtin, parse_file
+from dtrsurgeon.emit.edits import TASK, RouteFunctions, collect_edits, first_name, is_builtin, parse_file
 from dtrsurgeon.errors import CheckpointError, EmitError
 from dtrsurgeon.masks import dtr_channel_mask, dtr_task_index, mask_table_for
 from dtrsurgeon.plan import Plan, RoutedUnit
 
 _PASS_THROUGH_CALLS = (torch.utils.checkpoint.checkpoint,)
-
-
-def collect_edits(plan: Plan) -> dict[str, dict[str, FunctionEdit]]:
-    """file -> function qualname -> edit, for every function the plan touches."""
-    ts = plan.timestep
-    edits: dict[str, dict[str, FunctionEdit]] = defaultdict(dict)
-    for unit in plan.units:
-        for i, sl in enumerate(unit.call_path):
-            edit = edits[sl.file].setdefault(sl.function, FunctionEdit())
-            edit.call_lines.add(sl.line)
-            if i == 0:
-                edit.task_stmt = f"{TASK} = dtr_task_index({ts.arg}, {ts.t0!r}, {ts.t1!r}, {ts.num_tasks}, {ts.reverse})"
-            else:
-                edit.add_task_param = True
-        if unit.mode == "branch":
-            forward = unit.cls.rsplit(".", 1)[1] + ".forward"
-            bad = [sl for sl in unit.residual_lines if sl.function.split(".")[-1] != "forward"]
-            if bad:
-                raise EmitError(f"{bad[0].file}:{bad[0].line}: branch mode needs the residual add of unit "
-                                f"{unit.path!r} in its forward, found it in {bad[0].function}")
-            file = unit.residual_lines[0].file
-            func = unit.residual_lines[0].function if unit.residual_lines[0].function.endswith("forward") else forward
-            edit = edits[file].setdefault(func, FunctionEdit())
-            edit.add_task_param = True
-            edit.mask_stmt = f"{MASK} = dtr_channel_mask(self.dtr_mask, {TASK}, {unit.stream_arg}, {unit.channel_axis})"
-            edit.branch_lines |= {sl.line for sl in unit.residual_lines}
-            edit.stream_var = unit.stream_arg
-    return edits
 
 
 def _functions_by_qualname(model: nn.Module) -> dict[tuple[str, str], object]:
