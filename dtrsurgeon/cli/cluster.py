@@ -142,7 +142,7 @@ def compute(args):
 
 
 def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}"
+    return "-" if x is None else f"{x:.3g}"
 
 
 def _table(result: dict) -> None:
@@ -152,7 +152,7 @@ def _table(result: dict) -> None:
     conv = f", {result['convention']}" if result["convention"] else ""
     title = f"{result['k']} clusters of T={result['num_timesteps']} timesteps ({result['schedule']} schedule, cost {result['cost']}{conv})"
     table = Table(title=title, caption=None if result["objective"] is None else f"objective {result['objective']:.6g}")
-    for col in ("cluster", "timesteps", "width", "SNR first → last", "log-SNR first → last", "cost"):
+    for col in ("cluster", "t", "width", "SNR (first → last)", "log SNR", "cost"):
         table.add_column(col, justify="right")
     for n, c in enumerate(result["clusters"]):
         table.add_row(
