@@ -8,7 +8,7 @@ Built-in schedules (T is always a parameter):
 
 - ``linear`` (DDPM / DiT): ``beta`` evenly spaced from ``1e-4 * 1000/T`` to
   ``0.02 * 1000/T``; the ``1000/T`` factor is improved-DDPM's, so any T covers
-  the same noise range as T = 1000.
+  the same noise range as T = 1000 (and T must exceed 20).
 - ``cosine`` (improved DDPM): ``abar(t) = f(t)/f(0)``, ``f(t) = cos((t/T + s)/(1 + s) * pi/2)^2``,
   ``s = 0.008``, realised through ``beta_t = min(1 - f(t+1)/f(t), 0.999)``.
 - ``scaled_linear`` (latent diffusion / Stable Diffusion): ``sqrt(beta)`` evenly
@@ -82,6 +82,11 @@ def make_schedule(name: str, num_timesteps: int = 1000) -> NoiseSchedule:
     if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
         raise MtlError(f"num_timesteps must be an integer >= 1, got {num_timesteps!r}")
     betas = _betas(key, int(num_timesteps))
+    if np.any(betas >= 1.0):
+        raise MtlError(
+            f"the {key} schedule scales beta by 1000/T (improved DDPM), which needs T > 20; got T = {num_timesteps}. "
+            "Use more timesteps, another schedule, or your own alphas_cumprod"
+        )
     return schedule_from_alphas_cumprod(np.cumprod(1.0 - betas), name=key)
 
 

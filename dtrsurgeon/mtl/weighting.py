@@ -27,6 +27,7 @@ absent from a batch contribute nothing.  The authors' scripts divide each
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -155,7 +156,7 @@ class UncertaintyWeighting:
         return {
             "num_clusters": self.num_clusters,
             "log_vars": self.log_vars.detach().clone(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),  # a snapshot, not live tensors
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
