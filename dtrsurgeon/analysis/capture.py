@@ -34,10 +34,9 @@ def _module_paths(model: nn.Module) -> dict[int, str]:
     return {id(m): name for name, m in model.named_modules()}
 
 
-def _where_capture_stopped(model: nn.Module, exc: BaseException) -> str:
+def _where_capture_stopped(paths: dict[int, str], exc: BaseException) -> str:
     """'module path (file:line: code)' of the innermost user frame that ran
     inside one of the model's modules when ``exc`` was raised."""
-    paths = _module_paths(model)
     found = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
         owner = frame.f_locals.get("self")
@@ -66,14 +65,19 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
         if path is not None and path not in callers:
             callers[path] = _user_frames(model, traceback.extract_stack()[:-1])
 
+    # One eager call records who calls each module (export may run copies of the
+    # modules, so it cannot tell); then export gives the graph.
     handle = nn.modules.module.register_module_forward_pre_hook(record_caller)
     try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+        handle.remove()
         ep = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
-    except Exception as exc:  # every export failure becomes one actionable line
+    except Exception as exc:  # every capture failure becomes one actionable line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CaptureError(
             f"cannot capture {type(model).__name__}.forward: {type(exc).__name__}: {first[:300]} -- "
-            f"stopped in {_where_capture_stopped(model, exc)}. "
+            f"stopped in {_where_capture_stopped(paths, exc)}. "
             "Capture runs the forward on fake tensors, so data-dependent Python (if on tensor values, "
             ".item(), .tolist(), numpy) cannot be followed: make that code shape-only, or route the "
             "blocks below it by calling dtrsurgeon on that submodule."
