@@ -229,7 +229,7 @@ def _monotone_terms(v: np.ndarray):
     g = sgn * (v[c] * (2 * c - m - 1) - 2.0 * S[c])
     S *= sgn
     hankel = _hankel(g, n)
-    return (lambda a, b: hankel[a:b, :b]), S[:n], S[1:], np.zeros(n)
+    return (lambda a, b: hankel[a:b, :b]), S[:n], S[1:], np.zeros(n), True
 
 
 def _prefix_terms(v: np.ndarray, cost: str):
@@ -247,20 +247,21 @@ def _prefix_terms(v: np.ndarray, cost: str):
         hb = base[a:b, :b]
         return flat[hb + np.arange(a + 1, b + 1)[:, None]] - flat[hb + np.arange(b)[None, :]]
 
-    return block, np.zeros(n), np.zeros(n), diag
+    return block, np.zeros(n), np.zeros(n), diag, cost != "affinity"
 
 
 def _solve(terms, n: int, k: int, reference: bool = False) -> list[int]:
     """Starts of the optimal k intervals.
 
-    ``terms = (block, col, row, diag)`` describe the costs: for s < i,
+    ``terms = (block, col, row, diag, nonneg)`` describe the costs: for s < i,
     ``C(s, i) = block(a, b)[i - a, s] + col[s] + row[i]`` (rows a..b-1 of a
-    block); ``C(i, i) = diag[i]``.  ``D[j, i]``, the best cost of j+1 intervals
+    block); ``C(i, i) = diag[i]``; ``nonneg``: no cost is negative (so a zero
+    total needs a zero-cost prefix, which the reference rules exploit).  ``D[j, i]``, the best cost of j+1 intervals
     over 0..i, is filled block by block, every layer per block, so each block is
     read while it is still in cache.  ``reference`` applies the released script's
     search rules (see :func:`interval_clustering`) and returns its reported starts.
     """
-    block, col, row, diag = terms
+    block, col, row, diag, nonneg = terms
     D = np.full((k, n), np.inf)
     arg = np.zeros((k, n), dtype=np.int64)  # start of the last interval of the best split
     buf = np.empty(_BLOCK * n)  # flat, so every work block is C-contiguous
@@ -285,8 +286,11 @@ def _solve(terms, n: int, k: int, reference: bool = False) -> list[int]:
             W[:, a:b] += upper[r0 : b - a, : b - a]  # s > i is not an interval
             ii = np.arange(max(lo, 1), b)
             W[ii - lo, ii] = D[j - 1, ii - 1] + diag[ii] - row[ii]  # 1-wide last interval
-            if reference:
-                W[(W + row[lo:b, None]) == 0.0] = np.inf
+            if reference:  # the script's rules: a zero total is infeasible, and s = j is never tried
+                cols = np.flatnonzero(D[j - 1, : b - 1] == 0.0) + 1 if nonneg else np.arange(b)
+                sub = W[:, cols]
+                sub[(sub + row[lo:b, None]) == 0.0] = np.inf
+                W[:, cols] = sub
                 W[:, j] = np.inf
             best = W.argmin(axis=1)
             arg[j, lo:b] = best
@@ -322,7 +326,9 @@ def interval_clustering(values, k: int, cost: str = "snr", convention: str = "ex
     cost is exactly 0 as infeasible, and (3) reports each later interval as
     starting one step early (at the last timestep of the previous interval of
     its own DP solution).  Its last interval ends at a hard-coded 1000; here it
-    ends at T-1.  The exact convention never has a worse objective.
+    ends at T-1.  On curves with flat stretches (exact zero costs) prefix-sum
+    rounding can make rule (2) fire differently.  The exact convention never
+    has a worse objective.
 
         >>> from dtrsurgeon.mtl import make_schedule
         >>> interval_clustering(make_schedule("linear", 1000).snr, 5)
