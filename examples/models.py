@@ -34,6 +34,23 @@ def _family(name: str) -> tuple[str, str]:
     return family, config
 
 
+def check_name(name: str) -> None:
+    """Raise :class:`ModelError` for a model name that :func:`build_model` cannot build."""
+    family, config = _family(name)
+    if family == "dit":
+        from model_zoo.dit import CONFIGS
+
+        if config not in CONFIGS:
+            raise ModelError(f"unknown model {name!r}: no DiT config {config!r}; expected one of: {', '.join(CONFIGS)}")
+    elif family in ("adm_unet", "uvit"):
+        from model_zoo import adm_unet, uvit
+
+        configs = (adm_unet if family == "adm_unet" else uvit).CONFIGS
+        if config not in configs:
+            raise ModelError(f"unknown model {name!r}: no {family} config {config!r}; "
+                             f"expected one of: {', '.join(configs)}")
+
+
 def data_kwargs(name: str, image_size: int, channels: int, num_classes: int | None) -> dict[str, Any]:
     """The constructor arguments that fit a model family to the data."""
     family, _ = _family(name)
@@ -46,6 +63,7 @@ def data_kwargs(name: str, image_size: int, channels: int, num_classes: int | No
 
 def build_model(name: str, image_size: int, channels: int, num_classes: int | None,
                 model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    check_name(name)
     family, config = _family(name)
     kwargs = data_kwargs(name, image_size, channels, num_classes)
     kwargs.update(model_kwargs or {})
@@ -55,10 +73,8 @@ def build_model(name: str, image_size: int, channels: int, num_classes: int | No
 
             return tiny_dit(**kwargs)
         if family == "dit":
-            from model_zoo.dit import CONFIGS, dit
+            from model_zoo.dit import dit
 
-            if config not in CONFIGS:
-                raise ModelError(f"unknown DiT config {config!r}; expected one of: {', '.join(CONFIGS)}")
             return dit(config, **kwargs)
         if family == "adm_unet":
             from model_zoo.adm_unet import adm_unet

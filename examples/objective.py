@@ -2,9 +2,13 @@
 
 * :class:`Uniform`: t uniform over ``0 .. T-1``, the plain mean of the per-sample MSE (DDPM's
   "simple" loss).
-* ANT (Go et al. 2023), built from a spec's ``mtl`` section by :func:`from_mtl_section`: timesteps
+* :class:`examples.ant.Ant` (Go et al. 2023), built from a spec's ``mtl`` section: timesteps
   grouped into k intervals, cluster-balanced batches, and a per-cluster weighting such as
   uncertainty weighting (UW) from :mod:`dtrsurgeon.mtl`.
+
+An objective has ``sample_t(batch, generator)`` (the global batch's timesteps, drawn on the CPU),
+``backward(per_sample_mse, t)`` (local slice), ``step()`` (after the model's optimiser step),
+``state_dict``/``load_state_dict`` (saved in the checkpoint), ``describe()`` and ``log()``.
 
 Every objective is exact under DistributedDataParallel: the global batch is drawn identically on
 every rank and sliced, and a loss that needs global statistics (per-cluster means) all-reduces
@@ -16,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 
 class Uniform:
@@ -30,14 +33,11 @@ class Uniform:
     def sample_t(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.num_timesteps, (batch,), generator=generator)
 
-    def loss(self, mse: torch.Tensor, t: torch.Tensor, world: int = 1) -> torch.Tensor:
-        # DDP averages gradients over ranks: the mean of local means is the global mean.
-        return mse.mean()
+    def backward(self, mse: torch.Tensor, t: torch.Tensor) -> None:
+        # DDP averages gradients over ranks: the mean of equal-sized local means is the global mean.
+        mse.mean().backward()
 
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return []
-
-    def after_backward(self, world: int = 1) -> None:
+    def step(self) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
@@ -51,13 +51,3 @@ class Uniform:
 
     def log(self) -> dict[str, float]:
         return {}
-
-
-def all_reduce_mean_grads(params, world: int) -> None:
-    """Average the gradients of parameters that DDP does not own (an objective's own)."""
-    if world <= 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world

@@ -38,8 +38,8 @@ import torch.distributed as dist
 
 from examples.data import DATASETS, DataError, EpochStream, load_dataset
 from examples.diffusion import SCHEDULES, Schedule, ddim_sample, model_eps, per_sample_mse, save_grid
-from examples.models import ModelError, build_model, is_conditional, load_generated
-from examples.objective import Uniform, all_reduce_mean_grads
+from examples.models import ModelError, build_model, check_name, is_conditional, load_generated
+from examples.objective import Uniform
 
 PROG = "train.py"
 
@@ -135,8 +135,9 @@ def _json_arg(text: str, flag: str) -> dict[str, Any]:
     return value
 
 
-def load_mtl_section(args, spec) -> dict[str, Any] | None:
-    """The ``mtl`` section to apply: ``--mtl FILE``'s, else the spec's, else None."""
+def load_mtl_section(args, spec) -> tuple[dict[str, Any] | None, Path]:
+    """The ``mtl`` section to apply (``--mtl FILE``'s, else the spec's, else None) and the
+    folder its relative paths resolve against."""
     if args.mtl:
         try:
             doc = json.loads(Path(args.mtl).read_text())
@@ -150,11 +151,13 @@ def load_mtl_section(args, spec) -> dict[str, Any] | None:
             doc = dtrsurgeon.load_spec(doc).mtl
             if doc is None:
                 raise TrainError(f"--mtl {args.mtl}: this spec has no mtl section")
-            return _thaw(doc)
-        return doc
+            return _thaw(doc), Path(args.mtl).resolve().parent
+        if not isinstance(doc, dict):
+            raise TrainError(f"--mtl {args.mtl}: expected a spec or a JSON object of mtl settings")
+        return doc, Path(args.mtl).resolve().parent
     if spec is not None and spec.mtl is not None:
-        return _thaw(spec.mtl)
-    return None
+        return _thaw(spec.mtl), Path(args.spec).resolve().parent
+    return None, Path.cwd()
 
 
 def _thaw(value):
@@ -165,12 +168,15 @@ def _thaw(value):
     return value
 
 
-def make_objective(mtl: dict[str, Any] | None, schedule: Schedule):
+def make_objective(mtl: dict[str, Any] | None, base_dir, schedule: Schedule, model, world: int, device):
     if mtl is None:
         return Uniform(schedule.num_timesteps)
-    from examples.ant import Ant
+    from examples.ant import Ant, AntError
 
-    return Ant.from_section(mtl, schedule)
+    try:
+        return Ant.from_section(mtl, schedule, model, base_dir=base_dir, world=world, device=device)
+    except AntError as e:
+        raise TrainError(str(e)) from None
 
 
 def prepare_model(args, data):
@@ -190,6 +196,13 @@ def prepare_model(args, data):
             model = dtrsurgeon.transform(model, spec)
     plan = getattr(model, "dtr_plan", None)
     return model, spec, (plan.to_dict() if plan is not None else None)
+
+
+def deepcopy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``copy.deepcopy`` that shares the routed model's immutable ``dtr_spec``/``dtr_plan``
+    (a spec with an ``mtl`` section holds mapping proxies, which deepcopy cannot copy)."""
+    memo = {id(v): v for v in (getattr(model, "dtr_spec", None), getattr(model, "dtr_plan", None)) if v is not None}
+    return copy.deepcopy(model, memo)
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -274,22 +287,30 @@ def plot_losses(steps: list[int], losses: list[float], path: Path, title: str) -
     plt.close(fig)
 
 
-def run(args) -> TrainResult:
+def run(args, callback=None, callback_every: int = 0) -> TrainResult:
+    """Train as ``args`` (the parsed command line) says. ``callback(step, model, ema)`` runs on
+    rank 0 every ``callback_every`` steps (the benchmarks' held-out evaluation); it must leave
+    the model as it found it."""
     d = setup_distributed(args.device)
     try:
-        return _run(args, d)
+        return _run(args, d, callback, callback_every)
     finally:
         if d.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(args, d: Dist) -> TrainResult:
+def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     if args.steps < 0 or args.batch_size < 1:
         raise TrainError("--steps must be >= 0 and --batch-size >= 1")
     if args.batch_size % d.world:
         raise TrainError(f"--batch-size {args.batch_size} is not divisible by the {d.world} processes")
     if args.generated is None and args.entry:
         raise TrainError("--entry needs --generated FILE")
+    if not args.generated:
+        check_name(args.model)
+    _json_arg(args.model_kwargs, "--model-kwargs")
+    if args.spec and not Path(args.spec).is_file():
+        raise TrainError(f"--spec {args.spec}: no such file")
     out = Path(args.out)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -298,8 +319,7 @@ def _run(args, d: Dist) -> TrainResult:
     schedule = Schedule.make(args.schedule, args.timesteps)
     torch.manual_seed(args.seed)  # the same initial weights on every rank and every resume
     model, spec, plan = prepare_model(args, data)
-    mtl = load_mtl_section(args, spec)
-    objective = make_objective(mtl, schedule)
+    mtl, mtl_dir = load_mtl_section(args, spec)
     conditional = is_conditional(model) and not args.unconditional
     if d.main:
         if spec is not None:
@@ -310,15 +330,11 @@ def _run(args, d: Dist) -> TrainResult:
     device = d.device
     use_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     model.to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = deepcopy_model(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": params, "weight_decay": args.weight_decay}]
-    obj_params = objective.parameters()
-    for p in obj_params:
-        p.data = p.data.to(device)
-    if obj_params:
-        groups.append({"params": obj_params, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999),
+                            fused=device.type == "cuda")
+    objective = make_objective(mtl, mtl_dir, schedule, model, d.world, device)
 
     start, hist_steps, hist_loss, elapsed = 0, [], [], 0.0
     resume = args.resume
@@ -345,6 +361,9 @@ def _run(args, d: Dist) -> TrainResult:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # broadcast_buffers=False: the only buffers are the routing masks, identical on every rank.
+        import warnings
+
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                           broadcast_buffers=False)
     if args.compile:
@@ -404,13 +423,12 @@ def _run(args, d: Dist) -> TrainResult:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             eps = model_eps(train_model, xt, t, y)
         mse = per_sample_mse(eps, noise)
-        loss = objective.loss(mse, t, d.world)
-        loss.backward()
-        all_reduce_mean_grads(obj_params, d.world)
+        objective.backward(mse, t)
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        objective.step()
         with torch.no_grad():
             decay = min(args.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_params, model_params, 1 - decay)
@@ -425,6 +443,8 @@ def _run(args, d: Dist) -> TrainResult:
             if extra:
                 info += " " + " ".join(f"{k} {v:.3g}" for k, v in extra.items())
             progress.update(done, info)
+        if callback is not None and callback_every and done % callback_every == 0 and d.main:
+            callback(done, model, ema)
         if args.ckpt_every and done % args.ckpt_every == 0 and done != args.steps:
             checkpoint(done)
     progress.close()

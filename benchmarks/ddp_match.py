@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Does a routed run under ``torchrun --nproc_per_node=N`` follow the single-process loss curve?
+
+``examples/train.py`` draws every step's global batch (images, timesteps, noise) from the step
+number alone and gives rank r the r-th slice, so one process and N processes with the same
+global batch see identical data; the objective is written so that the N-process gradient equals
+the single-process one (ANT-UW's per-cluster means are made global, see ``examples/ant.py``).
+What remains are floating-point differences (gradient all-reduce order, bf16), which grow slowly
+as the runs proceed. Label dropout is switched off (``class_dropout_prob 0``): it draws per rank.
+
+For each pair (routed DTR; DTR + ANT-UW) this runs the single-process and the N-process
+training and compares the per-step loss (median and max relative difference), 50-step window
+means (max relative difference) and the final weights (relative L2 distance).
+
+    python benchmarks/ddp_match.py --nproc 2 --out benchmarks/results/ddp-h200x2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+import torch
+
+from benchmarks.convergence import ANT_UW
+
+# NVLink multicast stays off on shared hosts (see the device notes); children inherit this.
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--model", default="dit:S/4")
+    p.add_argument("--spec", default="specs/dit-paper.json")
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--pairs", default="dtr,dtr+ant-uw")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--model-kwargs", default="{}")
+    p.add_argument("--window", type=int, default=50)
+    p.add_argument("--tol-window", type=float, default=0.01, help="max relative difference of window means")
+    p.add_argument("--tol-median", type=float, default=0.01, help="max median per-step relative difference")
+    p.add_argument("--work", default="out/ddp_match")
+    p.add_argument("--out", default="benchmarks/results/ddp-local.json")
+    return p.parse_args(argv)
+
+
+def train_argv(args, pair: str, out: Path, mtl_file: Path) -> list[str]:
+    kwargs = {"class_dropout_prob": 0.0, **json.loads(args.model_kwargs)}
+    argv = [str(ROOT / "examples" / "train.py"), "--model", args.model, "--model-kwargs", json.dumps(kwargs),
+            "--data", args.data, "--image-size", str(args.image_size), "--steps", str(args.steps),
+            "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--device", args.device,
+            "--precision", args.precision, "--out", str(out), "--num-samples", "0", "--log-every", "50",
+            "--no-progress", "--spec", str(ROOT / args.spec)]
+    if "ant" in pair:
+        argv += ["--mtl", str(mtl_file)]
+    return argv
+
+
+def run(cmd: list[str]) -> float:
+    env = {**os.environ, **SAFE_ENV, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT)
+    if proc.returncode:
+        raise SystemExit(f"ddp_match: {' '.join(cmd[:6])} ... failed with exit code {proc.returncode}")
+    return time.perf_counter() - t0
+
+
+def compare(single: Path, ddp: Path, window: int) -> dict:
+    a = np.array(json.loads((single / "metrics.json").read_text())["loss"])
+    b = np.array(json.loads((ddp / "metrics.json").read_text())["loss"])
+    rel = np.abs(a - b) / np.abs(a)
+    n = len(a) // window * window
+    wa, wb = a[:n].reshape(-1, window).mean(1), b[:n].reshape(-1, window).mean(1)
+    ca = torch.load(single / "ckpt.pt", map_location="cpu", weights_only=False)["model"]
+    cb = torch.load(ddp / "ckpt.pt", map_location="cpu", weights_only=False)["model"]
+    num = sum(float((ca[k].float() - cb[k].float()).pow(2).sum()) for k in ca)
+    den = sum(float(ca[k].float().pow(2).sum()) for k in ca)
+    return {
+        "steps": len(a), "median_step_rel_diff": float(np.median(rel)), "max_step_rel_diff": float(rel.max()),
+        "first_10_step_max_rel_diff": float(rel[:10].max()),
+        "window": window, "window_means_single": wa.tolist(), "window_means_ddp": wb.tolist(),
+        "max_window_rel_diff": float((np.abs(wa - wb) / wa).max()),
+        "final_weight_rel_l2": (num / den) ** 0.5,
+        "loss_single": a.tolist(), "loss_ddp": b.tolist(),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.update(SAFE_ENV)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    mtl_file = work / "ant-uw.json"
+    mtl_file.write_text(json.dumps(ANT_UW))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"meta": {"command": "python benchmarks/ddp_match.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                       "nproc": args.nproc, "model": args.model, "spec": args.spec, "data": args.data,
+                       "steps": args.steps, "global_batch": args.batch_size, "lr": args.lr, "ant_uw": ANT_UW,
+                       "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                       "gpus": torch.cuda.device_count(), "torch": torch.__version__,
+                       "tolerance": {"max_window_rel_diff": args.tol_window, "median_step_rel_diff": args.tol_median}},
+              "pairs": []}
+    for pair in args.pairs.split(","):
+        s_dir, d_dir = work / f"{pair}-single", work / f"{pair}-ddp{args.nproc}"
+        t_single = run([sys.executable] + train_argv(args, pair, s_dir, mtl_file))
+        t_ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+                    + train_argv(args, pair, d_dir, mtl_file))
+        c = compare(s_dir, d_dir, args.window)
+        c.update(name=pair, wall_s_single=t_single, wall_s_ddp=t_ddp,
+                 passed=c["max_window_rel_diff"] <= args.tol_window and c["median_step_rel_diff"] <= args.tol_median)
+        result["pairs"].append(c)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"== {pair}: median step rel diff {c['median_step_rel_diff']:.2e}, max {c['max_step_rel_diff']:.2e}; "
+              f"max {args.window}-step window rel diff {c['max_window_rel_diff']:.2e}; final weights rel L2 "
+              f"{c['final_weight_rel_l2']:.2e}; {'PASS' if c['passed'] else 'FAIL'} "
+              f"(wall {t_single:.0f} s single, {t_ddp:.0f} s x{args.nproc})", flush=True)
+    plot(result, out.with_suffix(".png"))
+    return 0 if all(p["passed"] for p in result["pairs"]) else 1
+
+
+def plot(result, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = result["pairs"]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 3.5), dpi=120, squeeze=False)
+    for ax, p in zip(axes[0], pairs):
+        steps = np.arange(1, p["steps"] + 1)
+        ax.plot(steps, p["loss_single"], lw=0.8, label="1 process")
+        ax.plot(steps, p["loss_ddp"], lw=0.8, ls="--", label=f"{result['meta']['nproc']} processes (DDP)")
+        ax.set_yscale("log")
+        ax.set_title(f"{result['meta']['model']} {p['name']}: train loss, global batch {result['meta']['global_batch']}",
+                     fontsize=8)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

