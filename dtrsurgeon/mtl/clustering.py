@@ -256,9 +256,9 @@ def _solve(terms, n: int, k: int, reference: bool = False) -> list[int]:
     ``terms = (block, col, row, diag, nonneg)`` describe the costs: for s < i,
     ``C(s, i) = block(a, b)[i - a, s] + col[s] + row[i]`` (rows a..b-1 of a
     block); ``C(i, i) = diag[i]``; ``nonneg``: no cost is negative (so a zero
-    total needs a zero-cost prefix, which the reference rules exploit).  ``D[j, i]``, the best cost of j+1 intervals
-    over 0..i, is filled block by block, every layer per block, so each block is
-    read while it is still in cache.  ``reference`` applies the released script's
+    total needs a zero-cost prefix, which the reference rules exploit).
+    ``D[j, i]``, the best cost of j+1 intervals over 0..i, is filled block by
+    block, every layer per block, so each block is read while still in cache.  ``reference`` applies the released script's
     search rules (see :func:`interval_clustering`) and returns its reported starts.
     """
     block, col, row, diag, nonneg = terms
@@ -291,7 +291,8 @@ def _solve(terms, n: int, k: int, reference: bool = False) -> list[int]:
                 sub = W[:, cols]
                 sub[(sub + row[lo:b, None]) == 0.0] = np.inf
                 W[:, cols] = sub
-                W[:, j] = np.inf
+                if j < b:
+                    W[:, j] = np.inf
             best = W.argmin(axis=1)
             arg[j, lo:b] = best
             D[j, lo:b] = W[np.arange(b - lo), best] + row[lo:b]

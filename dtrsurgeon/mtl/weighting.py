@@ -49,6 +49,8 @@ def cluster_mean_losses(per_sample_loss: torch.Tensor, cluster_ids: torch.Tensor
     """``(means, counts)``: the mean loss of each cluster's samples (0 where a
     cluster has none) and how many samples each cluster has, both of length k."""
     _check_loss(per_sample_loss, cluster_ids, "cluster_ids")
+    if per_sample_loss.numel() == 0:
+        raise MtlError("got an empty batch of losses; every step needs at least one sample")
     ids = cluster_ids.long()
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_clusters):
         raise MtlError(f"cluster ids must lie in 0..{num_clusters - 1}, got {int(ids.min())}..{int(ids.max())}")

@@ -93,6 +93,48 @@ def test_partition_invariants(n, data, name):
     assert validate_intervals(parts, n) == parts
 
 
+def simple_dp(values, k, cost):
+    """A second, plain DP (minimum objective only) over interval costs summed
+    directly from the definition, with the centers written out here."""
+    v = np.asarray(values, dtype=float)
+    n = v.shape[0]
+    C = np.full((n, n), np.inf)
+    for f in range(n):
+        for l in range(f, n):
+            if cost == "affinity":
+                C[f, l] = -v[(f + l + 1) // 2, f : l + 1].sum()
+            else:
+                C[f, l] = 0.0 if f == l else np.abs(v[f : l + 1] - v[round((f + l + 1) / 2)]).sum()
+    D = C[0].copy()
+    for _ in range(1, k):
+        D = np.concatenate(([np.inf], (D[:-1, None] + C[1:, :]).min(axis=0)[1:]))
+    return D[n - 1]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    n=st.integers(132, 200),
+    data=st.data(),
+    kind=st.sampled_from(["monotone", "random", "affinity"]),
+)
+def test_dp_across_several_row_blocks(n, data, kind):
+    # T > 128 spans several DP row blocks; k up to T exercises layers beyond a block
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    k = data.draw(st.sampled_from([2, 5, 131, n - 1, n]))
+    if kind == "affinity":
+        values, cost = rng.integers(-3, 4, size=(n, n)).astype(float), "affinity"
+    else:
+        values, cost = rng.integers(0, 1000, size=n).astype(float), "snr"
+        if kind == "monotone":
+            values = np.sort(values)[::-1]
+    parts = interval_clustering(values, k, cost)
+    assert len(parts) == k and validate_intervals(parts, n) == parts
+    assert partition_cost(values, parts, cost) == simple_dp(values, k, cost)
+    if kind == "monotone" and k < n:
+        ref = interval_clustering(values, k, cost, convention="reference")
+        assert len(ref) == k and validate_intervals(ref, n) == ref
+
+
 # --- hand-checked cases ----------------------------------------------------------
 
 HAND = [
@@ -197,6 +239,14 @@ def test_reference_convention_on_real_schedules():
             ref = interval_clustering(snr, k, convention="reference")
             assert ref == script(snr, k, "snr")
             assert partition_cost(snr, interval_clustering(snr, k), "snr") <= partition_cost(snr, ref, "snr")
+
+
+@pytest.mark.parametrize("k", [129, 139])
+def test_reference_convention_with_more_clusters_than_a_dp_block(k):
+    values = np.arange(140, 0, -1, dtype=float) ** 2
+    ref = interval_clustering(values, k, convention="reference")
+    assert len(ref) == k and validate_intervals(ref, 140) == ref
+    assert partition_cost(values, interval_clustering(values, k), "snr") <= partition_cost(values, ref, "snr")
 
 
 def test_reference_convention_needs_more_timesteps_than_clusters():

@@ -139,5 +139,7 @@ def test_cluster_mean_losses_and_bad_shapes():
         cluster_mean_losses(torch.ones(3), torch.zeros(2), 2)
     with pytest.raises(MtlError, match="0..1"):
         cluster_mean_losses(torch.ones(2), torch.tensor([0, 2]), 2)
+    with pytest.raises(MtlError, match="empty batch"):
+        cluster_mean_losses(torch.ones(0), torch.zeros(0, dtype=torch.long), 2)
     with pytest.raises(MtlError, match="num_clusters"):
         UncertaintyWeighting(0)
