@@ -35,7 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--modes", default="eager,compile", help="eager and/or compile")
     p.add_argument("--kinds", default="train,forward", help="train and/or forward")
     p.add_argument("--spec", default="specs/dit-paper.json")
-    p.add_argument("--generated", help="routed model file from `dtrsurgeon apply` (adds the 'generated' variant)")
-    p.add_argument("--entry", default="dit", help="factory in --generated, called as ENTRY(CONFIG, **kwargs)")
+    p.add_argument("--generated", default="auto",
+                   help="'auto': write a routed model_zoo/dit.py per config with `dtrsurgeon apply` (if that verb "
+                        "exists) and time it as the 'generated' variant; 'none': skip; or a FILE to import")
+    p.add_argument("--work", default="out/overhead", help="where generated files go")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--iters", type=int, default=10, help="steps per variant per round")
@@ -71,18 +74,42 @@ def build_variants(args, config: str) -> dict[str, torch.nn.Module]:
     t0 = time.perf_counter()
     variants["transform"] = dtrsurgeon.transform(vanilla, args.spec)
     print(f"  transform({config}): {time.perf_counter() - t0:.1f} s", flush=True)
-    if args.generated:
-        module = _import_generated(args.generated)
-        gen = getattr(module, args.entry)(config, **kwargs)
+    path = generated_file(args, config, kwargs)
+    if path is not None:
+        module = _import_generated(path, config)
+        gen = module.dit(config, **kwargs)
         gen.load_state_dict(vanilla.state_dict(), strict=True)
         variants["generated"] = gen
     return variants
 
 
-def _import_generated(path):
+def generated_file(args, config: str, kwargs: dict) -> Path | None:
+    """The routed source for ``dit(config, **kwargs)``: written by ``dtrsurgeon apply`` under
+    ``--work`` (``--generated auto``), or the given file."""
+    if args.generated == "none":
+        return None
+    if args.generated != "auto":
+        return Path(args.generated)
+    from dtrsurgeon.cli import build_parser, main as cli
+
+    if "apply" not in build_parser().format_help():
+        print("  (no `dtrsurgeon apply` verb: the generated variant is skipped)", flush=True)
+        return None
+    out = Path(args.work) / f"dit_{config.replace('/', '_')}_dtr.py"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rc = cli(["apply", args.spec, str(ROOT / "model_zoo" / "dit.py"), "--entry", "dit",
+              "--kwargs", json.dumps({"name": config, **kwargs}), "-o", str(out), "--force"])
+    if rc != 0:
+        raise SystemExit(f"dtrsurgeon apply failed for {config} (exit {rc})")
+    print(f"  dtrsurgeon apply ({config}): {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
+    return out
+
+
+def _import_generated(path, config):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_dtr_generated_bench", Path(path).resolve())
+    spec = importlib.util.spec_from_file_location(f"_dtr_generated_{config.replace('/', '_')}", Path(path).resolve())
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -256,7 +283,7 @@ def main(argv=None) -> int:
                     print(f"  {mode:7s} {kind:7s} {name:9s} {r['ms']:8.2f} ms  (iqr {r['ms_iqr']:.2f})  "
                           f"{r['peak_gib']:6.2f} GiB  ratio {r['ms'] / ref:.4f}", flush=True)
                 write()
-            del runners
+            del runners, runner
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         del base_variants

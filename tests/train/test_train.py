@@ -108,3 +108,55 @@ def test_command_line_error_through_a_subprocess(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "unknown model 'nope'" in proc.stderr
+
+
+def _write_ant_spec(tmp_path: Path) -> Path:
+    doc = json.loads(Path(SPEC).read_text())
+    doc["mtl"] = {"clustering": {"cost": "uniform", "k": 4}, "weighting": "uw"}
+    path = tmp_path / "dit-ant.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_spec_mtl_section_applies_ant_uw_and_resumes_its_state(tmp_path):
+    spec = _write_ant_spec(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = BASE + ["--spec", str(spec), "--num-samples", "0"]
+    assert train.main(common + ["--steps", "4", "--ckpt-every", "2", "--keep-checkpoints", "--out", str(a)]) == 0
+    full = _ckpt(a / "ckpt.pt")
+    assert full["objective"]["weighting"] == "uw"
+    assert full["objective"]["intervals"] == [[0, 249], [250, 499], [500, 749], [750, 999]]
+    assert not torch.equal(full["objective"]["state"]["log_vars"], torch.zeros(4))  # UW has stepped
+    metrics = json.loads((a / "metrics.json").read_text())
+    assert metrics["objective"]["name"] == "ant" and metrics["routed"] is True
+    assert train.main(common + ["--steps", "4", "--resume", str(a / "ckpt-0000002.pt"), "--out", str(b)]) == 0
+    resumed = _ckpt(b / "ckpt.pt")
+    torch.testing.assert_close(resumed["objective"]["state"]["log_vars"], full["objective"]["state"]["log_vars"])
+    assert resumed["history"]["loss"] == pytest.approx(full["history"]["loss"], rel=1e-6, abs=1e-7)
+
+
+def test_mtl_schedule_must_match_the_training_schedule(tmp_path, capsys):
+    spec = _write_ant_spec(tmp_path)
+    rc = train.main(BASE + ["--steps", "1", "--spec", str(spec), "--schedule", "cosine", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "schedule" in err
+
+
+def test_model_from_a_generated_file(tmp_path):
+    from dtrsurgeon.cli import build_parser as cli_parser
+    from dtrsurgeon.cli import main as cli
+
+    if "apply" not in cli_parser().format_help():
+        pytest.skip("this dtrsurgeon has no `apply` verb")
+    from model_zoo.dit import tiny_dit
+
+    kwargs = {"input_size": 8, "in_channels": 1, "num_classes": 10, "learn_sigma": False}
+    gen = tmp_path / "dit_dtr.py"
+    assert cli(["apply", SPEC, str(ROOT / "model_zoo" / "dit.py"), "--entry", "tiny_dit",
+                "--kwargs", json.dumps(kwargs), "-o", str(gen)]) == 0
+    out = tmp_path / "gen"
+    assert train.main(BASE + ["--steps", "2", "--generated", str(gen), "--entry", "tiny_dit", "--kwargs",
+                              json.dumps(kwargs), "--spec", SPEC, "--out", str(out)]) == 0
+    ck = _ckpt(out / "ckpt.pt")
+    assert list(ck["model"]) == list(tiny_dit(**kwargs).state_dict())
+    assert (out / "spec.json").is_file() and (out / "samples.png").is_file()
