@@ -37,12 +37,7 @@ import numpy as np
 import torch
 
 from dtrsurgeon.mtl.errors import MtlError
-from dtrsurgeon.mtl.weighting import cluster_mean_losses
-
-
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from dtrsurgeon.mtl.weighting import world_size, cluster_mean_losses
 
 
 def _params(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
@@ -68,7 +63,7 @@ def cluster_gradients(per_sample_loss: torch.Tensor, cluster_ids: torch.Tensor, 
                 G[k, offset : offset + p.numel()] = g.reshape(-1)
             offset += p.numel()
     counts = counts.to(G.device)
-    if _world_size() > 1:
+    if world_size() > 1:
         G.mul_(counts[:, None].float())
         local = counts.clone()
         torch.distributed.all_reduce(G)
@@ -85,7 +80,7 @@ def weighted_gradient(per_sample_loss: torch.Tensor, cluster_ids: torch.Tensor, 
     k = len(weights)
     means, counts = cluster_mean_losses(per_sample_loss, cluster_ids, k)
     w = torch.as_tensor(np.asarray(weights), dtype=means.dtype, device=means.device)
-    if _world_size() > 1:
+    if world_size() > 1:
         total = counts.clone()
         torch.distributed.all_reduce(total)
         loss = (w * means * counts / total.clamp(min=1)).sum()
@@ -94,7 +89,7 @@ def weighted_gradient(per_sample_loss: torch.Tensor, cluster_ids: torch.Tensor, 
         loss = (w * means)[counts > 0].sum()
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).float() for p, g in zip(params, grads)])
-    if _world_size() > 1:
+    if world_size() > 1:
         torch.distributed.all_reduce(flat)
     return flat, counts
 

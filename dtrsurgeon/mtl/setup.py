@@ -114,7 +114,8 @@ class AntSetup:
         return cluster_ids(t, self.intervals)
 
     def loss(self, per_sample_loss: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The scalar to ``backward()`` for uw, min_snr and none."""
+        """The scalar to ``backward()`` for uw, min_snr and none (this rank's
+        batch only; :meth:`backward` also makes UW's cluster means global under DDP)."""
         w = self.weighting
         if isinstance(w, (PCGrad, NashMTL)):
             raise MtlError(f"weighting {w.name!r} acts on gradients, not on a loss; call backward(per_sample_loss, t)")
@@ -125,7 +126,12 @@ class AntSetup:
         return per_sample_loss.float().mean()
 
     def backward(self, per_sample_loss: torch.Tensor, t: torch.Tensor, *, scaler: Any | None = None) -> dict[str, float]:
-        """Backpropagate this batch; return numbers worth logging."""
+        """Backpropagate this batch; return numbers worth logging.
+
+        Under DDP (model wrapped in ``DistributedDataParallel``): UW's cluster
+        means are made global (see :meth:`UncertaintyWeighting.loss`); PCGrad and
+        Nash all-reduce their per-cluster gradients themselves, so run their
+        forward under ``ddp_model.no_sync()``."""
         logs = {"loss": float(per_sample_loss.detach().float().mean())}
         w = self.weighting
         if isinstance(w, (PCGrad, NashMTL)):
@@ -133,7 +139,10 @@ class AntSetup:
                 raise MtlError(f"weighting {w.name!r} needs unscaled gradients; drop the GradScaler (use bf16 autocast or fp32)")
             logs.update(w.backward(per_sample_loss, self.cluster_ids(t)))
             return logs
-        loss = self.loss(per_sample_loss, t)
+        if isinstance(w, UncertaintyWeighting):
+            loss = w.loss(per_sample_loss, self.cluster_ids(t), global_batch=True)
+        else:
+            loss = self.loss(per_sample_loss, t)
         (loss if scaler is None else scaler.scale(loss)).backward()
         if isinstance(w, UncertaintyWeighting):
             logs.update({f"uw/weight/{k}": float(v) for k, v in enumerate(w.weights().tolist())})

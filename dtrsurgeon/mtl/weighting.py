@@ -38,6 +38,11 @@ from dtrsurgeon.mtl.errors import MtlError
 PREDICTIONS = ("epsilon", "v", "x0")
 
 
+def world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _check_loss(per_sample_loss: torch.Tensor, other: torch.Tensor, what: str) -> None:
     if per_sample_loss.ndim != 1:
         raise MtlError(f"expected unreduced per-sample losses of shape [B], got shape {tuple(per_sample_loss.shape)}")
@@ -128,11 +133,29 @@ class UncertaintyWeighting:
         self.log_vars = torch.nn.Parameter(torch.full((num_clusters,), float(init_log_var), device=device))
         self.optimizer = torch.optim.AdamW([self.log_vars], lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
-    def loss(self, per_sample_loss: torch.Tensor, cluster_ids: torch.Tensor) -> torch.Tensor:
+    def loss(self, per_sample_loss: torch.Tensor, cluster_ids: torch.Tensor, *, global_batch: bool = False) -> torch.Tensor:
+        """The UW loss of this batch.
+
+        ``global_batch=True`` under ``torch.distributed`` (more than one rank)
+        makes each ``L_k`` the mean over the whole global batch: each rank's
+        cluster means are rescaled to ``world * S_k^rank / N_k`` (``N_k`` the
+        all-reduced count) and every cluster present on any rank contributes its
+        ``s_k / 2``, so DDP's gradient average plus :meth:`step`'s average give
+        exactly the gradients of one process on the global batch.  Without it,
+        each rank weights its own cluster means (exact when the ranks' cluster
+        counts agree).
+        """
         means, counts = cluster_mean_losses(per_sample_loss, cluster_ids, self.num_clusters)
+        present = counts > 0
+        world = world_size()
+        if global_batch and world > 1:
+            total = counts.clone()
+            torch.distributed.all_reduce(total)
+            means = means * (world * counts / total.clamp(min=1)).to(means.dtype)
+            present = total > 0
         s = self.log_vars.to(means.device)
         terms = 0.5 * (means * torch.exp(-s) + s)
-        return terms[counts > 0].sum()
+        return terms[present].sum()
 
     def weights(self) -> torch.Tensor:
         """The current weight ``exp(-s_k) / 2`` of each cluster's loss (detached)."""
@@ -143,11 +166,10 @@ class UncertaintyWeighting:
         Pass your ``torch.amp.GradScaler`` if the loss was scaled."""
         if self.log_vars.grad is None:
             self.log_vars.grad = torch.zeros_like(self.log_vars)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                torch.distributed.all_reduce(self.log_vars.grad)
-                self.log_vars.grad.div_(world)
+        world = world_size()
+        if world > 1:
+            torch.distributed.all_reduce(self.log_vars.grad)
+            self.log_vars.grad.div_(world)
         if scaler is not None:
             scaler.step(self.optimizer)
         else:

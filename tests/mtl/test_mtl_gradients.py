@@ -153,6 +153,10 @@ UW_LOSSES = [
 ]
 
 
+# cluster ids for the global-batch UW check: cluster 2 is absent from rank 0's half
+UW_GLOBAL_IDS = [torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 2, 2, 2, 2, 1])]
+
+
 def _ddp_worker(rank, world, tmp):
     import torch.distributed as dist
 
@@ -167,6 +171,16 @@ def _ddp_worker(rank, world, tmp):
         uw.loss(*UW_LOSSES[rank]).backward()
         uw.step()
         out["uw"] = uw.log_vars.detach()
+        # UW over the global batch: rescaled local means, then DDP's gradient average (done by hand)
+        model, x, y, _ = _halves(rank)
+        uw = UncertaintyWeighting(3, init_log_var=0.3)
+        uw.loss(per_sample(model, x, y), UW_GLOBAL_IDS[rank], global_batch=True).backward()
+        for p in model.parameters():
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+        uw.step()
+        out["uw_global_grad"] = grads_of(model)
+        out["uw_global_log_vars"] = uw.log_vars.detach()
         torch.save(out, f"{tmp}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -174,7 +188,8 @@ def _ddp_worker(rank, world, tmp):
 
 def test_distributed_ranks_agree_with_one_process(tmp_path):
     """PCGrad and Nash on two ranks holding half a batch each give every rank the
-    update of one process on the whole batch; UW keeps identical weights."""
+    update of one process on the whole batch; UW keeps identical weights, and with
+    global_batch=True its gradients are those of one process too."""
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
@@ -196,3 +211,11 @@ def test_distributed_ranks_agree_with_one_process(tmp_path):
     uw.optimizer.step()
     for r in range(2):
         torch.testing.assert_close(results[r]["uw"], uw.log_vars.detach())
+    # UW with global_batch=True: exactly one process on the whole batch
+    model, x, y, _ = toy()
+    uw = UncertaintyWeighting(3, init_log_var=0.3)
+    uw.loss(per_sample(model, x, y), torch.cat(UW_GLOBAL_IDS)).backward()
+    uw.step()
+    for r in range(2):
+        torch.testing.assert_close(results[r]["uw_global_grad"], grads_of(model))
+        torch.testing.assert_close(results[r]["uw_global_log_vars"], uw.log_vars.detach())
