@@ -95,7 +95,7 @@ def task_index(t: torch.Tensor, tmap: TimestepMap) -> torch.Tensor:
 
 def dtr_task_index(t: torch.Tensor, t0: float, t1: float, num_tasks: int, reverse: bool) -> torch.Tensor:
     """:func:`task_index` with the map's numbers spelled out (what emitted code calls)."""
-    task = ((t.to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
+    task = ((torch.as_tensor(t).to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
     return (num_tasks - 1) - task if reverse else task
 
 
@@ -107,3 +107,8 @@ def dtr_channel_mask(table: torch.Tensor, task: torch.Tensor, like: torch.Tensor
     shape[0] = -1
     shape[axis] = table.shape[1]
     return table[task].to(like.dtype).view(shape)
+
+
+def dtr_masked(x: torch.Tensor, table: torch.Tensor, task: torch.Tensor, axis: int) -> torch.Tensor:
+    """``x`` with the channels its task does not use zeroed (pre_output placement)."""
+    return x * dtr_channel_mask(table, task, x, axis)

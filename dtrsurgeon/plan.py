@@ -27,6 +27,17 @@ class SourceLine:
 
 
 @dataclass(frozen=True)
+class MaskSite:
+    """pre_output mode: the input of a residual branch's last projection."""
+
+    module: str  # the projection, e.g. "input_blocks.1.0.out_layers.3"
+    call: SourceLine  # the line of the unit's forward that calls it (or the Sequential holding it last)
+    via: str  # "call": called directly; "sequential": the last module of the Sequential called there
+    channel_axis: int
+    channels: int
+
+
+@dataclass(frozen=True)
 class RoutedUnit:
     path: str  # named_modules() name, e.g. "blocks.3"
     cls: str  # "package.module.ClassName"
@@ -37,9 +48,14 @@ class RoutedUnit:
     channels: int  # C
     active: int  # K = floor(C * beta)
     mask: MaskParams
-    stream_arg: str  # forward parameter carrying the routed stream
+    stream_arg: str  # forward parameter carrying the routed stream ("" when it starts inside the unit)
+    stream_var: str  # the variable holding the stream in the unit's forward
+    stream_line: SourceLine | None  # where the stream starts when not at the unit's input (U-ViT: after the long-skip merge)
+    masked_at: str  # in words, for inspect
     call_path: tuple[SourceLine, ...]  # root.forward ... the line that calls this unit
     residual_lines: tuple[SourceLine, ...]  # the residual adds inside the unit
+    branch_lines: tuple[SourceLine, ...] = ()  # branch mode: lines where a branch first reads the stream
+    sites: tuple[MaskSite, ...] = ()  # pre_output mode
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -52,6 +68,9 @@ class RoutedUnit:
         d["mask"] = MaskParams.from_dict(d["mask"])
         d["call_path"] = tuple(SourceLine(**s) for s in d["call_path"])
         d["residual_lines"] = tuple(SourceLine(**s) for s in d["residual_lines"])
+        d["branch_lines"] = tuple(SourceLine(**s) for s in d.get("branch_lines", ()))
+        d["stream_line"] = SourceLine(**d["stream_line"]) if d.get("stream_line") else None
+        d["sites"] = tuple(MaskSite(**{**x, "call": SourceLine(**x["call"])}) for x in d.get("sites", ()))
         return cls(**d)
 
 
@@ -62,7 +81,7 @@ class Plan:
     spec_sha256: str
     units: tuple[RoutedUnit, ...]
     skipped: tuple[tuple[str, str], ...] = field(default=())  # (module path, why) of residual holders not routed
-    passthrough: tuple[str, ...] = field(default=())  # non-units called on a line that calls units
+    passthrough: tuple[tuple[str, str, int], ...] = field(default=())  # (path, file, line): non-units called on a unit's call line
     unmatched: tuple[tuple[str, int], ...] = field(default=())  # (path, C) of units the targets leave out
     version: int = PLAN_VERSION
 
@@ -92,7 +111,7 @@ class Plan:
             spec_sha256=d["spec_sha256"],
             units=tuple(RoutedUnit.from_dict(u) for u in d["units"]),
             skipped=tuple(tuple(s) for s in d.get("skipped", ())),
-            passthrough=tuple(d.get("passthrough", ())),
+            passthrough=tuple((p, f, int(ln)) for p, f, ln in d.get("passthrough", ())),
             unmatched=tuple((p, int(c)) for p, c in d.get("unmatched", ())),
         )
 

@@ -28,6 +28,7 @@ class Capture:
     args: tuple
     kwargs: dict
     callers: dict[str, list]  # module path -> source frames that led to its first call (root.forward first)
+    params: dict[str, str]  # placeholder name -> parameter / buffer / constant name
 
 
 def _module_paths(model: nn.Module) -> dict[int, str]:
@@ -85,7 +86,10 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
     finally:
         handle.remove()
         model.train(was_training)
-    return Capture(graph=ep.graph, args=tuple(args), kwargs=dict(kwargs), callers=callers)
+    sig = ep.graph_signature
+    params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
+              **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
+    return Capture(graph=ep.graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params)
 
 
 _TORCH_DIR = os.path.dirname(torch.__file__)

@@ -1,11 +1,12 @@
 """Residual pass: which adds are residual connections, grouped into chains.
 
-An ``add(a, b)`` is residual when one operand is computed from the other:
-``b`` is reachable from ``a`` in the data-flow graph (``a`` is the skip, ``b``
-the branch).  ``x + pos_embed`` and ``t_emb + y_emb`` have no such path and are
-never taken; a concat skip is no add at all.  Consecutive residual adds on one
-stream (the output of one is, through shape-preserving unary ops, the skip of
-the next) form a chain, attributed to the innermost module that holds them.
+An ``add(a, b)`` is residual when one operand is computed from the other
+(``b`` is reachable from ``a`` in the data-flow graph: ``a`` is the skip, ``b``
+the branch), or when the skip is a short projection of the branch's source
+(``conv1x1(x) + f(x)``, ``avgpool(x) + f(x)``: a projection skip).
+``x + pos_embed`` and ``t_emb + y_emb`` have no such path and are never taken;
+a concat skip is no add at all.  Consecutive residual adds on one stream form
+a chain, attributed to the innermost module that holds them.
 """
 
 from __future__ import annotations
@@ -16,16 +17,33 @@ import networkx as nx
 import torch
 from torch import fx
 
-_ADDS = {torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
+aten = torch.ops.aten
+_ADDS = {aten.add.Tensor, aten.add_.Tensor}
+# ops that move or re-type a tensor without computing across channels
+SHAPE_OPS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+             aten.alias.default, aten.clone.default, aten.contiguous.default, aten.to.dtype,
+             aten._to_copy.default, aten.to.dtype_layout, aten.dropout.default}
+# ops a projection skip may apply to the stream
+_SKIP_OPS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
+             aten.linear.default, aten.avg_pool1d.default, aten.avg_pool2d.default, aten.max_pool2d.default,
+             aten.upsample_nearest2d.default, aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.default,
+             aten.upsample_bilinear2d.vec, aten._upsample_nearest_exact2d.default}
+PROJECTIONS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
+               aten.linear.default, aten.addmm.default, aten.mm.default}
 
 
 @dataclass
 class ResidualAdd:
     node: fx.Node
-    skip: fx.Node  # the operand the branch was computed from
+    stream: fx.Node  # the tensor both the skip and the branch come from
+    skip: fx.Node  # the add's skip operand (the stream itself, or a projection of it)
     branch: fx.Node
     module: str  # innermost module path ("" for the root)
     module_key: str  # nn_module_stack key (distinguishes repeated calls)
+
+    @property
+    def projection(self) -> bool:
+        return self.skip is not self.stream
 
 
 @dataclass
@@ -36,8 +54,8 @@ class ResidualChain:
 
     @property
     def start(self) -> fx.Node:
-        """The stream entering the chain (the first add's skip operand)."""
-        return self.adds[0].skip
+        """The stream entering the chain."""
+        return self.adds[0].stream
 
     @property
     def end(self) -> fx.Node:
@@ -62,7 +80,30 @@ def innermost_module(node: fx.Node) -> tuple[str, str]:
     return path, key
 
 
-def find_residual_adds(graph: fx.Graph, flow: nx.DiGraph | None = None) -> list[ResidualAdd]:
+def data_inputs(node: fx.Node, params: set[str]) -> list[fx.Node]:
+    """Inputs that carry activations (not parameters, buffers or constants)."""
+    return [n for n in node.all_input_nodes
+            if n.op != "get_attr" and not (n.op == "placeholder" and n.name in params)
+            and isinstance(n.meta.get("val"), torch.Tensor)]
+
+
+def _projection_source(skip: fx.Node, branch: fx.Node, flow: nx.DiGraph, params: set[str]) -> fx.Node | None:
+    """The stream a projection skip was computed from, if ``skip`` is one."""
+    node, projected = skip, False
+    for _ in range(4):
+        if node.op != "call_function" or node.target not in SHAPE_OPS | _SKIP_OPS:
+            return None
+        projected |= node.target in _SKIP_OPS
+        inputs = data_inputs(node, params)
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+        if projected and nx.has_path(flow, node, branch):
+            return node
+    return None
+
+
+def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx.DiGraph | None = None) -> list[ResidualAdd]:
     flow = dataflow_graph(graph) if flow is None else flow
     found = []
     for node in graph.nodes:
@@ -74,18 +115,20 @@ def find_residual_adds(graph: fx.Graph, flow: nx.DiGraph | None = None) -> list[
         va, vb, vo = (n.meta.get("val") for n in (a, b, node))
         if not all(isinstance(v, torch.Tensor) for v in (va, vb, vo)):
             continue
-        if va.shape != vo.shape and vb.shape != vo.shape:
-            continue
+        if va.shape != vo.shape or vb.shape != vo.shape:
+            continue  # one operand is broadcast into the other: a bias or an embedding, not a stream
         if nx.has_path(flow, a, b):
-            skip, branch = a, b
+            stream, skip, branch = a, a, b
         elif nx.has_path(flow, b, a):
-            skip, branch = b, a
+            stream, skip, branch = b, b, a
+        elif (src := _projection_source(a, b, flow, params)) is not None:
+            stream, skip, branch = src, a, b
+        elif (src := _projection_source(b, a, flow, params)) is not None:
+            stream, skip, branch = src, b, a
         else:
             continue
-        if skip.meta["val"].shape != vo.shape:
-            continue  # the "skip" is broadcast into the result: a bias, not a stream
         path, key = innermost_module(node)
-        found.append(ResidualAdd(node=node, skip=skip, branch=branch, module=path, module_key=key))
+        found.append(ResidualAdd(node=node, stream=stream, skip=skip, branch=branch, module=path, module_key=key))
     return found
 
 
@@ -108,7 +151,7 @@ def group_chains(adds: list[ResidualAdd]) -> list[ResidualChain]:
     chains: list[ResidualChain] = []
     for add in adds:
         for chain in chains:
-            if chain.module_key == add.module_key and _on_stream(chain.end, add.skip):
+            if chain.module_key == add.module_key and _on_stream(chain.end, add.stream):
                 chain.adds.append(add)
                 break
         else:

@@ -1,10 +1,19 @@
 """Unit pass: from residual chains to routed units, i.e. to a :class:`Plan`.
 
 A unit is a module whose own forward holds a residual chain (DiT: each
-``DiTBlock``; the root itself is never a unit).  For each unit the pass finds
-the stream's channel axis and width, decides whether block semantics are
-possible (the chain starts at one of the unit's inputs) or falls back to
-branch semantics, and records the source frames that call it.
+``DiTBlock``; ADM: each ``ResBlock`` and ``AttentionBlock``; the root itself is
+never a unit).  For each unit the pass decides where the mask acts:
+
+* block: the chain starts at the unit's input (maybe through a reshape) and
+  its output has the input's shape: ``y = unit(x*m) + x*(1-m)``; or the chain
+  starts inside the unit (U-ViT after its long-skip merge): the same, from the
+  line that makes the stream;
+* branch: the skip is a projection (channels change) or the spec asks for it:
+  every branch reads ``x*m``, every skip reads ``x``;
+* pre_output: the input of each branch's last projection is masked.
+
+It also records the stream's channel axis and width and the source frames
+that call the unit.
 """
 
 from __future__ import annotations
@@ -12,21 +21,51 @@ from __future__ import annotations
 import ast
 import inspect
 
-from torch import nn
+import networkx as nx
+from torch import fx, nn
 
-from dtrsurgeon.analysis.callsites import Frame, parse_stack_trace, resolve_function
+from dtrsurgeon.analysis.callsites import Frame, is_frame_of, parse_stack_trace, resolve_function
 from dtrsurgeon.analysis.capture import capture, example_inputs as guess_inputs
-from dtrsurgeon.analysis.residuals import find_residual_adds, group_chains
+from dtrsurgeon.analysis.residuals import (
+    PROJECTIONS, SHAPE_OPS, ResidualChain, data_inputs, dataflow_graph, find_residual_adds, group_chains,
+)
 from dtrsurgeon.analysis.targets import check_overrides, select_units
-from dtrsurgeon.errors import CaptureError, SpecError
+from dtrsurgeon.errors import CaptureError, EmitError, SpecError
 from dtrsurgeon.masks import active_channels
-from dtrsurgeon.plan import Plan, RoutedUnit, SourceLine
+from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine
 from dtrsurgeon.spec import Spec, load_spec
 
+_CHANNEL_FIRST = {"convolution", "conv1d", "conv2d", "conv3d", "group_norm", "native_group_norm", "batch_norm",
+                  "_native_batch_norm_legit_no_training", "instance_norm"}
+_CHANNEL_LAST = {"linear", "layer_norm", "native_layer_norm", "rms_norm", "addmm", "mm"}
 
-def channel_axis(rank: int) -> int:
-    """Tokens [B, L, C] -> last axis; feature maps [B, C, H, W] (and [B, C]) -> 1."""
-    return rank - 1 if rank == 3 else 1
+
+def _op_name(node: fx.Node) -> str:
+    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
+
+
+def channel_axis(node: fx.Node) -> int:
+    """Feature maps [B, C, H, W] (and [B, C]) -> 1; tokens [B, L, C] -> the
+    last axis, unless the ops reading the stream treat axis 1 as channels
+    (Conv1d, GroupNorm on [B, C, L])."""
+    rank = node.meta["val"].dim()
+    if rank != 3:
+        return 1
+    frontier, seen = [node], 0
+    while frontier and seen < 32:
+        nxt = []
+        for n in frontier:
+            for user in n.users:
+                seen += 1
+                name = _op_name(user)
+                if name in _CHANNEL_FIRST and user.args and user.args[0] is n:
+                    return 1
+                if name in _CHANNEL_LAST:
+                    return 2
+                if user.op == "call_function" and user.target in SHAPE_OPS:
+                    nxt.append(user)
+        frontier = nxt
+    return 2
 
 
 def _qualname(obj) -> str:
@@ -34,34 +73,131 @@ def _qualname(obj) -> str:
 
 
 def _source_line(frame: Frame, owner: type) -> SourceLine:
-    cls, func = resolve_function(frame, owner)
+    _, func = resolve_function(frame, owner)
     name = func.__qualname__ if func is not None else frame.function
     return SourceLine(file=frame.file, line=frame.line, function=name, code=frame.code)
 
 
-def _owner_of_frames(model: nn.Module, frames: list[Frame], modules: list[nn.Module]) -> list[type]:
-    """For each frame, the class whose MRO defines its function (for naming)."""
-    owners = []
-    for frame in frames:
-        owner = next((type(m) for m in modules if resolve_function(frame, type(m))[1] is not None), type(model))
-        owners.append(owner)
-    return owners
+def _frame_in(node: fx.Node, unit: nn.Module) -> Frame | None:
+    """The frame of ``unit``'s own forward that produced ``node``."""
+    fwd = type(unit).forward
+    return next((f for f in reversed(parse_stack_trace(node.meta.get("stack_trace"))) if is_frame_of(f, fwd)), None)
+
+
+def _params_of(unit: nn.Module) -> list[str]:
+    return [n for n, p in inspect.signature(unit.forward).parameters.items()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def _stream_arg(unit: nn.Module, residual_code: str) -> str:
     """The forward parameter that carries the stream into the first residual add."""
-    params = [n for n, p in inspect.signature(unit.forward).parameters.items()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    params = _params_of(unit)
     try:
         tree = ast.parse(residual_code.strip().removeprefix("return ").rstrip(":"))
         names = [n.id for node in ast.walk(tree) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add)
                  for n in (node.left, node.right) if isinstance(n, ast.Name)]
     except SyntaxError:
         names = []
-    for name in names:
-        if name in params:
-            return name
-    return params[0] if params else ""
+    return next((n for n in names if n in params), params[0] if params else "")
+
+
+def _assigned_name(code: str) -> str | None:
+    try:
+        stmt = ast.parse(code.strip()).body[0]
+    except (SyntaxError, IndexError):
+        return None
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
+    return None
+
+
+def _inside(node: fx.Node, path: str) -> bool:
+    return any(p == path or p.startswith(path + ".") for p, _ in (node.meta.get("nn_module_stack") or {}).values())
+
+
+def _origin(node: fx.Node, path: str, params: set[str]) -> fx.Node:
+    """Walk back from ``node`` through reshapes and casts inside the unit."""
+    while _inside(node, path) and node.op == "call_function" and node.target in SHAPE_OPS:
+        inputs = data_inputs(node, params)
+        if len(inputs) != 1:
+            break
+        node = inputs[0]
+    return node
+
+
+def _leaving(node: fx.Node, path: str) -> fx.Node:
+    """Follow ``node`` forward through reshapes to the value that leaves the unit."""
+    while True:
+        nxt = [u for u in node.users if u.op == "call_function" and u.target in SHAPE_OPS and _inside(u, path)]
+        if len(nxt) != 1:
+            return node
+        node = nxt[0]
+
+
+def _branch_lines(chain: ResidualChain, unit: nn.Module, path: str, flow: nx.DiGraph, params: set[str]) -> list[SourceLine]:
+    """Lines of the unit's forward where a branch first reads the stream."""
+    lines = []
+    for add in chain.adds:
+        sources = {add.stream}
+        node = add.stream
+        while node.op == "call_function" and node.target in SHAPE_OPS and _inside(node, path):
+            ins = data_inputs(node, params)
+            if len(ins) != 1:
+                break
+            node = ins[0]
+            sources.add(node)
+        skip_side = set(nx.ancestors(flow, add.skip)) | {add.skip}
+        for src in sources:
+            for user in src.users:
+                if user is add.node or user in skip_side or user in sources:
+                    continue
+                if user is add.branch or nx.has_path(flow, user, add.branch):
+                    frame = _frame_in(user, unit)
+                    if frame is not None:
+                        lines.append(_source_line(frame, type(unit)))
+    return lines
+
+
+def _projection_site(add, unit: nn.Module, path: str, flow, params, param_names, callers, named) -> MaskSite:
+    """pre_output: the last conv/linear on the branch, and where the unit calls it."""
+    node = add.branch
+    for _ in range(8):
+        if node.op == "call_function" and node.target in PROJECTIONS:
+            break
+        ins = [n for n in data_inputs(node, params) if nx.has_path(flow, add.stream, n) or n is add.stream]
+        if not ins:
+            node = None
+            break
+        node = ins[0]
+    else:
+        node = None
+    if node is None:
+        raise EmitError(f"pre_output: no conv/linear ends the residual branch of {path!r} "
+                        f"({_frame_in(add.node, unit) or 'unknown line'}); use routing.mode 'block' or 'branch'")
+    weight = next((a for a in node.args[1:] if isinstance(a, fx.Node) and a.name in param_names), None)
+    fqn = param_names.get(weight.name, "") if weight is not None else ""
+    module_path = fqn.rsplit(".", 1)[0]
+    if module_path not in named:
+        raise EmitError(f"pre_output: the last projection of {path!r} has no module (a functional call); "
+                        "use routing.mode 'block' or 'branch'")
+    frames = callers.get(module_path, [])
+    fwd = type(unit).forward
+    idx = next((i for i in range(len(frames) - 1, -1, -1) if is_frame_of(frames[i], fwd)), None)
+    if idx is None:
+        raise EmitError(f"pre_output: {module_path!r} is not called from {type(unit).__qualname__}.forward "
+                        f"(it runs inside {frames[-1] if frames else 'another module'}); pre_output masks "
+                        "projections the unit calls itself: use routing.mode 'block' or 'branch'")
+    via = "sequential" if idx < len(frames) - 1 else "call"
+    if via == "sequential":
+        parent_path, _, last = module_path.rpartition(".")
+        parent = named.get(parent_path)
+        if not isinstance(parent, nn.Sequential) or str(len(parent) - 1) != last:
+            raise EmitError(f"pre_output: {module_path!r} is reached through {frames[idx]} but is not the last "
+                            "module of its Sequential; use routing.mode 'branch'")
+    inp = data_inputs(node, params)[0]
+    axis = 1 if _op_name(node) in _CHANNEL_FIRST else inp.meta["val"].dim() - 1
+    return MaskSite(module=module_path, call=_source_line(frames[idx], type(unit)), via=via,
+                    channel_axis=axis, channels=int(inp.meta["val"].shape[axis]))
 
 
 def _check_timestep_arg(model: nn.Module, spec: Spec) -> None:
@@ -74,90 +210,119 @@ def _check_timestep_arg(model: nn.Module, spec: Spec) -> None:
         )
 
 
+def _inputs(model, spec, example_inputs):
+    if example_inputs is None:
+        return guess_inputs(model, spec.timestep.arg, (spec.timestep.t0, spec.timestep.t1))
+    if isinstance(example_inputs, dict):
+        return (), example_inputs
+    if isinstance(example_inputs, tuple) and len(example_inputs) == 2 and isinstance(example_inputs[1], dict):
+        return example_inputs
+    return tuple(example_inputs), {}
+
+
 def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     """Analyse ``model`` and return the plan for ``spec``; changes nothing."""
     spec = load_spec(spec)
     _check_timestep_arg(model, spec)
-    if example_inputs is None:
-        args, kwargs = guess_inputs(model, spec.timestep.arg, (spec.timestep.t0, spec.timestep.t1))
-    elif isinstance(example_inputs, dict):
-        args, kwargs = (), example_inputs
-    elif isinstance(example_inputs, tuple) and len(example_inputs) == 2 and isinstance(example_inputs[1], dict):
-        args, kwargs = example_inputs
-    else:
-        args, kwargs = tuple(example_inputs), {}
-    cap = capture(model, args, kwargs)
-    chains = [c for c in group_chains(find_residual_adds(cap.graph)) if "@" not in c.module_key]
-    callers = cap.callers
+    cap = capture(model, *_inputs(model, spec, example_inputs))
+    params = set(cap.params)
+    flow = dataflow_graph(cap.graph)
+    chains = [c for c in group_chains(find_residual_adds(cap.graph, params, flow)) if "@" not in c.module_key]
 
-    holders: dict[str, list] = {}
+    holders: dict[str, list[ResidualChain]] = {}
     for chain in chains:
         holders.setdefault(chain.module, []).append(chain)
     skipped = []
     if "" in holders:
         skipped.append(("", "the root's own forward holds residual adds; only submodules are routed"))
         del holders[""]
-    candidates = sorted(holders, key=lambda p: list(dict(model.named_modules())).index(p))
+    named = dict(model.named_modules())
+    order = list(named)
+    candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
     check_overrides(chosen, [o.match for o in spec.overrides])
-    named = dict(model.named_modules())
 
-    units = []
-    for path in chosen:
-        module = named[path]
-        unit_chains = holders[path]
-        inside_unit = [c for c in unit_chains if c.start.meta.get("nn_module_stack")
-                       and path in [p for p, _ in c.start.meta["nn_module_stack"].values()]]
-        from_input = [c for c in unit_chains if c not in inside_unit]
-        stream = (from_input or unit_chains)[0]
-        val = stream.start.meta["val"]
-        rank = val.dim()
-        axis = channel_axis(rank)
-        channels = int(val.shape[axis])
-        params = spec.mask_params_for(path)
-
-        mode, note = spec.mode, ""
-        if spec.mode == "block" and (len(from_input) != 1 or len(unit_chains) != 1):
-            mode = "branch"
-            note = ("block mode needs one residual chain that starts at the unit's input; "
-                    + ("its skip is a projection computed inside the unit" if not from_input else
-                       f"found {len(unit_chains)} chains") + ": using branch semantics")
-
-        ancestors = [named[p] for p in named if p == "" or path.startswith(p + ".") or p == path]
-        prefix = callers.get(path, [])
-        if not prefix:
-            raise CaptureError(f"module {path!r}: no source frame calls it; cannot thread the task index to it")
-        owners = _owner_of_frames(model, prefix, ancestors)
-        call_path = tuple(_source_line(f, o) for f, o in zip(prefix, owners))
-        residual_lines = []
-        for chain in unit_chains:
-            for add in chain.adds:
-                frames = parse_stack_trace(add.node.meta.get("stack_trace"))
-                residual_lines.append(_source_line(frames[-1], type(module)))
-        units.append(RoutedUnit(
-            path=path,
-            cls=_qualname(type(module)),
-            mode=mode,
-            mode_note=note,
-            channel_axis=axis,
-            rank=rank,
-            channels=channels,
-            active=active_channels(channels, params.channel_ratio),
-            mask=params,
-            stream_arg=_stream_arg(module, residual_lines[0].code),
-            call_path=call_path,
-            residual_lines=tuple(dict.fromkeys(residual_lines)),
-        ))
+    units = [_unit(path, named[path], holders[path], spec, cap, flow, params, named, model) for path in chosen]
     unit_paths = {u.path for u in units}
     call_lines = {(u.call_path[-1].file, u.call_path[-1].line) for u in units}
     passthrough = tuple(
-        p for p, frames in callers.items()
+        (p, frames[-1].file, frames[-1].line) for p, frames in cap.callers.items()
         if p and p not in unit_paths and frames and (frames[-1].file, frames[-1].line) in call_lines
     )
     unmatched = []
     for path in candidates:
         if path not in unit_paths:
-            start = holders[path][0].start.meta["val"]
-            unmatched.append((path, int(start.shape[channel_axis(start.dim())])))
+            start = holders[path][0].start
+            unmatched.append((path, int(start.meta["val"].shape[channel_axis(start)])))
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=spec.sha256,
                 units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched))
+
+
+def _unit(path, module, chains, spec, cap, flow, params, named, model) -> RoutedUnit:
+    first = chains[0]
+    origin = _origin(first.start, path, params)
+    from_input = not _inside(origin, path)
+    end = _leaving(first.end, path)
+    projection = any(a.projection for c in chains for a in c.adds)
+    stream_node = origin if from_input else first.start
+    axis = channel_axis(stream_node)
+    val = stream_node.meta["val"]
+    mask = spec.mask_params_for(path)
+    residual_lines = tuple(dict.fromkeys(
+        _source_line(parse_stack_trace(a.node.meta.get("stack_trace"))[-1], type(module)) for c in chains for a in c.adds))
+    stream_arg = _stream_arg(module, residual_lines[0].code) if from_input else ""
+    stream_var, stream_line, note = stream_arg, None, ""
+
+    mode = spec.mode
+    if mode == "block":
+        why = ("its skip is a projection (the stream changes shape inside the unit)" if projection
+               else f"it holds {len(chains)} residual chains" if len(chains) > 1
+               else "its output is not shaped like its input" if from_input and end.meta["val"].shape != val.shape
+               else "")
+        if not from_input and not why:
+            frame = _frame_in(first.start, module)
+            name = _assigned_name(frame.code) if frame else None
+            if name is None:
+                why = "its stream starts inside the unit on a line that assigns no single variable"
+            else:
+                stream_line, stream_var = _source_line(frame, type(module)), name
+        if why:
+            mode, note = "branch", f"block mode falls back to branch semantics: {why}"
+            stream_var = stream_arg or stream_var
+
+    branch_lines: tuple[SourceLine, ...] = ()
+    sites: tuple[MaskSite, ...] = ()
+    if mode == "branch":
+        if not from_input:
+            frame = _frame_in(first.start, module)
+            stream_var = (_assigned_name(frame.code) if frame else None) or ""
+            stream_line = _source_line(frame, type(module)) if frame else None
+        branch_lines = tuple(dict.fromkeys(
+            sl for c in chains for sl in _branch_lines(c, module, path, flow, params) if sl not in residual_lines))
+        masked_at = f"branch inputs ({stream_var})"
+    elif mode == "pre_output":
+        sites = tuple(_projection_site(a, module, path, flow, params, cap.params, cap.callers, named)
+                      for c in chains for a in c.adds)
+        if len({s.channels for s in sites}) != 1:
+            raise EmitError(f"pre_output: the projections of {path!r} read different widths "
+                            f"({', '.join(f'{s.module}: {s.channels}' for s in sites)}); use 'block' or 'branch'")
+        axis, channels = sites[0].channel_axis, sites[0].channels
+        masked_at = "input of " + ", ".join(s.module[len(path) + 1:] for s in sites)
+    else:
+        masked_at = f"unit input ({stream_var})" if stream_line is None else f"{stream_var} after line {stream_line.line}"
+    channels = sites[0].channels if sites else int(val.shape[axis])
+
+    prefix = cap.callers.get(path, [])
+    if not prefix:
+        raise CaptureError(f"module {path!r}: no source frame calls it; cannot thread the task index to it")
+    ancestors = [named[p] for p in named if p == "" or path.startswith(p + ".") or p == path]
+    owners = [next((type(m) for m in ancestors if resolve_function(f, type(m))[1] is not None), type(model))
+              for f in prefix]
+    return RoutedUnit(
+        path=path, cls=_qualname(type(module)), mode=mode, mode_note=note, channel_axis=axis,
+        rank=val.dim(),
+        channels=channels, active=active_channels(channels, mask.channel_ratio), mask=mask,
+        stream_arg=stream_arg, stream_var=stream_var, stream_line=stream_line, masked_at=masked_at,
+        call_path=tuple(_source_line(f, o) for f, o in zip(prefix, owners)),
+        residual_lines=residual_lines, branch_lines=branch_lines, sites=sites,
+    )

@@ -3,7 +3,7 @@
     $ dtrsurgeon cluster --schedule cosine --k 5
     (a table: each cluster's timesteps, width, SNR and log-SNR at its ends, cost)
     $ dtrsurgeon cluster --schedule linear --k 5 --json
-    {"intervals": [[0, 0], [1, 1], [2, 6], [7, 21], [22, 999]], ...}
+    {"clusters": [...], ..., "intervals": [[0, 0], [1, 1], [2, 6], [7, 21], [22, 999]], ...}
     $ dtrsurgeon cluster --affinity affinity.npy --k 5 --plot clusters.png
     $ dtrsurgeon cluster --schedule sigmoid
     dtrsurgeon cluster: error: unknown noise schedule 'sigmoid'; expected one of: linear, cosine, scaled_linear ...

@@ -41,12 +41,16 @@ class FunctionEdit:
     task_stmt: str | None = None  # root: statement computing the task index
     task_param: str = ""  # "required": gains a dtr_task parameter; "optional": dtr_task=None; "": none
     call_lines: set[int] = field(default_factory=set)  # lines whose unit call gets dtr_task=dtr_task
-    mask_stmt: str | None = None  # branch mode: statement computing dtr_m
     branch_lines: set[int] = field(default_factory=set)  # residual adds whose branch input gets masked
     stream_var: str = ""  # the residual stream's variable name
+    stream_axis: int = 1  # its channel axis
     block_stmts: tuple[str, ...] = ()  # block mode (source): mask the stream on entry ...
     return_suffix: str = ""  # ... and add the bypass to every returned value
     append_stmt: str | None = None  # statement appended to the body (root __init__)
+    insert_after: dict[int, tuple[str, ...]] = field(default_factory=dict)  # line -> statements after its statement
+    load_lines: set[int] = field(default_factory=set)  # lines whose reads of stream_var get masked
+    site_calls: dict[int, tuple[str, int, str]] = field(default_factory=dict)  # line -> (via, axis, name hint)
+    call_guards: dict[int, tuple[str, ...]] = field(default_factory=dict)  # line -> classes that take dtr_task
 
 
 @lru_cache(maxsize=64)
@@ -70,18 +74,14 @@ def _first_name(expr: cst.BaseExpression) -> str | None:
 
 
 class _MaskStream(cst.CSTTransformer):
-    """Replace every load of ``var`` with ``(var * dtr_m)``."""
+    """Replace every load of ``var`` with ``dtr_masked(var, self.dtr_mask, dtr_task, axis)``."""
 
-    def __init__(self, var: str):
+    def __init__(self, var: str, axis: int):
         self.var = var
+        self.masked = cst.parse_expression(f"dtr_masked({var}, self.dtr_mask, {TASK}, {axis})")
 
     def leave_Name(self, original, updated):
-        if updated.value == self.var:
-            return cst.BinaryOperation(
-                left=cst.Name(self.var), operator=cst.Multiply(), right=cst.Name(MASK),
-                lpar=[cst.LeftParen()], rpar=[cst.RightParen()],
-            )
-        return updated
+        return self.masked if updated.value == self.var else updated
 
 
 class RouteFunctions(cst.CSTTransformer):
@@ -102,6 +102,7 @@ class RouteFunctions(cst.CSTTransformer):
         self.scope: list[str] = []
         self.active: list[tuple[str, FunctionEdit | None, dict]] = []
         self.done: dict[str, cst.FunctionDef] = {}
+        self.ranges_of: dict[str, list[tuple[int, int]]] = {}
 
     # -- scope tracking
     def visit_ClassDef(self, node):
@@ -118,10 +119,21 @@ class RouteFunctions(cst.CSTTransformer):
         found: dict[int, list[cst.Call]] = {}
         if edit is not None:
             self._collect_calls(node, edit, found)
+            self.ranges_of[qual] = self.ranges
         self.active.append((qual, edit, found))
 
     def _collect_calls(self, node, edit: FunctionEdit, found) -> None:
         qual = ".".join(self.scope)
+        self.ranges = [(self.get_metadata(PositionProvider, st).start.line, self.get_metadata(PositionProvider, st).end.line)
+                       for st in node.body.body]
+        for line, (via, axis, hint) in edit.site_calls.items():
+            calls = [c for c in _calls_in(node) if self.get_metadata(PositionProvider, c).start.line <= line
+                     <= self.get_metadata(PositionProvider, c).end.line and _code(c.func).split(".")[0] != "torch"]
+            named = [c for c in calls if _code(c.func).split(".")[-1].split("[")[0] == hint] or calls
+            if len(named) != 1:
+                raise EmitError(f"{self.path}:{line}: cannot tell which call on this line runs {hint!r} "
+                                f"({len(named)} candidates); put it on its own line")
+            found[id(named[0])] = ("site", via, axis)
         for line in edit.call_lines:
             candidates = []
             for call in _calls_in(node):
@@ -137,18 +149,39 @@ class RouteFunctions(cst.CSTTransformer):
                     f"{self.path}:{line}: {len(best)} calls on this line could reach the routed unit "
                     f"({', '.join(_code(c.func) for c in best)}); put the unit call on its own line"
                 )
-            found[id(best[0])] = best[0]
+            found[id(best[0])] = ("task", edit.call_guards.get(line, ()))
 
     def leave_Call(self, original, updated):
-        if self.active and id(original) in self.active[-1][2]:
-            if any(a.keyword and a.keyword.value == TASK for a in updated.args):
-                return updated
-            args = list(updated.args)
-            if args and args[-1].comma is cst.MaybeSentinel.DEFAULT:
-                args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
-            kw = cst.Arg(keyword=cst.Name(TASK), value=cst.Name(TASK), equal=cst.AssignEqual(
-                whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
-            return updated.with_changes(args=args + [kw])
+        if not self.active or id(original) not in self.active[-1][2]:
+            return updated
+        what = self.active[-1][2][id(original)]
+        if what[0] == "site":
+            return _mask_call_input(updated, what[1], what[2])
+        if any(a.keyword and a.keyword.value == TASK for a in updated.args):
+            return updated
+        args = list(updated.args)
+        if args and args[-1].comma is cst.MaybeSentinel.DEFAULT:
+            args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        kw = cst.Arg(keyword=cst.Name(TASK), value=cst.Name(TASK), equal=cst.AssignEqual(
+            whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
+        with_task = updated.with_changes(args=args + [kw])
+        guards = what[1]
+        if not guards:
+            return with_task
+        classes = guards[0] if len(guards) == 1 else "(" + ", ".join(guards) + ")"
+        test = cst.parse_expression(f"isinstance({_code(updated.func)}, {classes})")
+        return cst.IfExp(test=test, body=with_task, orelse=updated)
+
+    def _on_lines(self, node, lines) -> bool:
+        if not lines:
+            return False
+        pos = self.get_metadata(PositionProvider, node)
+        return any(pos.start.line <= ln <= pos.end.line for ln in lines)
+
+    def leave_Assign(self, original, updated):
+        edit = self.active[-1][1] if self.active else None
+        if edit is not None and self._on_lines(original, edit.load_lines):
+            return updated.with_changes(value=updated.value.visit(_MaskStream(edit.stream_var, edit.stream_axis)))
         return updated
 
     def _in_branch_line(self, node) -> bool:
@@ -163,9 +196,9 @@ class RouteFunctions(cst.CSTTransformer):
             return updated
         var = self.active[-1][1].stream_var
         if isinstance(updated.left, cst.Name) and updated.left.value == var:
-            return updated.with_changes(right=updated.right.visit(_MaskStream(var)))
+            return updated.with_changes(right=updated.right.visit(_MaskStream(var, self.active[-1][1].stream_axis)))
         if isinstance(updated.right, cst.Name) and updated.right.value == var:
-            return updated.with_changes(left=updated.left.visit(_MaskStream(var)))
+            return updated.with_changes(left=updated.left.visit(_MaskStream(var, self.active[-1][1].stream_axis)))
         return updated
 
     def leave_Return(self, original, updated):
@@ -186,7 +219,7 @@ class RouteFunctions(cst.CSTTransformer):
         if isinstance(updated.operator, cst.AddAssign) and self._in_branch_line(original):
             var = self.active[-1][1].stream_var
             if isinstance(updated.target, cst.Name) and updated.target.value == var:
-                return updated.with_changes(value=updated.value.visit(_MaskStream(var)))
+                return updated.with_changes(value=updated.value.visit(_MaskStream(var, self.active[-1][1].stream_axis)))
         return updated
 
     def leave_FunctionDef(self, original, updated):
@@ -196,17 +229,41 @@ class RouteFunctions(cst.CSTTransformer):
             return updated
         if edit.task_param:
             updated = updated.with_changes(params=_with_task_param(updated.params, edit.task_param == "required"))
-        stmts = [s for s in (edit.task_stmt, edit.mask_stmt, *edit.block_stmts) if s]
+        stmts = [s for s in (edit.task_stmt, *edit.block_stmts) if s]
         body = list(updated.body.body)
+        if edit.insert_after:
+            ranges = self.ranges_of[qual]
+            new_body = []
+            for stmt, (first, last) in zip(body, ranges):
+                new_body.append(stmt)
+                for line, extra in edit.insert_after.items():
+                    if first <= line <= last:
+                        new_body += [cst.parse_statement(x + "\n") for x in extra]
+            body = new_body
         if stmts:
             at = 1 if body and _is_docstring(body[0]) else 0
             body = body[:at] + [cst.parse_statement(s + "\n") for s in stmts] + body[at:]
         if edit.append_stmt:
             body.append(cst.parse_statement(edit.append_stmt + "\n"))
-        if stmts or edit.append_stmt:
+        if stmts or edit.append_stmt or edit.insert_after:
             updated = updated.with_changes(body=updated.body.with_changes(body=body))
         self.done[qual] = updated
         return updated
+
+
+def _mask_call_input(call: cst.Call, via: str, axis: int) -> cst.Call:
+    """``f(h)`` -> ``f(dtr_masked(h, ...))``; for a Sequential ending in the
+    projection, ``f(h)`` -> ``f[-1](dtr_masked(f[:-1](h), ...))``."""
+    first, rest = call.args[0], list(call.args[1:])
+    func = _code(call.func)
+    if via == "sequential":
+        inner = cst.parse_expression(f"{func}[:-1]({_code(first.value)})")
+        masked = cst.parse_expression(f"dtr_masked(__x__, self.dtr_mask, {TASK}, {axis})")
+        masked = masked.with_changes(args=[masked.args[0].with_changes(value=inner), *masked.args[1:]])
+        return call.with_changes(func=cst.parse_expression(f"{func}[-1]"), args=[first.with_changes(value=masked)] + rest)
+    masked = cst.parse_expression(f"dtr_masked(__x__, self.dtr_mask, {TASK}, {axis})")
+    masked = masked.with_changes(args=[masked.args[0].with_changes(value=first.value), *masked.args[1:]])
+    return call.with_changes(args=[first.with_changes(value=masked)] + rest)
 
 
 def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
@@ -250,8 +307,13 @@ def first_name(code: str) -> str | None:
     return _first_name(cst.parse_expression(code))
 
 
-def collect_edits(plan: Plan) -> dict[str, dict[str, FunctionEdit]]:
-    """file -> function qualname -> edit, for every function the plan touches."""
+def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[str, FunctionEdit]]:
+    """file -> function qualname -> edit, for every function the plan touches.
+
+    Block-mode units whose stream is their input need no source edit in the
+    module emitter (a generic wrapper routes them); ``block_in_source`` asks
+    for the inline form the source emitter writes.
+    """
     ts = plan.timestep
     edits: dict[str, dict[str, FunctionEdit]] = defaultdict(dict)
     for unit in plan.units:
@@ -262,17 +324,34 @@ def collect_edits(plan: Plan) -> dict[str, dict[str, FunctionEdit]]:
                 edit.task_stmt = f"{TASK} = dtr_task_index({ts.arg}, {ts.t0!r}, {ts.t1!r}, {ts.num_tasks}, {ts.reverse})"
             else:
                 edit.task_param = "required"
-        if unit.mode == "branch":
-            forward = unit.cls.rsplit(".", 1)[1] + ".forward"
-            bad = [sl for sl in unit.residual_lines if sl.function.split(".")[-1] != "forward"]
-            if bad:
-                raise EmitError(f"{bad[0].file}:{bad[0].line}: branch mode needs the residual add of unit "
-                                f"{unit.path!r} in its forward, found it in {bad[0].function}")
-            file = unit.residual_lines[0].file
-            func = unit.residual_lines[0].function if unit.residual_lines[0].function.endswith("forward") else forward
-            edit = edits[file].setdefault(func, FunctionEdit())
-            edit.task_param = "required"
-            edit.mask_stmt = f"{MASK} = dtr_channel_mask(self.dtr_mask, {TASK}, {unit.stream_arg}, {unit.channel_axis})"
+        if unit.mode == "block" and unit.stream_line is None and not block_in_source:
+            continue
+        owner = unit.residual_lines[0]
+        bad = [sl for sl in unit.residual_lines if sl.function != owner.function or not sl.function.endswith("forward")]
+        if bad:
+            raise EmitError(f"{bad[0].file}:{bad[0].line}: the residual add of unit {unit.path!r} is in "
+                            f"{bad[0].function}, not in the unit's forward: use dtrsurgeon.transform in block mode")
+        edit = edits[owner.file].setdefault(owner.function, FunctionEdit())
+        edit.task_param = "required"
+        var, axis = unit.stream_var, unit.channel_axis
+        mask = f"{MASK} = dtr_channel_mask(self.dtr_mask, {TASK}, {var}, {axis})"
+        if unit.mode == "block":
+            stmts = (mask, f"dtr_bypass = {var} * (1 - {MASK})", f"{var} = {var} * {MASK}")
+            if unit.stream_line is None:
+                edit.block_stmts = stmts
+            else:
+                edit.insert_after[unit.stream_line.line] = stmts
+            if edit.insert_after:
+                # instances of one class whose stream starts later in some of them (U-ViT: after the
+                # long-skip merge that only out-blocks run) share the later placement
+                edit.block_stmts = ()
+            edit.return_suffix = "dtr_bypass"
+        elif unit.mode == "branch":
             edit.branch_lines |= {sl.line for sl in unit.residual_lines}
-            edit.stream_var = unit.stream_arg
+            edit.load_lines |= {sl.line for sl in unit.branch_lines}
+            edit.stream_var, edit.stream_axis = var, axis
+        else:  # pre_output
+            for site in unit.sites:
+                edit.site_calls[site.call.line] = (site.via, site.channel_axis, site.module.rsplit(".", 1)[-1]
+                                                   if site.via == "call" else "")
     return edits

@@ -26,7 +26,7 @@ from torch import nn
 
 from dtrsurgeon.emit.edits import TASK, RouteFunctions, collect_edits, first_name, is_builtin, parse_file
 from dtrsurgeon.errors import CheckpointError, EmitError
-from dtrsurgeon.masks import dtr_channel_mask, dtr_task_index, mask_table_for
+from dtrsurgeon.masks import dtr_channel_mask, dtr_masked, dtr_task_index, mask_table_for
 from dtrsurgeon.plan import Plan, RoutedUnit
 
 _PASS_THROUGH_CALLS = (torch.utils.checkpoint.checkpoint,)
@@ -60,7 +60,9 @@ def _unit_call_filter(model: nn.Module, functions):
         if name in g:
             obj = g[name]
             return any(obj is f for f in _PASS_THROUGH_CALLS) or isinstance(obj, nn.Module)
-        return True  # a local: a loop variable over a ModuleList, a module fetched from a dict
+        # a local: a loop variable over a ModuleList (`block(x)`) or an item of one (`blocks[i](x)`);
+        # a method of a local (`skips.pop()`) is not a module call
+        return "." not in code.split("[")[0]
 
     return is_unit_call
 
@@ -92,7 +94,7 @@ def _compile(node, original, qual: str):
     filename = f"<dtrsurgeon routed {qual}>"
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     namespace = dict(original.__globals__)
-    namespace.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask)
+    namespace.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask, dtr_masked=dtr_masked)
     exec(compile(code, filename, "exec"), namespace)
     func = namespace[node.name.value]
     func.__qualname__ = original.__qualname__
@@ -164,7 +166,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
     target = model if inplace else copy.deepcopy(model)
     named = dict(target.named_modules())
     units = {u.path: u for u in plan.units}
-    passthrough = set(plan.passthrough)
+    passthrough = {p for p, _, _ in plan.passthrough}
 
     for path, module in named.items():
         cls = type(module)
@@ -178,7 +180,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
                     methods[name] = compiled[key]
         if path in units:
             unit = units[path]
-            role = "block" if unit.mode == "block" else "branch"
+            role = "block" if unit.mode == "block" and unit.stream_line is None else "edited"
             stream = _stream_position(unit, cls) if role == "block" else None
             module.__class__ = _routed_class(cls, methods, role, stream)
             module.register_buffer("dtr_mask", mask_table_for(unit.mask, unit.channels), persistent=False)

@@ -85,7 +85,7 @@ def dtr_mask_table(channels, channel_ratio, num_tasks, window_shift="sliding", c
 
 def dtr_task_index(t, t0, t1, num_tasks, reverse):
     """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped)."""
-    task = ((t.to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
+    task = ((torch.as_tensor(t).to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
     return (num_tasks - 1) - task if reverse else task
 
 
@@ -95,7 +95,7 @@ def dtr_channel_mask(table, task, like, axis):
     shape[0] = -1
     shape[axis] = table.shape[1]
     return table[task].to(like.dtype).view(shape)
-
+{masked_helper}
 
 {settings}
 DTR_UNITS = {{  # routed module: (channels, mask settings)
@@ -136,7 +136,11 @@ def render_helpers(plan: Plan) -> str:
         named[identity] = "DTR_IDENTITY"
         rows += [f"    {json.dumps(path)}: ({c}, DTR_IDENTITY),  # left out by the spec's targets" for path, c in plan.unmatched]
     settings = "\n".join(f"{name} = {literal}" for literal, name in named.items())
-    return HELPERS.format(settings=settings, units="\n".join(rows)).lstrip("\n")
+    masked = "" if not any(u.mode in ("branch", "pre_output") for u in plan.units) else (
+        "\n\ndef dtr_masked(x, table, task, axis):\n"
+        '    """x with the channels its task does not use zeroed."""\n'
+        "    return x * dtr_channel_mask(table, task, x, axis)\n")
+    return HELPERS.format(settings=settings, units="\n".join(rows), masked_helper=masked).lstrip("\n")
 
 
 @dataclass(frozen=True)
@@ -180,46 +184,39 @@ def is_generated(text: str) -> bool:
 
 
 def _class_edits(model: nn.Module, plan: Plan, file: str, edits: dict[str, FunctionEdit]) -> None:
-    """Source-only edits: block-mode unit forwards, the root's __init__, pass-through forwards."""
+    """Source-only edits: the root's __init__ attaches the masks; modules called on a
+    unit's call line accept dtr_task (in-file classes) or are called without it."""
     named = dict(model.named_modules())
-
-    def forward_qualname(module: nn.Module, why: str) -> str:
-        func = type(module).forward
-        code = getattr(func, "__code__", None)
-        if code is None or os.path.abspath(code.co_filename) != file:
-            where = code.co_filename if code else "compiled code"
-            raise EmitError(f"{why}: {type(module).__qualname__}.forward is defined in {where}, not in {file}; "
-                            "`dtrsurgeon apply` rewrites one file (use dtrsurgeon.transform for this model)")
-        return func.__qualname__
-
-    block_by_class: dict[str, tuple[str, int]] = {}
-    for unit in plan.units:
-        if unit.mode != "block":
-            continue
-        qual = forward_qualname(named[unit.path], f"unit {unit.path!r}")
-        key = (unit.stream_arg, unit.channel_axis)
-        if block_by_class.setdefault(qual, key) != key:
-            raise EmitError(f"{file}: units of {qual} route different streams or axes; routed instances of one "
-                            "class must share them in generated source")
-        edit = edits.setdefault(qual, FunctionEdit())
-        edit.task_param = "required"
-        x, axis = key
-        edit.block_stmts = (f"{MASK} = dtr_channel_mask(self.dtr_mask, {TASK}, {x}, {axis})",
-                            f"dtr_bypass = {x} * (1 - {MASK})", f"{x} = {x} * {MASK}")
-        edit.return_suffix = "dtr_bypass"
     root_init = type(model).__init__
     code = getattr(root_init, "__code__", None)
     if code is None or os.path.abspath(code.co_filename) != file:
         raise EmitError(f"{type(model).__qualname__}.__init__ is not defined in {file}: the root class must be "
                         "in the file `dtrsurgeon apply` rewrites")
     edits.setdefault(root_init.__qualname__, FunctionEdit()).append_stmt = "dtr_attach_masks(self)"
+
+    def in_file(cls) -> bool:
+        fcode = getattr(cls.forward, "__code__", None)
+        return fcode is not None and os.path.abspath(fcode.co_filename) == file
+
     unit_classes = {type(named[u.path]) for u in plan.units}
-    for path in plan.passthrough:
-        module = named[path]
-        if type(module) in unit_classes:
-            continue  # a unit left out by the targets: it accepts dtr_task already
-        qual = forward_qualname(module, f"module {path!r} is called on the same line as a routed unit")
-        edits.setdefault(qual, FunctionEdit()).task_param = "optional"
+    at_line: dict[tuple[str, int], set[type]] = {}  # classes called on each unit call line
+    for unit in plan.units:
+        at_line.setdefault((os.path.abspath(unit.call_path[-1].file), unit.call_path[-1].line), set()).add(type(named[unit.path]))
+    foreign_lines = set()
+    for path, pfile, line in plan.passthrough:
+        cls = type(named[path])
+        if cls in unit_classes:
+            continue  # a unit the targets leave out: it takes dtr_task already
+        if in_file(cls):
+            edits.setdefault(cls.forward.__qualname__, FunctionEdit()).task_param = "optional"
+            at_line[(os.path.abspath(pfile), line)].add(cls)
+        else:
+            foreign_lines.add((os.path.abspath(pfile), line))
+    for unit in plan.units:
+        call = unit.call_path[-1]
+        key = (os.path.abspath(call.file), call.line)
+        if key in foreign_lines:  # e.g. nn.Conv2d called on the same line: call it without dtr_task
+            edits[call.function].call_guards[call.line] = tuple(sorted(c.__name__ for c in at_line[key]))
 
 
 def _insert_helpers(module: cst.Module, helpers: str, header: str) -> cst.Module:
@@ -250,7 +247,7 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     if is_generated(text):
         raise EmitError(f"{model_py}:1: this file was generated by dtrsurgeon; apply the spec to its source "
                         f"({header.input_name if header else 'the original file'}) instead")
-    all_edits = collect_edits(plan)
+    all_edits = collect_edits(plan, block_in_source=True)
     others = sorted(f for f in all_edits if os.path.abspath(f) != file)
     if others:
         unit = next(u for u in plan.units if any(os.path.abspath(s.file) in others for s in u.call_path + u.residual_lines))
