@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from dtrsurgeon.mtl.errors import MtlError
-from dtrsurgeon.mtl.weighting import world_size, cluster_mean_losses
+from dtrsurgeon.mtl.weighting import cluster_mean_losses, world_size
 
 
 def _params(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
