@@ -25,6 +25,8 @@ BLESS = os.environ.get("DTRSURGEON_BLESS") == "1"
 # model file, spec, entry, kwargs: one golden file each
 GOLDEN_CASES = {
     "dit_dtr.py": ("model_zoo/dit.py", "specs/dit-paper.json", "DiT_S_2", None),
+    "adm_unet_dtr.py": ("model_zoo/adm_unet.py", "specs/adm.json", "adm_unet", '{"name": "tiny"}'),
+    "uvit_dtr.py": ("model_zoo/uvit.py", "specs/uvit.json", "uvit", '{"name": "tiny"}'),
 }
 
 

@@ -243,6 +243,14 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     check_overrides(chosen, [o.match for o in spec.overrides])
 
     units = [_unit(path, named[path], holders[path], spec, cap, flow, params, named, model) for path in chosen]
+    # One class has one forward: where block mode fell back to branch for some instances
+    # (projection skips), all instances of that class use branch, so both emitters agree.
+    fell_back = {u.cls for u in units if u.mode == "branch" and u.mode_note}
+    units = [
+        _unit(u.path, named[u.path], holders[u.path], spec, cap, flow, params, named, model, force_branch=True)
+        if u.mode == "block" and u.cls in fell_back else u
+        for u in units
+    ]
     unit_paths = {u.path for u in units}
     call_lines = {(u.call_path[-1].file, u.call_path[-1].line) for u in units}
     passthrough = tuple(
@@ -258,7 +266,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
                 units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched))
 
 
-def _unit(path, module, chains, spec, cap, flow, params, named, model) -> RoutedUnit:
+def _unit(path, module, chains, spec, cap, flow, params, named, model, force_branch=False) -> RoutedUnit:
     first = chains[0]
     origin = _origin(first.start, path, params)
     from_input = not _inside(origin, path)
@@ -286,6 +294,8 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model) -> Routed
                 why = "its stream starts inside the unit on a line that assigns no single variable"
             else:
                 stream_line, stream_var = _source_line(frame, type(module)), name
+        if force_branch and not why:
+            why = f"other {type(module).__name__} units need branch semantics and one class has one forward"
         if why:
             mode, note = "branch", f"block mode falls back to branch semantics: {why}"
             stream_var = stream_arg or stream_var

@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DtrSurgeonError as e:
         print(f"dtrsurgeon {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `dtrsurgeon inspect --json | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 def entry_point() -> None:

@@ -20,6 +20,8 @@ import copy
 import inspect
 import linecache
 import os
+import sys
+import types
 
 import torch
 from torch import nn
@@ -93,13 +95,27 @@ def _compile(node, original, qual: str):
         raise EmitError(f"{qual}: zero-argument super() cannot be re-compiled outside its class; write super(Class, self)")
     filename = f"<dtrsurgeon routed {qual}>"
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    namespace = dict(original.__globals__)
-    namespace.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask, dtr_masked=dtr_masked)
+    namespace = _routed_module(original.__globals__).__dict__
     exec(compile(code, filename, "exec"), namespace)
-    func = namespace[node.name.value]
+    func = namespace.pop(node.name.value)
     func.__qualname__ = original.__qualname__
-    func.__module__ = original.__module__
     return func
+
+
+def _routed_module(globals_: dict) -> types.ModuleType:
+    """A module beside the user's one, holding its globals plus the routing helpers.
+
+    Routed functions run with it as their globals: the user's module is not
+    modified, and torch.compile finds every global through ``sys.modules``.
+    """
+    name = f"{globals_['__name__']}__dtr_routed_{id(globals_):x}"
+    module = sys.modules.get(name)
+    if module is None:
+        module = types.ModuleType(name)
+        module.__dict__.update({k: v for k, v in globals_.items() if k not in ("__name__", "__spec__", "__loader__")})
+        module.__dict__.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask, dtr_masked=dtr_masked)
+        sys.modules[name] = module
+    return module
 
 
 # -- routed classes -------------------------------------------------------------

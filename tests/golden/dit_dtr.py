@@ -66,7 +66,7 @@ def dtr_mask_table(channels, channel_ratio, num_tasks, window_shift="sliding", c
 
 def dtr_task_index(t, t0, t1, num_tasks, reverse):
     """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped)."""
-    task = ((t.to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
+    task = ((torch.as_tensor(t).to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
     return (num_tasks - 1) - task if reverse else task
 
 

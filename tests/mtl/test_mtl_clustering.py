@@ -126,11 +126,12 @@ def test_dp_across_several_row_blocks(n, data, kind):
     else:
         values, cost = rng.integers(0, 1000, size=n).astype(float), "snr"
         if kind == "monotone":
-            values = np.sort(values)[::-1]
+            values = np.sort(rng.choice(100_000, size=n, replace=False).astype(float))[::-1]
     parts = interval_clustering(values, k, cost)
     assert len(parts) == k and validate_intervals(parts, n) == parts
     assert partition_cost(values, parts, cost) == simple_dp(values, k, cost)
-    if kind == "monotone" and k < n:
+    if kind == "monotone" and k <= n // 4:
+        # the authors' convention counts a zero-cost split as infeasible: keep intervals wide (distinct values)
         ref = interval_clustering(values, k, cost, convention="reference")
         assert len(ref) == k and validate_intervals(ref, n) == ref
 

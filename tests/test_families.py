@@ -1,0 +1,160 @@
+"""U-Nets and U-ViT: units, axes, placements, and the two emitters agreeing."""
+
+import importlib.util
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+
+import dtrsurgeon
+from dtrsurgeon import mask_table
+from dtrsurgeon.cli import main
+from model_zoo.adm_unet import adm_unet
+from model_zoo.uvit import uvit
+from tests.conftest import randomize_
+
+ADM_UNITS = ["input_blocks.1.0", "input_blocks.2.0", "input_blocks.3.0", "input_blocks.3.1", "middle_block.0",
+             "middle_block.1", "middle_block.2", "output_blocks.0.0", "output_blocks.0.1", "output_blocks.1.0",
+             "output_blocks.1.1", "output_blocks.1.2", "output_blocks.2.0", "output_blocks.3.0"]
+
+
+@pytest.fixture(scope="module")
+def adm():
+    torch.manual_seed(0)
+    return randomize_(adm_unet("tiny"), std=0.05).eval()
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return randomize_(uvit("tiny")).eval()
+
+
+def inputs(model, t):
+    (x, _), kwargs = model.example_inputs(len(t))
+    return (x, torch.tensor(t)), kwargs
+
+
+def test_adm_units_axes_and_widths(adm):
+    plan = dtrsurgeon.plan(adm, "specs/adm.json")
+    assert [u.path for u in plan.units] == ADM_UNITS
+    assert {u.channel_axis for u in plan.units} == {1}
+    assert {u.mode for u in plan.units} == {"pre_output"}
+    sites = {u.path: (u.sites[0].module, u.sites[0].via, u.channels) for u in plan.units}
+    assert sites["input_blocks.1.0"] == ("input_blocks.1.0.out_layers.3", "sequential", 32)
+    assert sites["input_blocks.3.1"] == ("input_blocks.3.1.proj_out", "call", 64)
+    assert sites["output_blocks.0.0"] == ("output_blocks.0.0.out_layers.3", "sequential", 64)  # after the 128->64 merge
+    assert sorted({u.channels for u in plan.units}) == [32, 64]
+
+
+def test_adm_block_mode_falls_back_where_the_skip_is_a_projection(adm):
+    plan = dtrsurgeon.plan(adm, {"version": 1})
+    modes = {u.path: u.mode for u in plan.units}
+    assert modes["input_blocks.3.1"] == "block" and modes["middle_block.1"] == "block"  # attention: identity skip
+    # 32 -> 64 channels (1x1 conv skip), downsampling (pooled skip), concat inputs of the decoder
+    for path in ("input_blocks.2.0", "input_blocks.3.0", "output_blocks.0.0"):
+        assert modes[path] == "branch" and "projection" in plan.unit(path).mode_note
+    # a ResBlock with an identity skip follows its class: one class has one forward
+    assert modes["input_blocks.1.0"] == "branch" and "one class has one forward" in plan.unit("input_blocks.1.0").mode_note
+    assert plan.unit("output_blocks.0.0").channels == 128  # the concat of decoder and encoder features
+
+
+def test_uvit_units_and_merged_stream(vit):
+    plan = dtrsurgeon.plan(vit, "specs/uvit.json")
+    assert [u.path for u in plan.units] == ["in_blocks.0", "in_blocks.1", "mid_block", "out_blocks.0", "out_blocks.1"]
+    assert {(u.mode, u.channel_axis, u.channels) for u in plan.units} == {("block", 2, 64)}
+    out = plan.unit("out_blocks.0")
+    assert out.stream_line is not None and "skip_linear" in out.stream_line.code and out.stream_var == "x"
+    assert plan.unit("in_blocks.0").stream_line is None
+
+
+@pytest.mark.parametrize("family,spec", [("adm", "specs/adm.json"), ("adm", {"version": 1}),
+                                         ("adm", {"version": 1, "routing": {"mode": "branch"}}),
+                                         ("vit", "specs/uvit.json"), ("vit", {"version": 1, "routing": {"mode": "branch"}})])
+def test_identity_at_beta_one_and_keys(family, spec, adm, vit, request):
+    model = adm if family == "adm" else vit
+    spec = dtrsurgeon.load_spec(spec).to_dict()
+    spec["routing"]["channel_ratio"] = 1.0
+    routed = dtrsurgeon.transform(model, spec)
+    args, kwargs = inputs(model, [0, 500, 999])
+    assert torch.equal(routed(*args, **kwargs), model(*args, **kwargs))
+    assert list(routed.state_dict()) == list(model.state_dict())
+
+
+def test_adm_pre_output_semantics_on_one_resblock(adm):
+    routed = dtrsurgeon.transform(adm, "specs/adm.json")
+    block, ref = routed.input_blocks[1][0], adm.input_blocks[1][0]
+    x = torch.randn(2, 32, 16, 16)
+    emb = torch.randn(2, 128)
+    task = torch.tensor([3, 990])
+    m = mask_table("specs/adm.json", 32)[task].float()[:, :, None, None]
+    h = ref.in_layers(x)
+    scale, shift = torch.chunk(ref.emb_layers(emb)[..., None, None], 2, dim=1)
+    h = ref.out_layers[0](h) * (1 + scale) + shift
+    h = ref.out_layers[3](ref.out_layers[1:3](h) * m)
+    assert torch.allclose(block(x, emb, dtr_task=task), ref.skip_connection(x) + h, atol=1e-5)
+
+
+def test_uvit_out_block_masks_the_merged_stream(vit):
+    routed = dtrsurgeon.transform(vit, "specs/uvit.json")
+    block, ref = routed.out_blocks[0], vit.out_blocks[0]
+    x, skip = torch.randn(2, 17, 64), torch.randn(2, 17, 64)
+    task = torch.tensor([0, 999])
+    m = mask_table("specs/uvit.json", 64)[task].float()[:, None, :]
+    merged = ref.skip_linear(torch.cat([x, skip], dim=-1))
+    h = merged * m
+    h = h + ref.attn(ref.norm1(h))
+    h = h + ref.mlp(ref.norm2(h))
+    assert torch.allclose(block(x, skip, dtr_task=task), h + merged * (1 - m), atol=1e-5)
+
+
+def test_zero_dim_and_continuous_timesteps(adm, vit):
+    routed = dtrsurgeon.transform(adm, "specs/adm.json")
+    (x, _), kwargs = adm.example_inputs(2)
+    assert torch.allclose(routed(x, torch.tensor(700), **kwargs), routed(x, torch.tensor([700, 700]), **kwargs), atol=1e-5)
+    edm = {"version": 1, "timestep": {"range": [0.002, 80.0]}}
+    routed = dtrsurgeon.transform(vit, edm)
+    (x, _), kwargs = vit.example_inputs(2)
+    sigma = torch.tensor([0.002, 80.0])
+    out = routed(x, sigma, **kwargs)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[:1], routed(x[:1], sigma[:1], **{k: v[:1] for k, v in kwargs.items()}), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["adm", "vit"])
+def test_compile_fullgraph_no_recompiles(family, adm, vit):
+    model = adm if family == "adm" else vit
+    routed = dtrsurgeon.transform(model, "specs/adm.json" if family == "adm" else "specs/uvit.json")
+    counter = CompileCounter()
+    compiled = torch.compile(routed, backend=counter, fullgraph=True)
+    for t in ([1, 900], [450, 3]):
+        args, kwargs = inputs(model, t)
+        assert torch.allclose(compiled(*args, **kwargs), routed(*args, **kwargs), atol=1e-5)
+    assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("family,spec", [("adm", "specs/adm.json"), ("adm", "specs/dit-paper.json"),
+                                         ("adm", "branch"), ("vit", "specs/uvit.json"), ("vit", "branch")])
+def test_generated_source_equals_the_module(family, spec, adm, vit, tmp_path):
+    model, file, entry = (adm, "model_zoo/adm_unet.py", "adm_unet") if family == "adm" else (vit, "model_zoo/uvit.py", "uvit")
+    if spec == "specs/dit-paper.json":
+        spec_doc = {"version": 1}
+    elif spec == "branch":
+        spec_doc = {"version": 1, "routing": {"mode": "branch"}}
+    else:
+        spec_doc = None
+    if spec_doc is not None:
+        spec = tmp_path / "spec.json"
+        spec.write_text(__import__("json").dumps(spec_doc))
+    out = tmp_path / "gen.py"
+    assert main(["apply", str(spec), file, "--entry", entry, "--kwargs", '{"name": "tiny"}', "-o", str(out)]) == 0
+    mod_spec = importlib.util.spec_from_file_location(f"gen_{family}_{abs(hash(str(spec)))}", out)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    generated = getattr(module, entry)("tiny").eval()
+    generated.load_state_dict(model.state_dict(), strict=True)
+    routed = dtrsurgeon.transform(model, str(spec))
+    args, kwargs = inputs(model, [0, 333, 999])
+    a, b = routed(*args, **kwargs), generated(*args, **kwargs)
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a, model(*args, **kwargs), atol=1e-4)
