@@ -64,16 +64,18 @@ def run(args) -> int:
     console = Console(width=200)
     title = f"routed units of {p.model.rsplit('.', 1)[1]} ({len(p.units)}), spec {args.spec or '<paper default>'}"
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-    for col in ("path", "class", "mode", "axis", "C", "K", "mask", "called at"):
+    for col in ("path", "class", "mode", "axis", "C", "K", "mask", "masked at", "called at"):
         table.add_column(col, no_wrap=True)
     for u in p.units:
         call = u.call_path[-1]
         mode = u.mode + (" *" if u.mode_note else "")
         table.add_row(u.path, u.cls.rsplit(".", 1)[1], mode, str(u.channel_axis), str(u.channels), str(u.active),
-                      _mask_summary(u), f"{os.path.basename(call.file)}:{call.line} {call.function}")
+                      _mask_summary(u), u.masked_at, f"{os.path.basename(call.file)}:{call.line} {call.function}")
     console.print(table)
     widths = Counter(u.channels for u in p.units)
     console.print("widths: " + ", ".join(f"C={c} x{n}" for c, n in sorted(widths.items())))
+    if p.unmatched:
+        console.print("not matched by targets: " + ", ".join(f"{path} (C={c})" for path, c in p.unmatched))
     for u in p.units:
         if u.mode_note:
             console.print(f"* {u.path}: {u.mode_note}")

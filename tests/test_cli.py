@@ -1,0 +1,66 @@
+"""inspect and plot: in-process, with bad input."""
+
+import json
+
+import pytest
+
+from dtrsurgeon.cli import main
+
+
+def test_inspect_table_shows_units_widths_and_placement(capsys):
+    assert main(["inspect", "model_zoo/adm_unet.py", "--entry", "adm_unet", "--kwargs", '{"name": "tiny"}',
+                 "--spec", "specs/adm.json"]) == 0
+    out = capsys.readouterr().out
+    assert "input_blocks.1.0" in out and "input of out_layers.3" in out and "input of proj_out" in out
+    assert "widths: C=32 x4, C=64 x10" in out
+
+
+def test_inspect_json_is_the_plan(capsys):
+    assert main(["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["version"] == 1 and [u["path"] for u in plan["units"]] == ["blocks.0", "blocks.1"]
+
+
+def test_inspect_shows_units_left_out_by_targets(capsys):
+    assert main(["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--spec", _spec_file()]) == 0
+    assert "not matched by targets: blocks.1 (C=64)" in capsys.readouterr().out
+
+
+def _spec_file(doc=None):
+    import tempfile
+
+    f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    json.dump(doc or {"version": 1, "targets": {"include": ["blocks.0"]}}, f)
+    f.close()
+    return f.name
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["inspect", "nope.py", "--entry", "X"], "nope.py: no such file"),
+    (["inspect", "model_zoo/dit.py", "--entry", "Nope"], "no 'Nope' in this file"),
+    (["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--kwargs", '{"depth": "two"}'], "failed"),
+    (["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--kwargs", "[1]"], "expected a JSON object"),
+    (["plot", "specs/dit-paper.json", "--channels", "0"], "expected positive widths"),
+    (["plot", "specs/dit-paper.json"], "give either --channels"),
+    (["plot", "specs/dit-paper.json", "--model", "model_zoo/dit.py"], "--model needs --entry"),
+])
+def test_bad_input_is_one_line_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+def test_plot_writes_one_png(tmp_path, capsys):
+    out = tmp_path / "masks.png"
+    assert main(["plot", "specs/dit-paper.json", "--channels", "64", "96", "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.png"]
+
+
+def test_plot_takes_widths_from_a_model(tmp_path):
+    out = tmp_path / "adm.png"
+    assert main(["plot", "specs/adm.json", "--model", "model_zoo/adm_unet.py", "--entry", "adm_unet",
+                 "--kwargs", '{"name": "tiny"}', "-o", str(out)]) == 0
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out).shape[1] > 600  # two panels side by side (C=32 and C=64)
