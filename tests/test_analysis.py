@@ -130,3 +130,14 @@ def test_select_units(units, include, exclude, expected):
             select_units(units, include, exclude)
     else:
         assert select_units(units, include, exclude) == expected
+
+
+def test_magnitude_preserving_lerp_residuals_are_found():
+    spec = {"version": 1, "timestep": {"arg": "noise_labels", "range": [0.002, 80.0]}}
+    p = dtrsurgeon.plan(toy_models.MPNet(), spec)
+    assert [u.path for u in p.units] == ["enc.0", "enc.1"] and {u.channel_axis for u in p.units} == {1}
+    routed = dtrsurgeon.transform(toy_models.MPNet(), {**spec, "routing": {"channel_ratio": 1.0}})
+    model = toy_models.MPNet()
+    routed.load_state_dict(model.state_dict())
+    (x, sigma), _ = model.example_inputs()
+    assert torch.equal(routed(x, sigma), model(x, sigma))

@@ -148,3 +148,33 @@ class DataDependent(nn.Module):
 
     def example_inputs(self, batch_size=2):
         return (torch.randn(batch_size, 8), torch.arange(batch_size)), {}
+
+
+class MPBlock(nn.Module):
+    """EDM2-style magnitude-preserving residual: lerp, then rescale."""
+
+    def __init__(self, ch=8, t=0.3):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.t = t
+
+    def forward(self, x):
+        y = self.conv(F.silu(x))
+        return x.lerp(y, self.t) / ((1 - self.t) ** 2 + self.t ** 2) ** 0.5
+
+
+class MPNet(nn.Module):
+    def __init__(self, ch=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, ch, 1)
+        self.enc = nn.ModuleList([MPBlock(ch), MPBlock(ch)])
+        self.out = nn.Conv2d(ch, 3, 1)
+
+    def forward(self, x, noise_labels):
+        h = self.stem(x) * noise_labels.float()[:, None, None, None]
+        for block in self.enc:
+            h = block(h)
+        return self.out(h)
+
+    def example_inputs(self, batch_size=2):
+        return (torch.randn(batch_size, 3, 4, 4), torch.rand(batch_size) * 80), {}

@@ -1,6 +1,6 @@
 """Residual pass: which adds are residual connections, grouped into chains.
 
-An ``add(a, b)`` is residual when one operand is computed from the other
+An ``add(a, b)`` (or ``lerp(a, b, w)``, EDM2's magnitude-preserving sum) is residual when one operand is computed from the other
 (``b`` is reachable from ``a`` in the data-flow graph: ``a`` is the skip, ``b``
 the branch), or when the skip is a short projection of the branch's source
 (``conv1x1(x) + f(x)``, ``avgpool(x) + f(x)``: a projection skip).
@@ -19,6 +19,8 @@ from torch import fx
 
 aten = torch.ops.aten
 _ADDS = {aten.add.Tensor, aten.add_.Tensor}
+# magnitude-preserving sums (EDM2: ``x.lerp(y, t) / sqrt(...)``) are residual joins too
+_LERPS = {aten.lerp.Scalar, aten.lerp.Tensor, aten.lerp_.Scalar, aten.lerp_.Tensor}
 # ops that move or re-type a tensor without computing across channels
 SHAPE_OPS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
              aten.alias.default, aten.clone.default, aten.contiguous.default, aten.to.dtype,
@@ -107,7 +109,7 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
     flow = dataflow_graph(graph) if flow is None else flow
     found = []
     for node in graph.nodes:
-        if node.op != "call_function" or node.target not in _ADDS:
+        if node.op != "call_function" or node.target not in _ADDS | _LERPS:
             continue
         a, b = node.args[0], node.args[1]
         if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
