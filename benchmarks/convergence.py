@@ -82,7 +82,10 @@ def parse_args(argv=None):
     p.add_argument("--work", default="out/convergence", help="checkpoints and per-run files")
     p.add_argument("--out-dir", default="benchmarks/results")
     p.add_argument("--tag", default="local")
-    p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--plot-only", action="store_true", help="merge the part files under --work and draw the plots")
+    p.add_argument("--parallel", action="store_true", help="one process per backbone and variant, on one GPU")
+    p.add_argument("--deadline", type=float, default=None, help="--parallel: kill runs still going after this many seconds")
+    p.add_argument("--no-merge", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backbone-config", default=None,
                    help='JSON updates of the backbone table, e.g. {"dit": {"model": "tiny_dit", "model_kwargs": {}}} (smoke tests)')
     return p.parse_args(argv)
@@ -195,7 +198,7 @@ class HeldOut:
         return total / len(x0)
 
 
-def run_variant(backbone: str, variant: str, args, data, classifier, real_feats, out_json: Path, results: dict):
+def run_variant(backbone: str, variant: str, args, data, classifier, real_feats, part: Path, meta: dict):
     from examples import train
     from examples.models import is_conditional
 
@@ -229,6 +232,12 @@ def run_variant(backbone: str, variant: str, args, data, classifier, real_feats,
         curve["raw"].append(state["held"].mse(model, state["held"].curve, cond, dev, bf16))
         print(f"  [{backbone}/{variant}] step {step}: held-out MSE ema {curve['ema'][-1]:.4f} raw {curve['raw'][-1]:.4f}",
               flush=True)
+        write_part({"status": f"running, step {step}", "heldout": curve})
+
+    part.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_part(result):
+        part.write_text(json.dumps({"meta": meta, "variant": variant, "result": result}) + "\n")
 
     schedule = Schedule.make("linear", 1000)
     state["held"] = HeldOut(data, schedule, args.eval_images, args.band_images, args.seed)
@@ -252,7 +261,8 @@ def run_variant(backbone: str, variant: str, args, data, classifier, real_feats,
     fd = frechet_distance(features(classifier, samples, dev), real_feats)
     acc = accuracy(classifier, samples, labels, dev) if cond else None
     keep = samples[:20]
-    results["variants"][variant] = {
+    write_part({
+        "status": "done",
         "final_train_loss_mean_last_100": float(np.mean(res.losses[-100:])),
         "train_loss": res.losses[:: max(1, len(res.losses) // 500)],
         "train_loss_steps": res.steps[:: max(1, len(res.losses) // 500)],
@@ -260,8 +270,7 @@ def run_variant(backbone: str, variant: str, args, data, classifier, real_feats,
         "fd": fd, "label_acc": acc, "train_s": train_s, "sample_s": sample_s,
         "objective": res.metrics["objective"], "routed": res.metrics["routed"],
         "samples_u8": ((keep.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1).tolist(),
-    }
-    out_json.write_text(json.dumps(results) + "\n")
+    })
     print(f"== {backbone}/{variant}: held-out EMA MSE {curve['ema'][-1] if curve['ema'] else float('nan'):.4f}  "
           f"FD {fd:.2f}  label acc {acc if acc is None else round(acc, 4)}  train {train_s:.0f} s  sample {sample_s:.0f} s",
           flush=True)
@@ -283,13 +292,63 @@ def get_classifier(args, data, device):
     return net, acc
 
 
+def part_path(args, backbone: str, variant: str) -> Path:
+    return Path(args.work) / "parts" / f"convergence-{args.tag}-{backbone}-{variant}.json"
+
+
+def run_parallel(args, argv) -> int:
+    """One process per (backbone, variant) on the same GPU (small eager models leave it mostly
+    idle, each process is bound by its own Python thread); the classifier is trained first."""
+    import os
+    import subprocess
+
+    base = [a for a in (sys.argv[1:] if argv is None else list(argv)) if a != "--parallel"]
+    clf = Path(args.classifier or Path(args.work) / "classifier.pt")
+    base += ["--classifier", str(clf), "--no-merge"]
+    if subprocess.call([sys.executable, __file__, *base, "--classifier-only"]) != 0:
+        return 1
+    logs = Path(args.work) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    procs = {}
+    for backbone in args.backbones.split(","):
+        if not (ROOT / BACKBONES[backbone]["spec"]).is_file():
+            print(f"!! {backbone}: skipped, its spec {BACKBONES[backbone]['spec']} does not exist", flush=True)
+            continue
+        for variant in args.variants.split(","):
+            cmd = [sys.executable, __file__, *base, "--backbones", backbone, "--variants", variant]
+            log = open(logs / f"{backbone}-{variant}.log", "w")
+            procs[(backbone, variant)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    t0 = time.perf_counter()
+    failed = []
+    for (backbone, variant), (proc, log) in procs.items():
+        left = None if args.deadline is None else max(1.0, args.deadline - (time.perf_counter() - t0))
+        try:
+            rc = proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = "killed at the deadline"
+        log.close()
+        if rc != 0:
+            failed.append(f"{backbone}/{variant}: {rc}")
+            print(f"!! {backbone}/{variant} failed ({rc}); last lines of its log:", flush=True)
+            print("".join(open(logs / f"{backbone}-{variant}.log").readlines()[-15:]), flush=True)
+    print(f"all runs done in {time.perf_counter() - t0:.0f} s", flush=True)
+    merge(args)
+    plot(args)
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     for name, update in json.loads(args.backbone_config or "{}").items():
         BACKBONES[name] = {**BACKBONES[name], **update}
     if args.plot_only:
+        merge(args)
         plot(args)
         return 0
+    if args.parallel:
+        return run_parallel(args, argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
@@ -299,27 +358,40 @@ def main(argv=None) -> int:
         return 0
     real_feats = features(classifier, data.test_x, device)
     floor = frechet_distance(features(classifier, data.train_x[: len(data.test_x)], device), real_feats)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/convergence.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for backbone in args.backbones.split(","):
         cfg = BACKBONES[backbone]
         if not (ROOT / cfg["spec"]).is_file():
             print(f"!! {backbone}: skipped, its spec {cfg['spec']} does not exist", flush=True)
             continue
-        out_json = out_dir / f"convergence-{args.tag}-{backbone}.json"
-        results = {
-            "meta": {"command": command, "backbone": backbone, "model": cfg["model"], "model_kwargs": cfg["model_kwargs"],
-                     "spec": cfg["spec"], "ant_uw": ANT_UW, "steps": args.steps, "batch_size": args.batch_size,
-                     "lr": args.lr, "warmup": args.warmup, "seed": args.seed, "data": args.data,
-                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                     "torch": torch.__version__, "classifier_test_acc": clf_acc, "fd_floor_train_vs_test": floor,
-                     "num_samples": args.num_samples, "sample_steps": args.sample_steps},
-            "variants": {},
-        }
+        meta = {"command": command, "backbone": backbone, "model": cfg["model"], "model_kwargs": cfg["model_kwargs"],
+                "spec": cfg["spec"], "ant_uw": ANT_UW, "steps": args.steps, "batch_size": args.batch_size,
+                "lr": args.lr, "warmup": args.warmup, "seed": args.seed, "data": args.data,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "torch": torch.__version__, "classifier_test_acc": clf_acc, "fd_floor_train_vs_test": floor,
+                "num_samples": args.num_samples, "sample_steps": args.sample_steps}
         for variant in args.variants.split(","):
-            run_variant(backbone, variant, args, data, classifier, real_feats, out_json, results)
+            run_variant(backbone, variant, args, data, classifier, real_feats, part_path(args, backbone, variant), meta)
+    if not args.no_merge:
+        merge(args)
+        plot(args)
     return 0
+
+
+def merge(args) -> None:
+    """Per-variant part files -> one ``convergence-TAG-BACKBONE.json`` per backbone in ``--out-dir``."""
+    parts = sorted((Path(args.work) / "parts").glob(f"convergence-{args.tag}-*.json"))
+    merged: dict[str, dict] = {}
+    for f in parts:
+        part = json.loads(f.read_text())
+        b = part["meta"]["backbone"]
+        entry = merged.setdefault(b, {"meta": dict(part["meta"]), "variants": {}})
+        entry["variants"][part["variant"]] = part["result"]
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for b, entry in merged.items():
+        entry["variants"] = {v: entry["variants"][v] for v in VARIANTS if v in entry["variants"]}
+        (out_dir / f"convergence-{args.tag}-{b}.json").write_text(json.dumps(entry) + "\n")
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -331,12 +403,14 @@ def plot(args) -> None:
     import matplotlib.pyplot as plt
 
     out_dir = Path(args.out_dir)
-    files = sorted(out_dir.glob(f"convergence-{args.tag}-*.json"))
+    files = sorted(f for f in out_dir.glob(f"convergence-{args.tag}-*.json") if f.stem.split("-")[-1] in BACKBONES)
     runs = [json.loads(f.read_text()) for f in files]
     runs = [r for r in runs if r.get("variants")]
     if not runs:
         print(f"no convergence-{args.tag}-*.json with results in {out_dir}")
         return
+    if not any(v.get("status") == "done" for r in runs for v in r["variants"].values()):
+        print("no finished variant yet")
     colors = {"vanilla": "k", "dtr": "tab:blue", "ant-uw": "tab:orange", "ant-uw+dtr": "tab:green"}
 
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), dpi=120, squeeze=False)
@@ -355,7 +429,10 @@ def plot(args) -> None:
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), dpi=120, squeeze=False)
     for ax, r in zip(axes[0], runs):
         base = r["variants"].get("vanilla")
+        base = base if base and "band_mse_ema" in base else None
         for name, v in r["variants"].items():
+            if "band_mse_ema" not in v:
+                continue
             edges = v["band_edges"]
             mids = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
             ys = np.array(v["band_mse_ema"]) / (np.array(base["band_mse_ema"]) if base else 1.0)
@@ -368,7 +445,7 @@ def plot(args) -> None:
     fig.savefig(out_dir / f"convergence-{args.tag}-bands.png")
     plt.close(fig)
 
-    rows = [(r["meta"]["model"], name, v) for r in runs for name, v in r["variants"].items()]
+    rows = [(r["meta"]["model"], name, v) for r in runs for name, v in r["variants"].items() if "samples_u8" in v]
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.25 * len(rows)), dpi=120, squeeze=False)
     for ax, (model, name, v) in zip(axes[:, 0], rows):
         imgs = np.array(v["samples_u8"], dtype=np.uint8)[:10]
@@ -383,6 +460,9 @@ def plot(args) -> None:
               f"classifier acc {r['meta']['classifier_test_acc']:.4f}, FD floor {r['meta']['fd_floor_train_vs_test']:.2f})")
         print(f"{'variant':12s} {'heldout EMA':>11s} {'heldout raw':>11s} {'FD':>8s} {'label acc':>9s} {'train s':>8s}")
         for name, v in r["variants"].items():
+            if v.get("status") != "done":
+                print(f"{name:12s} {v.get('status')}: held-out EMA {v['heldout']['ema'][-1:]} ")
+                continue
             acc = "-" if v["label_acc"] is None else f"{v['label_acc']:.4f}"
             print(f"{name:12s} {v['heldout']['ema'][-1]:11.5f} {v['heldout']['raw'][-1]:11.5f} {v['fd']:8.2f} {acc:>9s} "
                   f"{v['train_s']:8.0f}")

@@ -6,12 +6,11 @@ training script needs around it:
 
 * the mtl section's noise schedule must be the one the script trains with (SNR clustering is
   computed from it), checked on construction;
-* under DistributedDataParallel each rank holds a slice of the global batch. Per-cluster means are
-  made global: every sample's loss is scaled by ``world * local_count_k / global_count_k`` before
-  UW sees it, so UW's local cluster mean is ``world * S_k^rank / N_k`` and the gradient DDP averages
-  over ranks is that of the global cluster means ``S_k / N_k`` (UW averages its own log-variance
-  gradients across ranks in ``step``). PCGrad and Nash compute per-cluster gradients outside DDP's
-  reducer, so they are refused with more than one process.
+* under DistributedDataParallel each rank holds a slice of the global batch; UW's loss is taken
+  with ``global_batch=True``, which makes every cluster mean that of the global batch, so the
+  gradient DDP averages equals the one-process gradient (UW averages its own log-variance gradients
+  across ranks in ``step``). PCGrad and Nash are refused with more than one process here (they need
+  the forward under ``no_sync()`` and their own all-reduce).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from examples.diffusion import Schedule
 
@@ -36,7 +34,6 @@ class Ant:
     def __init__(self, setup, world: int = 1):
         self.setup = setup
         self.world = world
-        self._last: dict[str, float] = {}
 
     @classmethod
     def from_section(cls, section: dict[str, Any], schedule: Schedule, model: torch.nn.Module | None = None,
@@ -60,27 +57,15 @@ class Ant:
     def sample_t(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         return self.setup.sample_timesteps(batch, generator=generator)
 
-    def _global_uw_loss(self, mse: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """This rank's share of UW's loss over the global batch: per-sample losses scaled so local
-        cluster means become shares of the global ones, plus the ``s_k / 2`` term of every cluster
-        present elsewhere in the global batch but absent from this rank's slice."""
-        ids = self.setup.cluster_ids(t).to(mse.device)
-        k = self.setup.num_clusters
-        local = torch.bincount(ids, minlength=k)
-        total = local.clone()
-        dist.all_reduce(total)
-        scale = (self.world * local.float() / total.clamp(min=1).float())[ids]
-        log_vars = self.setup.weighting.log_vars
-        missing = ((local == 0) & (total > 0)).to(log_vars.dtype)
-        return self.setup.loss(mse * scale, t) + 0.5 * (log_vars * missing).sum()
-
     def backward(self, mse: torch.Tensor, t: torch.Tensor) -> None:
-        if self.world > 1 and self.setup.config.weighting == "uw":
-            self._global_uw_loss(mse, t).backward()
-            self._last = {f"w{i}": v for i, v in enumerate(self.setup.weighting.weights().tolist())}
-            return
-        logs = self.setup.backward(mse, t)
-        self._last = {k.replace("uw/weight/", "w"): v for k, v in logs.items() if k != "loss"}
+        w = self.setup.weighting
+        if self.setup.config.weighting == "uw":
+            # global_batch: under DDP each cluster mean is the global batch's (exact N-process gradients)
+            w.loss(mse, self.setup.cluster_ids(t), global_batch=True).backward()
+        elif self.setup.config.weighting in ("min_snr", "none"):
+            self.setup.loss(mse, t).backward()
+        else:  # pcgrad, nash: per-cluster gradients written to .grad (single process)
+            self.setup.backward(mse, t)
 
     def step(self) -> None:
         self.setup.step()
@@ -96,4 +81,7 @@ class Ant:
         return {"name": "ant", **self.setup.describe()}
 
     def log(self) -> dict[str, float]:
-        return dict(self._last)
+        """UW's cluster weights exp(-s_k)/2 as w0..w{k-1} (read at log steps only: it syncs)."""
+        if self.setup.config.weighting == "uw":
+            return {f"w{i}": v for i, v in enumerate(self.setup.weighting.weights().tolist())}
+        return {}

@@ -50,9 +50,17 @@ class Schedule:
         a = self.alphas_cumprod.numpy()
         return a / (1 - a)
 
+    def on(self, device: torch.device) -> torch.Tensor:
+        """``alphas_cumprod`` as float32 on ``device`` (copied once per device: no per-step transfer)."""
+        cache = self.__dict__.setdefault("_on", {})
+        key = str(device)
+        if key not in cache:
+            cache[key] = self.alphas_cumprod.to(device, torch.float32)
+        return cache[key]
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise."""
-        a = self.alphas_cumprod.to(x0.device, torch.float32)[t].view(-1, *([1] * (x0.dim() - 1)))
+        a = self.on(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 

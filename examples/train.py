@@ -264,6 +264,13 @@ class _Progress:
             self.bar.stop()
 
 
+def _to_device(tensors, device: torch.device):
+    """CPU tensors -> ``device``; through pinned memory and without a host sync on CUDA."""
+    if device.type != "cuda":
+        return tuple(tensors)
+    return tuple(x.pin_memory().to(device, non_blocking=True) for x in tensors)
+
+
 def plot_losses(steps: list[int], losses: list[float], path: Path, title: str) -> None:
     import matplotlib
 
@@ -376,6 +383,9 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     lo, hi = d.rank * local, (d.rank + 1) * local
     ema_params = [p for p in ema.parameters()]
     model_params = [p for p in model.parameters()]
+    # floating-point buffers follow the model (routing masks are constant: not copied every step)
+    ema_buffers = [(eb, mb) for (n, eb), mb in zip(ema.named_buffers(), model.buffers())
+                   if mb.is_floating_point() and not n.endswith("dtr_mask")]
     pending: list[torch.Tensor] = []
     progress = _Progress(d.main, args.no_progress, args.steps, start)
 
@@ -412,10 +422,10 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
         for g in opt.param_groups:
             g["lr"] = lr
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + 12_345 + step)
-        idx = stream.indices(step, args.batch_size)[lo:hi].to(device)
+        idx = stream.indices(step, args.batch_size)[lo:hi]
         t_all = objective.sample_t(args.batch_size, gen)
         noise_all = torch.randn((args.batch_size, *train_x.shape[1:]), generator=gen)
-        t, noise = t_all[lo:hi].to(device), noise_all[lo:hi].to(device)
+        idx, t, noise = _to_device((idx, t_all[lo:hi], noise_all[lo:hi]), device)
         x0 = train_x[idx]
         y = train_y[idx] if conditional else None
         torch.manual_seed(args.seed * 7_919 + step * d.world + d.rank)  # label dropout and the like
@@ -432,7 +442,7 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
         with torch.no_grad():
             decay = min(args.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_params, model_params, 1 - decay)
-            for eb, mb in zip(ema.buffers(), model.buffers()):
+            for eb, mb in ema_buffers:
                 eb.copy_(mb)
         pending.append(mse.detach().mean())
         done = step + 1
