@@ -64,3 +64,25 @@ def test_plot_takes_widths_from_a_model(tmp_path):
     import matplotlib.image
 
     assert matplotlib.image.imread(out).shape[1] > 600  # two panels side by side (C=32 and C=64)
+
+
+@pytest.mark.parametrize("spec,argv_tail,needle", [
+    ({"version": 1, "targets": {"include": ["block.*"]}}, ["model_zoo/dit.py", "--entry", "tiny_dit"],
+     "spec /targets/include/0: pattern 'block.*' matches no routable unit"),
+    ({"version": 1, "timestep": {"arg": "timesteps"}}, ["model_zoo/dit.py", "--entry", "tiny_dit"],
+     "spec /timestep/arg: 'timesteps' is not an argument of DiT.forward(x, t, y)"),
+    ({"version": 1}, ["tests/toy_models.py", "--entry", "DataDependent"],
+     "cannot capture DataDependent.forward"),
+])
+@pytest.mark.parametrize("verb", ["inspect", "apply"])
+def test_model_level_errors_exit_2(spec, argv_tail, needle, verb, tmp_path, capsys):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    if verb == "inspect":
+        argv = ["inspect", *argv_tail, "--spec", str(path)]
+    else:
+        argv = ["apply", str(path), *argv_tail, "-o", str(tmp_path / "out.py")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+    assert not (tmp_path / "out.py").exists()

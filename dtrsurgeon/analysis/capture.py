@@ -10,7 +10,10 @@ is only analysed; the model that trains is the user's own code.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
 import os
 import traceback
 from dataclasses import dataclass
@@ -73,7 +76,8 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
         with torch.no_grad():
             model(*args, **kwargs)
         handle.remove()
-        ep = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
+        with _quiet_torch_logs():
+            ep = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
     except Exception as exc:  # every capture failure becomes one actionable line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CaptureError(
@@ -90,6 +94,19 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
     params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
     return Capture(graph=ep.graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params)
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """Export logs and prints its partial graph when it fails; our one-line error says it all."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
