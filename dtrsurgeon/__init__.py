@@ -9,6 +9,7 @@ Pipeline: spec (validated JSON) -> analysis (graph capture, residual chains)
 
 __version__ = "0.1.0"
 
+from dtrsurgeon.api import plan, transform
 from dtrsurgeon.errors import (
     CaptureError,
     CheckpointError,
@@ -17,7 +18,6 @@ from dtrsurgeon.errors import (
     NoMatchingUnitError,
     SpecError,
 )
-from dtrsurgeon.api import plan, transform
 from dtrsurgeon.masks import mask_table, task_index
 from dtrsurgeon.plan import Plan, RoutedUnit
 from dtrsurgeon.spec import Spec, load_spec

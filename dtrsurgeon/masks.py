@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from dtrsurgeon.spec.model import MaskParams, Spec, TaskWeights, TimestepMap
+from dtrsurgeon.spec.model import MaskParams, TaskWeights, TimestepMap
 
 
 def active_channels(channels: int, channel_ratio: float) -> int:

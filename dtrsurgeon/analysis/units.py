@@ -24,10 +24,22 @@ import inspect
 import networkx as nx
 from torch import fx, nn
 
-from dtrsurgeon.analysis.callsites import Frame, is_frame_of, parse_stack_trace, resolve_function
-from dtrsurgeon.analysis.capture import capture, example_inputs as guess_inputs
+from dtrsurgeon.analysis.callsites import (
+    Frame,
+    is_frame_of,
+    parse_stack_trace,
+    resolve_function,
+)
+from dtrsurgeon.analysis.capture import capture
+from dtrsurgeon.analysis.capture import example_inputs as guess_inputs
 from dtrsurgeon.analysis.residuals import (
-    PROJECTIONS, SHAPE_OPS, ResidualChain, data_inputs, dataflow_graph, find_residual_adds, group_chains,
+    PROJECTIONS,
+    SHAPE_OPS,
+    ResidualChain,
+    data_inputs,
+    dataflow_graph,
+    find_residual_adds,
+    group_chains,
 )
 from dtrsurgeon.analysis.targets import check_overrides, select_units
 from dtrsurgeon.errors import CaptureError, EmitError, SpecError

@@ -55,7 +55,13 @@ def generate(spec_path, model_py: str, entry: str | None, kwargs_json: str | Non
     """The routed source text (what ``apply`` writes and ``check`` compares)."""
     from dtrsurgeon.analysis.units import build_plan
     from dtrsurgeon.cli._model import build_model, import_file
-    from dtrsurgeon.emit.source import Header, emit_source, is_generated, sha256_of, spec_bytes
+    from dtrsurgeon.emit.source import (
+        Header,
+        emit_source,
+        is_generated,
+        sha256_of,
+        spec_bytes,
+    )
     from dtrsurgeon.spec import load_spec
 
     spec = load_spec(spec_path)

@@ -89,7 +89,12 @@ def compute(args):
     """``(result, schedule)``: everything ``cluster`` prints, as a
     JSON-serialisable dict, and the schedule behind it.  No output, no files."""
     from dtrsurgeon.mtl.affinity import load_affinity
-    from dtrsurgeon.mtl.clustering import CONVENTIONS, interval_clustering, interval_cost, uniform_intervals
+    from dtrsurgeon.mtl.clustering import (
+        CONVENTIONS,
+        interval_clustering,
+        interval_cost,
+        uniform_intervals,
+    )
 
     cost = args.cost or ("affinity" if args.affinity else "snr")
     if cost not in _COSTS:

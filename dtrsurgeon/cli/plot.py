@@ -55,7 +55,7 @@ def run(args) -> int:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 4.2), squeeze=False)
-    for ax, (c, title, table) in zip(axes[0], tables):
+    for ax, (_, title, table) in zip(axes[0], tables):
         k = int(table[0].sum())
         ax.imshow(table.numpy(), aspect="auto", cmap="Greys", interpolation="nearest")
         ax.set_title(f"{title}, K={k}")

@@ -19,13 +19,16 @@ passes it on; in branch mode the unit's residual lines mask their branch input::
 from __future__ import annotations
 
 import builtins
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
 import libcst as cst
+import torch
 from libcst.metadata import MetadataWrapper, PositionProvider
+from torch import nn
 
 from dtrsurgeon.errors import EmitError
 from dtrsurgeon.plan import Plan
@@ -54,7 +57,7 @@ class FunctionEdit:
 
 
 @lru_cache(maxsize=64)
-def parse_file(path: str, mtime: float) -> MetadataWrapper:
+def parse_file(path: str, mtime: float) -> MetadataWrapper:  # noqa: ARG001 - mtime keys the cache
     with open(path) as f:
         source = f.read()
     try:
@@ -266,6 +269,44 @@ def _mask_call_input(call: cst.Call, via: str, axis: int) -> cst.Call:
     return call.with_changes(args=[first.with_changes(value=masked)] + rest)
 
 
+_PASS_THROUGH_CALLS = (torch.utils.checkpoint.checkpoint,)  # call their first argument with the rest
+
+
+def functions_by_qualname(model: nn.Module) -> dict[tuple[str, str], object]:
+    """(file, qualname) -> function, over the MROs of all the model's classes."""
+    found = {}
+    for module in model.modules():
+        for cls in type(module).__mro__:
+            for value in vars(cls).values():
+                func = getattr(value, "__func__", value)
+                code = getattr(func, "__code__", None)
+                if code is not None:
+                    found.setdefault((os.path.abspath(code.co_filename), func.__qualname__), func)
+    return found
+
+
+def unit_call_filter(functions):
+    """is_unit_call(qualname, call code) for RouteFunctions: rule out globals that
+    are plain functions (torch.cat, F.silu, helpers) and non-module attributes."""
+
+    def is_unit_call(file: str, qual: str, code: str) -> bool:
+        func = functions.get((file, qual))
+        name = _first_name(cst.parse_expression(code))
+        if name is None or hasattr(builtins, name):
+            return False
+        if name == "self":
+            return True
+        g = getattr(func, "__globals__", {})
+        if name in g:
+            obj = g[name]
+            return any(obj is f for f in _PASS_THROUGH_CALLS) or isinstance(obj, nn.Module)
+        # a local: a loop variable over a ModuleList (`block(x)`) or an item of one (`blocks[i](x)`);
+        # a method of a local (`skips.pop()`) is not a module call
+        return "." not in code.split("[")[0]
+
+    return is_unit_call
+
+
 def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
     calls: list[cst.Call] = []
 
@@ -299,12 +340,6 @@ def _with_task_param(params: cst.Parameters, required: bool) -> cst.Parameters:
     return params.with_changes(params=list(params.params) + [new])
 
 
-def is_builtin(name: str | None) -> bool:
-    return name is not None and hasattr(builtins, name)
-
-
-def first_name(code: str) -> str | None:
-    return _first_name(cst.parse_expression(code))
 
 
 def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[str, FunctionEdit]]:

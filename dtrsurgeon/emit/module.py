@@ -23,56 +23,30 @@ import os
 import sys
 import types
 
-import torch
 from torch import nn
 
-from dtrsurgeon.emit.edits import TASK, RouteFunctions, collect_edits, first_name, is_builtin, parse_file
+from dtrsurgeon.emit.edits import (
+    TASK,
+    RouteFunctions,
+    collect_edits,
+    functions_by_qualname,
+    parse_file,
+    unit_call_filter,
+)
 from dtrsurgeon.errors import CheckpointError, EmitError
-from dtrsurgeon.masks import dtr_channel_mask, dtr_masked, dtr_task_index, mask_table_for
+from dtrsurgeon.masks import (
+    dtr_channel_mask,
+    dtr_masked,
+    dtr_task_index,
+    mask_table_for,
+)
 from dtrsurgeon.plan import Plan, RoutedUnit
-
-_PASS_THROUGH_CALLS = (torch.utils.checkpoint.checkpoint,)
-
-
-def _functions_by_qualname(model: nn.Module) -> dict[tuple[str, str], object]:
-    """(file, qualname) -> function, over the MROs of all the model's classes."""
-    found = {}
-    for module in model.modules():
-        for cls in type(module).__mro__:
-            for value in vars(cls).values():
-                func = getattr(value, "__func__", value)
-                code = getattr(func, "__code__", None)
-                if code is not None:
-                    found.setdefault((os.path.abspath(code.co_filename), func.__qualname__), func)
-    return found
-
-
-def _unit_call_filter(model: nn.Module, functions):
-    """is_unit_call(qualname, call code) for RouteFunctions: rule out globals that
-    are plain functions (torch.cat, F.silu, helpers) and non-module attributes."""
-
-    def is_unit_call(file: str, qual: str, code: str) -> bool:
-        func = functions.get((file, qual))
-        name = first_name(code)
-        if name is None or is_builtin(name):
-            return False
-        if name == "self":
-            return True
-        g = getattr(func, "__globals__", {})
-        if name in g:
-            obj = g[name]
-            return any(obj is f for f in _PASS_THROUGH_CALLS) or isinstance(obj, nn.Module)
-        # a local: a loop variable over a ModuleList (`block(x)`) or an item of one (`blocks[i](x)`);
-        # a method of a local (`skips.pop()`) is not a module call
-        return "." not in code.split("[")[0]
-
-    return is_unit_call
 
 
 def compile_routed_functions(model: nn.Module, plan: Plan) -> dict[tuple[str, str], object]:
     """Rewrite and compile every function the plan touches: (file, qualname) -> function."""
-    functions = _functions_by_qualname(model)
-    is_unit_call = _unit_call_filter(model, functions)
+    functions = functions_by_qualname(model)
+    is_unit_call = unit_call_filter(functions)
     compiled = {}
     for file, edits in collect_edits(plan).items():
         file = os.path.abspath(file)

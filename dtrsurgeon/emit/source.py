@@ -36,8 +36,14 @@ import libcst as cst
 from torch import nn
 
 from dtrsurgeon import __version__
-from dtrsurgeon.emit.edits import MASK, TASK, FunctionEdit, RouteFunctions, collect_edits, parse_file
-from dtrsurgeon.emit.module import _functions_by_qualname, _unit_call_filter
+from dtrsurgeon.emit.edits import (
+    FunctionEdit,
+    RouteFunctions,
+    collect_edits,
+    functions_by_qualname,
+    parse_file,
+    unit_call_filter,
+)
 from dtrsurgeon.errors import EmitError
 from dtrsurgeon.plan import Plan
 from dtrsurgeon.spec.model import MaskParams
@@ -255,8 +261,8 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
                         "rewrites one file (use dtrsurgeon.transform for this model)")
     edits = {q: e for f, fe in all_edits.items() for q, e in fe.items()}
     _class_edits(model, plan, file, edits)
-    functions = _functions_by_qualname(model)
-    is_unit_call = _unit_call_filter(model, functions)
+    functions = functions_by_qualname(model)
+    is_unit_call = unit_call_filter(functions)
     wrapper = parse_file(file, os.path.getmtime(file))
     routed = wrapper.visit(RouteFunctions(file, edits, lambda q, c: is_unit_call(file, q, c)))
     missing = sorted(set(edits) - _edited(routed, edits))

@@ -10,7 +10,12 @@ Nothing here imports rich or matplotlib at import time (the progress bar and
 the CLI plot import them when used).
 """
 
-from dtrsurgeon.mtl.affinity import estimate_task_affinity, expand_affinity, load_affinity, sample_timesteps_evenly
+from dtrsurgeon.mtl.affinity import (
+    estimate_task_affinity,
+    expand_affinity,
+    load_affinity,
+    sample_timesteps_evenly,
+)
 from dtrsurgeon.mtl.clustering import (
     CONVENTIONS,
     COSTS,
@@ -22,7 +27,13 @@ from dtrsurgeon.mtl.clustering import (
     validate_intervals,
 )
 from dtrsurgeon.mtl.errors import MtlError
-from dtrsurgeon.mtl.gradients import NashMTL, PCGrad, cluster_gradients, nash_weights, pcgrad_project
+from dtrsurgeon.mtl.gradients import (
+    NashMTL,
+    PCGrad,
+    cluster_gradients,
+    nash_weights,
+    pcgrad_project,
+)
 from dtrsurgeon.mtl.sampler import ClusterBalancedSampler, UniformTimestepSampler
 from dtrsurgeon.mtl.schedules import (
     SCHEDULES,

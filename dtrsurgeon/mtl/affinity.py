@@ -155,7 +155,7 @@ def estimate_task_affinity(
     plist = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     if not plist:
         raise MtlError("the model has no parameter with requires_grad=True; nothing to take gradients of")
-    devices = [p.device] if plist[0].device.type != "cpu" else []
+    devices = [plist[0].device] if plist[0].device.type != "cpu" else []
 
     def run(advance) -> list[torch.Tensor]:
         rows = []
@@ -172,7 +172,13 @@ def estimate_task_affinity(
         return rows
 
     if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         with Progress(TextColumn("task affinity"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
             task = bar.add_task("passes", total=len(ts) * len(batch_list))

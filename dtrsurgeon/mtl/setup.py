@@ -36,7 +36,11 @@ import torch
 
 from dtrsurgeon.errors import SpecError
 from dtrsurgeon.mtl.affinity import load_affinity
-from dtrsurgeon.mtl.clustering import cluster_ids, interval_clustering, uniform_intervals
+from dtrsurgeon.mtl.clustering import (
+    cluster_ids,
+    interval_clustering,
+    uniform_intervals,
+)
 from dtrsurgeon.mtl.errors import MtlError
 from dtrsurgeon.mtl.gradients import NashMTL, PCGrad
 from dtrsurgeon.mtl.sampler import ClusterBalancedSampler, UniformTimestepSampler
