@@ -84,6 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--tag", default="local")
     p.add_argument("--plot-only", action="store_true", help="merge the part files under --work and draw the plots")
     p.add_argument("--parallel", action="store_true", help="one process per backbone and variant, on one GPU")
+    p.add_argument("--runs", default=None, help="--parallel: BACKBONE:VARIANT,... instead of all backbones x variants")
     p.add_argument("--deadline", type=float, default=None, help="--parallel: kill runs still going after this many seconds")
     p.add_argument("--no-merge", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backbone-config", default=None,
@@ -296,6 +297,19 @@ def part_path(args, backbone: str, variant: str) -> Path:
     return Path(args.work) / "parts" / f"convergence-{args.tag}-{backbone}-{variant}.json"
 
 
+def _drop_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
 def run_parallel(args, argv) -> int:
     """One process per (backbone, variant) on the same GPU (small eager models leave it mostly
     idle, each process is bound by its own Python thread); the classifier is trained first."""
@@ -311,12 +325,16 @@ def run_parallel(args, argv) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     procs = {}
-    for backbone in args.backbones.split(","):
+    pairs = ([tuple(r.split(":")) for r in args.runs.split(",")] if args.runs else
+             [(b, v) for b in args.backbones.split(",") for v in args.variants.split(",")])
+    base = _drop_option(_drop_option(base, "--runs"), "--backbones")
+    for backbone, variant in pairs:
         if not (ROOT / BACKBONES[backbone]["spec"]).is_file():
             print(f"!! {backbone}: skipped, its spec {BACKBONES[backbone]['spec']} does not exist", flush=True)
             continue
-        for variant in args.variants.split(","):
-            cmd = [sys.executable, __file__, *base, "--backbones", backbone, "--variants", variant]
+        if True:
+            cmd = [sys.executable, __file__, *_drop_option(base, "--variants"), "--backbones", backbone,
+                   "--variants", variant]
             log = open(logs / f"{backbone}-{variant}.log", "w")
             procs[(backbone, variant)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     t0 = time.perf_counter()
