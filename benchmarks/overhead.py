@@ -20,9 +20,10 @@ count).
 
     python benchmarks/overhead.py --out benchmarks/results/overhead-h100.json
 
-Rows: ``{model, batch, compile, kind, variant, ms, ms_iqr, peak_gib, ratio}`` (``kind`` is
-``train`` or ``forward``). The rows are rewritten after every finished group, so a run cut short
-keeps what it measured.
+The output is a JSON list of rows ``{model, batch, compile, kind, variant, ms, ms_iqr, peak_gib,
+ratio, ...}`` (``kind`` is ``train`` or ``forward``), each with the command, device, torch version
+and timing settings it was measured with. It is rewritten after every finished group, so a run cut
+short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ def main(argv=None) -> int:
     }
 
     def write():
-        out_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        # a list of rows, each carrying the command and machine it was measured with
+        out_path.write_text(json.dumps([{**row, **meta} for row in rows], indent=1) + "\n")
 
     for item in args.models.split(","):
         config, _, batch = item.partition(":")
