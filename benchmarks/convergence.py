@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from examples.data import load_dataset, read_mnist_wheel
+from examples.data import load_dataset
 from examples.diffusion import Schedule, ddim_sample, model_eps
 
 # The DTR authors' ANT-UW: equal-width timestep intervals (8 of them), cluster-balanced batches,
@@ -335,11 +335,10 @@ def run_parallel(args, argv) -> int:
         if not (ROOT / BACKBONES[backbone]["spec"]).is_file():
             print(f"!! {backbone}: skipped, its spec {BACKBONES[backbone]['spec']} does not exist", flush=True)
             continue
-        if True:
-            cmd = [sys.executable, __file__, *_drop_option(base, "--variants"), "--backbones", backbone,
-                   "--variants", variant]
-            log = open(logs / f"{backbone}-{variant}.log", "w")
-            procs[(backbone, variant)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        cmd = [sys.executable, __file__, *_drop_option(base, "--variants"), "--backbones", backbone,
+               "--variants", variant]
+        log = open(logs / f"{backbone}-{variant}.log", "w")
+        procs[(backbone, variant)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     t0 = time.perf_counter()
     failed = []
     for (backbone, variant), (proc, log) in procs.items():
