@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ class Capture:
     kwargs: dict
     callers: dict[str, list]  # module path -> source frames that led to its first call (root.forward first)
     params: dict[str, str]  # placeholder name -> parameter / buffer / constant name
+    returns_tensor: dict[str, bool]  # module path -> whether its first call returned a plain tensor
 
 
 def _module_paths(model: nn.Module) -> dict[int, str]:
@@ -64,36 +66,51 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
     paths = _module_paths(model)
     callers: dict[str, list] = {}
 
+    returns_tensor: dict[str, bool] = {}
+
     def record_caller(module, _inputs):
         path = paths.get(id(module))
         if path is not None and path not in callers:
             callers[path] = _user_frames(model, traceback.extract_stack()[:-1])
 
+    def record_output(module, _inputs, output):
+        path = paths.get(id(module))
+        if path is not None and path not in returns_tensor:
+            returns_tensor[path] = type(output) is torch.Tensor or isinstance(output, torch.nn.Parameter)
+
     # One eager call records who calls each module (export may run copies of the
     # modules, so it cannot tell); then export gives the graph.
-    handle = nn.modules.module.register_module_forward_pre_hook(record_caller)
+    handles = [nn.modules.module.register_module_forward_pre_hook(record_caller),
+               nn.modules.module.register_module_forward_hook(record_output)]
+    stage = "eager"
     try:
         with torch.no_grad():
             model(*args, **kwargs)
-        handle.remove()
+        for h in handles:
+            h.remove()
+        stage = "export"
         with _quiet_torch_logs():
             ep = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
     except Exception as exc:  # every capture failure becomes one actionable line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ("The model failed on the example inputs themselves: check them (pass example_inputs=, "
+                "CLI --example-inputs FILE.pt)." if stage == "eager" else
+                "Capture runs the forward on fake tensors, so data-dependent Python (if on tensor values, "
+                ".item(), .tolist(), numpy) cannot be followed: make that code shape-only, or route the "
+                "blocks below it by calling dtrsurgeon on that submodule.")
         raise CaptureError(
             f"cannot capture {type(model).__name__}.forward: {type(exc).__name__}: {first[:300]} -- "
-            f"stopped in {_where_capture_stopped(paths, exc)}. "
-            "Capture runs the forward on fake tensors, so data-dependent Python (if on tensor values, "
-            ".item(), .tolist(), numpy) cannot be followed: make that code shape-only, or route the "
-            "blocks below it by calling dtrsurgeon on that submodule."
+            f"stopped in {_where_capture_stopped(paths, exc)}. {hint}"
         ) from exc
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
         model.train(was_training)
     sig = ep.graph_signature
     params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
-    return Capture(graph=ep.graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params)
+    return Capture(graph=ep.graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params,
+                   returns_tensor=returns_tensor)
 
 
 @contextlib.contextmanager
@@ -131,12 +148,15 @@ def _user_frames(model: nn.Module, stack) -> list:
 _IMAGE_ARGS = {"x", "sample", "hidden_states", "input", "inputs", "img", "image", "images", "latents", "z", "x_t", "xt"}
 _TIME_ARGS = {"t", "timestep", "timesteps", "time", "noise_labels", "sigma", "sigmas", "noise_level"}
 _LABEL_ARGS = {"y", "class_labels", "labels", "label", "class_label", "classes"}
+_LABEL_COUNTS = ("num_classes", "n_classes", "label_dim", "num_embeds_ada_norm", "num_class_embeds")
 
 
 def _first_attr(model: nn.Module, names: tuple[str, ...]) -> Any:
     for name in names:
         for mod in model.modules():
-            value = getattr(mod, name, None)
+            with warnings.catch_warnings():  # diffusers warns on config values read as attributes
+                warnings.simplefilter("ignore")
+                value = getattr(mod, name, None)
             if isinstance(value, (tuple, list)) and value and isinstance(value[0], int):
                 value = value[0]
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -157,8 +177,11 @@ def example_inputs(model: nn.Module, timestep_arg: str, t_range: tuple[float, fl
     sig = inspect.signature(model.forward)
     gen = torch.Generator().manual_seed(0)
     kwargs: dict[str, Any] = {}
+    labels = _first_attr(model, _LABEL_COUNTS)
     for name, p in sig.parameters.items():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or (p.default is not p.empty and name != timestep_arg):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is not p.empty and name != timestep_arg and not (name in _LABEL_ARGS and labels):
             continue
         if name == timestep_arg or name in _TIME_ARGS:
             t0, t1 = t_range
@@ -175,8 +198,7 @@ def example_inputs(model: nn.Module, timestep_arg: str, t_range: tuple[float, fl
                 )
             kwargs[name] = torch.randn(batch_size, channels, size, size, generator=gen)
         elif name in _LABEL_ARGS:
-            n = _first_attr(model, ("num_classes", "n_classes", "label_dim")) or 1
-            kwargs[name] = torch.randint(0, n, (batch_size,), generator=gen)
+            kwargs[name] = torch.randint(0, labels or 1, (batch_size,), generator=gen)
         else:
             raise CaptureError(
                 f"cannot guess an example value for {type(model).__name__}.forward argument {name!r}; "

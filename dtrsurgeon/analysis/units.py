@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 
 import networkx as nx
 from torch import fx, nn
@@ -199,7 +200,12 @@ def _projection_site(add, unit: nn.Module, path: str, flow, params, param_names,
         raise EmitError(f"pre_output: {module_path!r} is not called from {type(unit).__qualname__}.forward "
                         f"(it runs inside {frames[-1] if frames else 'another module'}); pre_output masks "
                         "projections the unit calls itself: use routing.mode 'block' or 'branch'")
-    via = "sequential" if idx < len(frames) - 1 else "call"
+    inner = frames[idx + 1:]
+    if any(not f.file.endswith(os.path.join("nn", "modules", "container.py")) for f in inner):
+        other = next(f for f in inner if not f.file.endswith(os.path.join("nn", "modules", "container.py")))
+        raise EmitError(f"pre_output: {module_path!r} is called from {other.function} ({other.file}:{other.line}), "
+                        f"not from {type(unit).__qualname__}.forward; pre_output masks projections the unit calls itself")
+    via = "sequential" if inner else "call"
     if via == "sequential":
         parent_path, _, last = module_path.rpartition(".")
         parent = named.get(parent_path)
@@ -210,6 +216,16 @@ def _projection_site(add, unit: nn.Module, path: str, flow, params, param_names,
     axis = 1 if _op_name(node) in _CHANNEL_FIRST else inp.meta["val"].dim() - 1
     return MaskSite(module=module_path, call=_source_line(frames[idx], type(unit)), via=via,
                     channel_axis=axis, channels=int(inp.meta["val"].shape[axis]))
+
+
+def _adds_in(code: str) -> bool:
+    """Does this source line itself add (``+``, ``+=``, ``.add``, ``.lerp``)?"""
+    try:
+        tree = ast.parse(code.strip().removeprefix("return ").rstrip(":") or "0")
+    except SyntaxError:
+        return True  # a multi-line statement: trust the graph
+    return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add) or isinstance(n, ast.AugAssign)
+               or isinstance(n, ast.Attribute) and n.attr in ("add", "add_", "lerp", "lerp_") for n in ast.walk(tree))
 
 
 def _check_timestep_arg(model: nn.Module, spec: Spec) -> None:
@@ -250,8 +266,17 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         del holders[""]
     named = dict(model.named_modules())
     order = list(named)
+    for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
+        skipped.append((path, "returns a tuple or an output object, not its stream; residual blocks inside it are routed"))
+        del holders[path]
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
+    outer = set(chosen)
+    for path in list(chosen):
+        parent = next((p for p in outer if path.startswith(p + ".")), None)
+        if parent is not None:
+            skipped.append((path, f"inside the routed unit {parent!r}"))
+            chosen.remove(path)
     check_overrides(chosen, [o.match for o in spec.overrides])
 
     units = [_unit(path, named[path], holders[path], spec, cap, flow, params, named, model) for path in chosen]
@@ -264,7 +289,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         for u in units
     ]
     unit_paths = {u.path for u in units}
-    call_lines = {(u.call_path[-1].file, u.call_path[-1].line) for u in units}
+    call_lines = {(sl.file, sl.line) for u in units for sl in u.call_path}
     passthrough = tuple(
         (p, frames[-1].file, frames[-1].line) for p, frames in cap.callers.items()
         if p and p not in unit_paths and frames and (frames[-1].file, frames[-1].line) in call_lines
@@ -312,8 +337,20 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model, force_bra
             mode, note = "branch", f"block mode falls back to branch semantics: {why}"
             stream_var = stream_arg or stream_var
 
-    branch_lines: tuple[SourceLine, ...] = ()
+    block_possible = from_input and not projection and len(chains) == 1 and end.meta["val"].shape == val.shape
+    if mode == "branch" and block_possible and not all(_adds_in(sl.code) for sl in residual_lines):
+        mode, note = "block", ("branch mode needs the residual adds in the unit's own forward; they run in code it "
+                               f"calls ({residual_lines[0].code!r}): using block semantics")
     sites: tuple[MaskSite, ...] = ()
+    if mode == "pre_output":
+        try:
+            sites = tuple(_projection_site(a, module, path, flow, params, cap.params, cap.callers, named)
+                          for c in chains for a in c.adds)
+        except EmitError as e:
+            if not block_possible:
+                raise
+            mode, note = "block", f"pre_output is not possible here ({e}); using block semantics"
+    branch_lines: tuple[SourceLine, ...] = ()
     if mode == "branch":
         if not from_input:
             frame = _frame_in(first.start, module)
@@ -323,8 +360,6 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model, force_bra
             sl for c in chains for sl in _branch_lines(c, module, path, flow, params) if sl not in residual_lines))
         masked_at = f"branch inputs ({stream_var})"
     elif mode == "pre_output":
-        sites = tuple(_projection_site(a, module, path, flow, params, cap.params, cap.callers, named)
-                      for c in chains for a in c.adds)
         if len({s.channels for s in sites}) != 1:
             raise EmitError(f"pre_output: the projections of {path!r} read different widths "
                             f"({', '.join(f'{s.module}: {s.channels}' for s in sites)}); use 'block' or 'branch'")

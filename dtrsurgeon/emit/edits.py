@@ -19,6 +19,7 @@ passes it on; in branch mode the unit's residual lines mask their branch input::
 from __future__ import annotations
 
 import builtins
+import inspect
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -77,14 +78,33 @@ def _first_name(expr: cst.BaseExpression) -> str | None:
 
 
 class _MaskStream(cst.CSTTransformer):
-    """Replace every load of ``var`` with ``dtr_masked(var, self.dtr_mask, dtr_task, axis)``."""
+    """Replace every load of ``var`` (or of a plain alias of it) with
+    ``dtr_masked(name, self.dtr_mask, dtr_task, axis)``; ``count`` says how many."""
 
-    def __init__(self, var: str, axis: int):
-        self.var = var
-        self.masked = cst.parse_expression(f"dtr_masked({var}, self.dtr_mask, {TASK}, {axis})")
+    def __init__(self, var: str, axis: int, aliases: frozenset[str] = frozenset()):
+        self.names = {var} | set(aliases)
+        self.axis = axis
+        self.count = 0
 
     def leave_Name(self, original, updated):
-        return self.masked if updated.value == self.var else updated
+        if updated.value not in self.names:
+            return updated
+        self.count += 1
+        return cst.parse_expression(f"dtr_masked({updated.value}, self.dtr_mask, {TASK}, {self.axis})")
+
+
+def _aliases(func: cst.FunctionDef, var: str) -> frozenset[str]:
+    """Names bound to ``var`` by plain assignment (``h = x``) in ``func``'s body,
+    so a branch that starts ``h = x; h = norm(h)`` is found on the norm line."""
+    names = {var}
+    for stmt in func.body.body:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for small in stmt.body:
+                if (isinstance(small, cst.Assign) and len(small.targets) == 1
+                        and isinstance(small.targets[0].target, cst.Name) and isinstance(small.value, cst.Name)
+                        and small.value.value in names):
+                    names.add(small.targets[0].target.value)
+    return frozenset(names - {var})
 
 
 class RouteFunctions(cst.CSTTransformer):
@@ -106,6 +126,7 @@ class RouteFunctions(cst.CSTTransformer):
         self.active: list[tuple[str, FunctionEdit | None, dict]] = []
         self.done: dict[str, cst.FunctionDef] = {}
         self.ranges_of: dict[str, list[tuple[int, int]]] = {}
+        self.aliases: dict[str, frozenset[str]] = {}
 
     # -- scope tracking
     def visit_ClassDef(self, node):
@@ -123,6 +144,8 @@ class RouteFunctions(cst.CSTTransformer):
         if edit is not None:
             self._collect_calls(node, edit, found)
             self.ranges_of[qual] = self.ranges
+            if edit.stream_var:
+                self.aliases[qual] = _aliases(node, edit.stream_var)
         self.active.append((qual, edit, found))
 
     def _collect_calls(self, node, edit: FunctionEdit, found) -> None:
@@ -183,9 +206,17 @@ class RouteFunctions(cst.CSTTransformer):
 
     def leave_Assign(self, original, updated):
         edit = self.active[-1][1] if self.active else None
-        if edit is not None and self._on_lines(original, edit.load_lines):
-            return updated.with_changes(value=updated.value.visit(_MaskStream(edit.stream_var, edit.stream_axis)))
-        return updated
+        if edit is None or not self._on_lines(original, edit.load_lines):
+            return updated
+        if isinstance(updated.value, cst.Name):
+            return updated  # `h = x`: an alias, masked where it is read
+        mask = _MaskStream(edit.stream_var, edit.stream_axis, self.aliases.get(self.active[-1][0], frozenset()))
+        value = updated.value.visit(mask)
+        if mask.count == 0:
+            pos = self.get_metadata(PositionProvider, original)
+            raise EmitError(f"{self.path}:{pos.start.line}: branch mode found no read of {edit.stream_var!r} to mask "
+                            "on this line; use routing.mode 'block' or 'pre_output' for this unit")
+        return updated.with_changes(value=value)
 
     def _in_branch_line(self, node) -> bool:
         edit = self.active[-1][1] if self.active else None
@@ -278,11 +309,17 @@ def functions_by_qualname(model: nn.Module) -> dict[tuple[str, str], object]:
     for module in model.modules():
         for cls in type(module).__mro__:
             for value in vars(cls).values():
-                func = getattr(value, "__func__", value)
+                func = unwrapped(value)
                 code = getattr(func, "__code__", None)
                 if code is not None:
                     found.setdefault((os.path.abspath(code.co_filename), func.__qualname__), func)
     return found
+
+
+def unwrapped(value):
+    """The function behind a method, staticmethod or decorator (``functools.wraps``)."""
+    func = getattr(value, "__func__", value)
+    return inspect.unwrap(func) if callable(func) else func
 
 
 def unit_call_filter(functions):

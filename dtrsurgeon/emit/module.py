@@ -23,6 +23,7 @@ import os
 import sys
 import types
 
+import torch
 from torch import nn
 
 from dtrsurgeon.emit.edits import (
@@ -32,6 +33,7 @@ from dtrsurgeon.emit.edits import (
     functions_by_qualname,
     parse_file,
     unit_call_filter,
+    unwrapped,
 )
 from dtrsurgeon.errors import CheckpointError, EmitError
 from dtrsurgeon.masks import (
@@ -157,13 +159,14 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
     named = dict(target.named_modules())
     units = {u.path: u for u in plan.units}
     passthrough = {p for p, _, _ in plan.passthrough}
+    identity = dict(plan.unmatched)
 
     for path, module in named.items():
         cls = type(module)
         methods = {}
         for base in cls.__mro__:
             for name, value in vars(base).items():
-                func = getattr(value, "__func__", value)
+                func = unwrapped(value)
                 code = getattr(func, "__code__", None)
                 key = (os.path.abspath(code.co_filename), func.__qualname__) if code else None
                 if key in compiled and name not in methods:
@@ -177,6 +180,9 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
             module._dtr_axis = unit.channel_axis
         elif methods:
             module.__class__ = _routed_class(cls, methods, "thread", None)
+            if path in identity:  # a unit the targets leave out, sharing its class's rewritten forward
+                module.register_buffer("dtr_mask", torch.ones(plan.timestep.num_tasks, identity[path], dtype=torch.bool),
+                                       persistent=False)
         elif path in passthrough:
             module.__class__ = _routed_class(cls, {}, "pass", None)
     target.dtr_plan = plan
