@@ -275,3 +275,9 @@ def test_apply_through_a_subprocess(tmp_path):
                            str(tmp_path / "dit.py"), "--entry", "tiny_dit"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "dit_dtr.py").exists()
+
+
+def test_output_folder_must_exist(tmp_path, capsys):
+    out = tmp_path / "missing" / "dit_dtr.py"
+    assert main(["apply", "specs/dit-paper.json", "model_zoo/dit.py", "--entry", "tiny_dit", "-o", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.parent.exists()

@@ -1,7 +1,7 @@
 """diffusers backbones as dtrsurgeon targets: UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel.
 
-Tiny random-weight configs (tests/diffusers_models.py).  Each test states what a user needs; tests that
-fail today are ``xfail(strict=True)`` with the root cause, so they flip (and fail loudly) once fixed.
+Tiny random-weight configs (tests/diffusers_models.py).  Each test states what a user needs; what does not
+work yet is ``xfail(strict=True)`` with the root cause, so it flips (and fails loudly) once fixed.
 """
 
 import copy
@@ -31,10 +31,12 @@ EXPECTED_UNITS = {
     "unet2d": {**dict.fromkeys(RESNETS, "ResnetBlock2D"),
                **dict.fromkeys(["down_blocks.1.attentions.0", "mid_block.attentions.0", "up_blocks.0.attentions.0",
                                 "up_blocks.0.attentions.1"], "Attention")},
+    # Transformer2DModel returns a tuple / output object, not its stream: the BasicTransformerBlocks inside
+    # it are the units (the plan lists the wrappers under `skipped`)
     "unet2d_condition": {**dict.fromkeys(RESNETS, "ResnetBlock2D"),
-                         **dict.fromkeys(["down_blocks.0.attentions.0", "mid_block.attentions.0",
-                                          "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"],
-                                         "Transformer2DModel")},
+                         **dict.fromkeys([f"{p}.transformer_blocks.0" for p in (
+                             "down_blocks.0.attentions.0", "mid_block.attentions.0",
+                             "up_blocks.1.attentions.0", "up_blocks.1.attentions.1")], "BasicTransformerBlock")},
     "dit": {"transformer_blocks.0": "BasicTransformerBlock", "transformer_blocks.1": "BasicTransformerBlock"},
 }
 # channel axis by unit class: feature maps [B, C, H, W] -> 1, tokens [B, L, C] -> 2
@@ -43,24 +45,13 @@ AXIS = {"ResnetBlock2D": 1, "Attention": 1, "Transformer2DModel": 1, "BasicTrans
 WIDTHS = {
     "unet2d": {"down_blocks.0.resnets.0": 16, "mid_block.resnets.0": 32, "mid_block.attentions.0": 32,
                "up_blocks.0.attentions.1": 32},
-    "unet2d_condition": {"down_blocks.0.resnets.0": 16, "mid_block.resnets.1": 32, "down_blocks.0.attentions.0": 16,
-                         "mid_block.attentions.0": 32, "up_blocks.1.attentions.1": 16},
+    "unet2d_condition": {"down_blocks.0.resnets.0": 16, "mid_block.resnets.1": 32,
+                         "down_blocks.0.attentions.0.transformer_blocks.0": 16,
+                         "mid_block.attentions.0.transformer_blocks.0": 32,
+                         "up_blocks.1.attentions.1.transformer_blocks.0": 16},
     "dit": {"transformer_blocks.0": 32, "transformer_blocks.1": 32},
 }
 
-DECORATED_FORWARD = (
-    "UNet2DConditionModel.forward is wrapped by diffusers' @apply_lora_scale (utils/peft_utils.py): "
-    "emit/edits.py functions_by_qualname and emit/module.py apply_plan key methods by the wrapper's __code__, so "
-    "transform() raises EmitError 'function UNet2DConditionModel.forward is not a method of the model's "
-    "classes'; "
-    "behind it, block-mode Transformer2DModel units return a tuple and _block_forward does tuple + Tensor"
-)
-RESNET_BRANCH_NOOP = (
-    "ResnetBlock2D falls back to branch mode (projection skips, class-uniform), but its branch reads the stream "
-    "through an alias (`hidden_states = input_tensor`, resnet.py:324): units.py _branch_lines names line 326, "
-    "where `input_tensor` is never loaded, and emit/edits.py leave_Assign masks nothing: the unit is silently "
-    "the identity"
-)
 GRADIENT_CHECKPOINTING = (
     "diffusers calls blocks through `self._gradient_checkpointing_func(block, ...)` when "
     "`torch.is_grad_enabled() and self.gradient_checkpointing`; capture records only the branch the example "
@@ -72,7 +63,7 @@ def xfail(reason):
     return pytest.mark.xfail(strict=True, reason=reason)
 
 
-ALL = ["unet2d", pytest.param("unet2d_condition", marks=xfail(DECORATED_FORWARD)), "dit"]
+ALL = ["unet2d", "unet2d_condition", "dit"]
 
 # -- cached models, plans and routed models (a capture costs ~1-3 s) ------------------------------------------
 
@@ -121,10 +112,7 @@ def run(m, args, kwargs):
 
 @pytest.mark.parametrize("name", [
     "unet2d",
-    pytest.param("unet2d_condition", marks=xfail(
-        "nested units: every Transformer2DModel (residual `hidden_states + residual` in "
-        "_get_output_for_continuous_inputs) and its own transformer_blocks.0 (BasicTransformerBlock) are both "
-        "units (16 instead of 12); units.py build_plan keeps every residual holder the targets select")),
+    "unet2d_condition",
     "dit",
 ])
 def test_units_are_the_outermost_residual_blocks(name):
@@ -181,7 +169,7 @@ def test_each_sample_is_routed_by_its_own_timestep(name):
         assert torch.allclose(run(r, (args[0][i:i + 1],), one), batch[i:i + 1], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["unet2d", pytest.param("unet2d_condition", marks=xfail(DECORATED_FORWARD))])
+@pytest.mark.parametrize("name", ["unet2d", "unet2d_condition"])
 def test_zero_dim_and_python_timesteps_broadcast(name):
     """diffusers' sampling loops pass a 0-d tensor (UNet2DModel also takes a Python number). DiT is left
     out: diffusers' own DiTTransformer2DModel asserts 1-d timesteps (its pipeline expands them)."""
@@ -194,8 +182,8 @@ def test_zero_dim_and_python_timesteps_broadcast(name):
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("unet2d", marks=xfail(RESNET_BRANCH_NOOP)),
-    pytest.param("unet2d_condition", marks=xfail(DECORATED_FORWARD)),
+    "unet2d",
+    "unet2d_condition",
     "dit",
 ])
 def test_every_unit_changes_its_own_output(name):
@@ -232,22 +220,25 @@ def inert_units(r, orig, name):
     return inert
 
 
-@xfail(RESNET_BRANCH_NOOP + "; Attention too: its residual add is in AttnProcessor2_0.__call__, but export's "
-       "stack_trace stops at the last `forward` frame, so residual/branch lines name attention_processor.py:607 "
-       "`return self.processor(` where nothing is masked")
 def test_branch_mode_every_unet2d_unit_changes_its_own_output():
     m = model("unet2d")
     r = dtrsurgeon.transform(m, {**SPEC, "routing": {"mode": "branch"}}, example_inputs=dm.example_inputs(m, 2))
     assert inert_units(r, m, "unet2d") == []
 
 
-@xfail("Attention's last projection is attn.to_out[0] (a ModuleList item) called from AttnProcessor2_0.__call__: "
-       "units.py _projection_site takes the deeper frame for a Sequential and raises EmitError "
-       "'... is not the last module of its Sequential'")
 def test_pre_output_mode_places_a_site_in_every_unet2d_unit():
+    """ResnetBlock2D: the input of conv2. Attention: its last projection runs in AttnProcessor2_0.__call__,
+    which the unit does not call itself, so it falls back to block semantics and the plan says why."""
     m = model("unet2d")
     p = dtrsurgeon.plan(m, {**SPEC, "routing": {"mode": "pre_output"}}, example_inputs=dm.example_inputs(m, 2))
-    assert len(p.units) == 12 and all(u.sites for u in p.units)
+    assert len(p.units) == 12
+    for u in p.units:
+        if u.cls.endswith("ResnetBlock2D"):
+            assert u.mode == "pre_output" and u.sites[0].module == f"{u.path}.conv2"
+        else:
+            assert u.mode == "block" and "attention_processor.py" in u.mode_note
+    r = dtrsurgeon.transform(m, {**SPEC, "routing": {"mode": "pre_output"}}, example_inputs=dm.example_inputs(m, 2))
+    assert inert_units(r, m, "unet2d") == []
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -262,7 +253,7 @@ def test_compile_fullgraph_aot_eager_without_recompiling(name):
     assert counter.frame_count == 1
 
 
-@pytest.mark.parametrize("name", ["dit", pytest.param("unet2d_condition", marks=xfail(DECORATED_FORWARD))])
+@pytest.mark.parametrize("name", ["dit", "unet2d_condition"])
 def test_compile_a_step_that_calls_the_routed_model(name):
     """The routed forward inlined into a compiled training step, not the top frame (UNet2DConditionModel's
     decorator always puts it there): its globals must resolve through sys.modules."""
@@ -288,10 +279,6 @@ def test_gradient_checkpointing(name):
 # -- targets: a subset of units ----------------------------------------------------------------------------------
 
 
-@xfail("passthrough misses siblings on intermediate call lines: the root's `downsample_block(hidden_states=sample, "
-       "temb=emb)` loop line now passes dtr_task to every down block, but only down_blocks.0 is threaded; "
-       "AttnDownBlock2D.forward has no **kwargs -> TypeError. units.py build_plan collects passthrough "
-       "from call_path[-1] only; and the edited ResnetBlock2D.forward (required dtr_task) goes to every instance")
 def test_unet2d_targets_one_level():
     m = model("unet2d")
     spec = {**SPEC, "targets": {"include": ["down_blocks.0.*"]}}
@@ -309,9 +296,6 @@ def test_dit_targets_one_block_block_mode():
     assert not torch.allclose(run(r, args, kwargs), run(m, args, kwargs), atol=1e-4)
 
 
-@xfail("branch mode rewrites BasicTransformerBlock.forward for the class; emit/module.py apply_plan gives the "
-       "rewritten forward (reads self.dtr_mask, needs dtr_task) to the non-unit instance transformer_blocks.1 too: "
-       "AttributeError 'BasicTransformerBlock' object has no attribute 'dtr_mask'")
 def test_dit_targets_one_block_branch_mode():
     m = model("dit")
     spec = {**SPEC, "routing": {"mode": "branch"}, "targets": {"include": ["transformer_blocks.0"]}}
@@ -334,9 +318,6 @@ def undecorated_unet2d_condition():
     return m.eval()
 
 
-@xfail("Transformer2DModel is a block-mode unit but returns `(output,)` (return_dict=False) or a "
-       "Transformer2DModelOutput: emit/module.py _block_forward computes `out + x * (1 - m)` on the tuple "
-       "(TypeError); the plan must check that the unit returns its stream")
 def test_unet2d_condition_transformer2d_units_run():
     m = undecorated_unet2d_condition()
     r = dtrsurgeon.transform(m, {**SPEC, "targets": {"exclude": ["*.transformer_blocks.*"]}},
@@ -390,17 +371,19 @@ def apply_error(tmp_path, capsys, model_py, entry, kwargs, name):
     assert rc == 2 and not out.exists(), err
     assert err.startswith("dtrsurgeon apply: error: ") and err.endswith(
         ": `dtrsurgeon apply` rewrites one file (use dtrsurgeon.transform for this model)\n"), err
-    found = re.search(r"unit '([^']+)' is reached through (\S+), not (\S+):", err)
+    found = re.search(r"unit '([^']+)' is reached through (.+), not (\S+):", err)
     assert found, err
-    return found.groups()
+    unit, others, given = found.groups()
+    others = others.split(", ")
+    assert all(o in files_of(plan(name), unit) for o in others), err  # every file it names is one the unit needs
+    return unit, others[0], given
 
 
 MISPAIRED = ("emit/source.py emit_source pairs the first unit that touches any other file with the "
              "alphabetically first other file (sorted(others)[0]), so the error names a file that unit does not use")
 
 
-@pytest.mark.parametrize("name", [pytest.param("unet2d", marks=xfail(MISPAIRED)),
-                                  pytest.param("unet2d_condition", marks=xfail(MISPAIRED)), "dit"])
+@pytest.mark.parametrize("name", ["unet2d", "unet2d_condition", "dit"])
 def test_apply_on_the_installed_file_names_a_file_the_unit_needs(name, tmp_path, capsys):
     """apply rewrites one file; every diffusers model spreads a unit's code over several (the blocks in
     unet_2d_blocks.py, ResnetBlock2D in resnet.py, BasicTransformerBlock in attention.py), so apply must
@@ -421,9 +404,6 @@ def test_apply_through_a_wrapper_file_names_the_diffusers_file(tmp_path, capsys)
     assert other in files_of(plan("dit"), unit)
 
 
-@xfail("capture.py example_inputs skips every forward argument with a default, so DiT's class_labels=None "
-       "reaches LabelEmbedding (TypeError in embedding); it should fill label arguments when the model has a "
-       "label embedding (LabelEmbedding.num_classes)")
 def test_dit_example_inputs_are_guessed():
     p = dtrsurgeon.plan(model("dit"), SPEC)
     assert [u.path for u in p.units] == ["transformer_blocks.0", "transformer_blocks.1"]

@@ -271,3 +271,13 @@ def test_authors_checkpoint_with_a_table_for_an_unrouted_module_is_refused(dit):
     sd["blocks.1.routing._unit_mapping"] = torch.ones(1000, 64)
     with pytest.raises(CheckpointError, match="'blocks.1' is not a routed unit"):
         routed.load_state_dict(sd)
+
+
+def test_routed_model_with_an_mtl_spec_deep_copies_and_pickles(dit):
+    import pickle
+
+    spec = {"version": 1, "mtl": {"clustering": {"k": 5}, "weighting": "uw"}}
+    routed = dtrsurgeon.transform(dit, spec)
+    ema = copy.deepcopy(routed)
+    assert ema.dtr_spec is routed.dtr_spec
+    assert pickle.loads(pickle.dumps(routed.dtr_spec)) == routed.dtr_spec

@@ -222,8 +222,8 @@ def _adds_in(code: str) -> bool:
     """Does this source line itself add (``+``, ``+=``, ``.add``, ``.lerp``)?"""
     try:
         tree = ast.parse(code.strip().removeprefix("return ").rstrip(":") or "0")
-    except SyntaxError:
-        return True  # a multi-line statement: trust the graph
+    except SyntaxError:  # the first line of a longer statement
+        return any(op in code for op in ("+", ".add(", ".lerp("))
     return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add) or isinstance(n, ast.AugAssign)
                or isinstance(n, ast.Attribute) and n.attr in ("add", "add_", "lerp", "lerp_") for n in ast.walk(tree))
 

@@ -105,6 +105,8 @@ def run(args) -> int:
     if args.diff:
         print(unified_diff(model_py.read_text(), text, str(model_py), str(out)), end="")
         return 0
+    if not out.parent.is_dir():
+        raise EmitError(f"{out}: the folder {out.parent} does not exist")
     if out.exists() and not (args.force or args.in_place):
         raise EmitError(f"{out} exists; pass --force to overwrite it (or --diff to see the change)")
     atomic_write(out, text)

@@ -149,6 +149,12 @@ class Spec:
         if self.mtl is not None and not isinstance(self.mtl, MappingProxyType):
             object.__setattr__(self, "mtl", _freeze(self.mtl))
 
+    def __deepcopy__(self, memo) -> "Spec":
+        return self  # immutable: a copied model (EMA) shares its spec
+
+    def __reduce__(self):
+        return (_spec_from_dict, (self.to_dict(),))
+
     def to_dict(self) -> dict[str, Any]:
         routing = self.routing.to_dict()
         routing.pop("num_tasks")
@@ -188,3 +194,9 @@ class Spec:
                     seed=params.seed,
                 )
         return params
+
+
+def _spec_from_dict(doc: dict[str, Any]) -> Spec:
+    from dtrsurgeon.spec.loader import load_spec
+
+    return load_spec(doc)
