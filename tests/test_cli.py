@@ -86,3 +86,24 @@ def test_model_level_errors_exit_2(spec, argv_tail, needle, verb, tmp_path, caps
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
     assert not (tmp_path / "out.py").exists()
+
+
+def test_model_files_inside_a_package_keep_their_relative_imports(tmp_path, capsys):
+    pkg = tmp_path / "my_diffusion"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layers.py").write_text("import torch.nn as nn\n\n\ndef linear(a, b):\n    return nn.Linear(a, b)\n")
+    (pkg / "net.py").write_text(
+        "import torch\nimport torch.nn as nn\n\nfrom .layers import linear\n\n\n"
+        "class Block(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.fc = linear(8, 8)\n\n"
+        "    def forward(self, x):\n        return x + self.fc(x)\n\n\n"
+        "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.blocks = nn.ModuleList([Block(), Block()])\n\n"
+        "    def forward(self, x, t):\n        for block in self.blocks:\n            x = block(x)\n"
+        "        return x * t.float()[:, None, None]\n\n"
+        "    def example_inputs(self, batch_size=2):\n"
+        "        return (torch.randn(batch_size, 4, 8), torch.arange(batch_size)), {}\n")
+    assert main(["inspect", str(pkg / "net.py"), "--entry", "Net"]) == 0
+    assert "blocks.1" in capsys.readouterr().out
+    assert main(["apply", "specs/dit-paper.json", str(pkg / "net.py"), "--entry", "Net"]) == 0
+    assert "from .layers import linear" in (pkg / "net_dtr.py").read_text()

@@ -37,11 +37,27 @@ def _importable_name(file: Path) -> str | None:
     return None
 
 
+def _package_name(file: Path) -> str | None:
+    """For a file inside a package (``guided_diffusion/unet.py`` with relative imports): put the
+    package's parent folder on ``sys.path`` and return the dotted name."""
+    top = file.parent
+    if not (top / "__init__.py").exists():
+        return None
+    while (top.parent / "__init__.py").exists():
+        top = top.parent
+    parts = file.relative_to(top.parent).with_suffix("").parts
+    if not all(p.isidentifier() for p in parts):
+        return None
+    if str(top.parent) not in sys.path:
+        sys.path.insert(0, str(top.parent))
+    return ".".join(parts)
+
+
 def import_file(path: str):
     file = Path(path).resolve()
     if not file.is_file():
         raise ModelFileError(f"{path}: no such file")
-    name = _importable_name(file)
+    name = _importable_name(file) or _package_name(file)
     try:
         if name is not None:
             return importlib.import_module(name)
