@@ -188,7 +188,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         assert torch.allclose(pa.grad, pb.grad, atol=1e-6), n
 
 
-def test_masks_follow_the_activation_dtype_under_autocast(dit):
+def test_routing_keeps_the_activation_dtype_under_autocast(dit):
     routed = dtrsurgeon.transform(dit, SPEC)
     (x, t, y), _ = dit.example_inputs(2)
     seen = []
@@ -197,10 +197,10 @@ def test_masks_follow_the_activation_dtype_under_autocast(dit):
         out = routed(x, t, y)
     hook.remove()
     assert seen == [torch.bfloat16] and torch.isfinite(out).all()
-    table = routed.blocks[0].dtr_mask
-    from dtrsurgeon.masks import dtr_channel_mask
+    from dtrsurgeon.emit.runtime import dtr_masked
 
-    assert dtr_channel_mask(table, t, x.bfloat16().flatten(2), 2).dtype == torch.bfloat16
+    tokens = torch.randn(2, 16, routed.blocks[0].dtr_mask.shape[1], dtype=torch.bfloat16)
+    assert dtr_masked(tokens, routed.blocks[0].dtr_mask, t, 2).dtype == torch.bfloat16
 
 
 def test_routed_copies_run_side_by_side(dit):

@@ -13,7 +13,7 @@ byte-identical.  The edits, on DiT::
 A function between the root and a unit gains a ``dtr_task=None`` parameter and
 passes it on; in branch mode the unit's residual lines mask their branch input::
 
-    x = x + gate * self.attn(norm(x))   ->   x = x + gate * self.attn(norm(x * dtr_m))
+    x = x + gate * self.attn(norm(x))   ->   x = x + gate * self.attn(norm(dtr_masked(x, ...)))
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dtrsurgeon.errors import EmitError
 from dtrsurgeon.plan import Plan
 
 TASK = "dtr_task"
-MASK = "dtr_m"
+KEEP = "dtr_keep"
 
 
 @dataclass
@@ -49,7 +49,7 @@ class FunctionEdit:
     stream_var: str = ""  # the residual stream's variable name
     stream_axis: int = 1  # its channel axis
     block_stmts: tuple[str, ...] = ()  # block mode (source): mask the stream on entry ...
-    return_suffix: str = ""  # ... and add the bypass to every returned value
+    return_wrap: str = ""  # ... and pass every returned value (__out__) through this call
     append_stmt: str | None = None  # statement appended to the body (root __init__)
     insert_after: dict[int, tuple[str, ...]] = field(default_factory=dict)  # line -> statements after its statement
     load_lines: set[int] = field(default_factory=set)  # lines whose reads of stream_var get masked
@@ -237,17 +237,15 @@ class RouteFunctions(cst.CSTTransformer):
 
     def leave_Return(self, original, updated):
         edit = self.active[-1][1] if self.active else None
-        if edit is None or not edit.return_suffix:
+        if edit is None or not edit.return_wrap:
             return updated
         if updated.value is None or isinstance(updated.value, cst.Tuple):
             pos = self.get_metadata(PositionProvider, original)
             raise EmitError(f"{self.path}:{pos.start.line}: block mode needs the unit to return its stream, "
                             "found a bare or tuple return; use routing.mode 'branch' for this unit")
-        value = updated.value
-        if not isinstance(value, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)):
-            value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
-        return updated.with_changes(value=cst.BinaryOperation(
-            left=value, operator=cst.Add(), right=cst.parse_expression(edit.return_suffix)))
+        wrap = cst.parse_expression(edit.return_wrap)
+        return updated.with_changes(value=wrap.with_changes(
+            args=[wrap.args[0].with_changes(value=updated.value), *wrap.args[1:]]))
 
     def leave_AugAssign(self, original, updated):
         if isinstance(updated.operator, cst.AddAssign) and self._in_branch_line(original):
@@ -406,9 +404,9 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
         edit = edits[owner.file].setdefault(owner.function, FunctionEdit())
         edit.task_param = "required"
         var, axis = unit.stream_var, unit.channel_axis
-        mask = f"{MASK} = dtr_channel_mask(self.dtr_mask, {TASK}, {var}, {axis})"
         if unit.mode == "block":
-            stmts = (mask, f"dtr_bypass = {var} * (1 - {MASK})", f"{var} = {var} * {MASK}")
+            stmts = (f"{KEEP} = dtr_channel_mask(self.dtr_mask, {TASK}, {var}, {axis})",
+                     f"{var}, dtr_skip = dtr_route({var}, {KEEP})")
             if unit.stream_line is None:
                 edit.block_stmts = stmts
             else:
@@ -417,7 +415,7 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
                 # instances of one class whose stream starts later in some of them (U-ViT: after the
                 # long-skip merge that only out-blocks run) share the later placement
                 edit.block_stmts = ()
-            edit.return_suffix = "dtr_bypass"
+            edit.return_wrap = f"dtr_merge(__out__, dtr_skip, {KEEP})"  # __out__: the returned value
         elif unit.mode == "branch":
             edit.branch_lines |= {sl.line for sl in unit.residual_lines}
             edit.load_lines |= {sl.line for sl in unit.branch_lines}

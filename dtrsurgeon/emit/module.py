@@ -35,13 +35,15 @@ from dtrsurgeon.emit.edits import (
     unit_call_filter,
     unwrapped,
 )
-from dtrsurgeon.errors import CheckpointError, EmitError
-from dtrsurgeon.masks import (
+from dtrsurgeon.emit.runtime import (
     dtr_channel_mask,
     dtr_masked,
+    dtr_merge,
+    dtr_route,
     dtr_task_index,
-    mask_table_for,
 )
+from dtrsurgeon.errors import CheckpointError, EmitError
+from dtrsurgeon.masks import mask_table_for
 from dtrsurgeon.plan import Plan, RoutedUnit
 
 
@@ -89,7 +91,8 @@ def _routed_module(globals_: dict) -> types.ModuleType:
     if module is None:
         module = types.ModuleType(name)
         module.__dict__.update({k: v for k, v in globals_.items() if k not in ("__name__", "__spec__", "__loader__")})
-        module.__dict__.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask, dtr_masked=dtr_masked)
+        module.__dict__.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask, dtr_masked=dtr_masked,
+                               dtr_route=dtr_route, dtr_merge=dtr_merge)
         sys.modules[name] = module
     return module
 
@@ -97,22 +100,21 @@ def _routed_module(globals_: dict) -> types.ModuleType:
 # -- routed classes -------------------------------------------------------------
 
 def _block_forward(self, *args, dtr_task=None, **kwargs):
-    """y = unit(x * m, ...) + x * (1 - m) on the unit's stream x."""
+    """y = unit(x * m, ...) + x * (1 - m) on the unit's stream x (see dtrsurgeon.emit.runtime)."""
     if dtr_task is None:
         raise EmitError(f"routed unit {type(self).__qualname__} was called without dtr_task; call the routed "
                         "model's forward, which computes it from the timestep")
     name, index = type(self)._dtr_stream
+    x = kwargs[name] if name in kwargs else args[index]
+    keep = dtr_channel_mask(self.dtr_mask, dtr_task, x, self._dtr_axis)
+    routed, skip = dtr_route(x, keep)
     if name in kwargs:
-        x = kwargs[name]
-        m = dtr_channel_mask(self.dtr_mask, dtr_task, x, self._dtr_axis)
-        kwargs[name] = x * m
+        kwargs[name] = routed
     else:
-        x = args[index]
-        m = dtr_channel_mask(self.dtr_mask, dtr_task, x, self._dtr_axis)
-        args = args[:index] + (x * m,) + args[index + 1:]
+        args = args[:index] + (routed,) + args[index + 1:]
     inner = type(self)._dtr_inner
     out = inner(self, *args, dtr_task=dtr_task, **kwargs) if type(self)._dtr_inner_takes_task else inner(self, *args, **kwargs)
-    return out + x * (1 - m)
+    return dtr_merge(out, skip, keep)
 
 
 def _pass_through_forward(self, *args, dtr_task=None, **kwargs):

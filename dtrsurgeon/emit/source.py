@@ -6,11 +6,10 @@ rest comes out byte-identical.  It imports nothing from dtrsurgeon.  On DiT::
 
     class DiTBlock(nn.Module):
         def forward(self, x, c, dtr_task):
-            dtr_m = dtr_channel_mask(self.dtr_mask, dtr_task, x, 2)
-            dtr_bypass = x * (1 - dtr_m)
-            x = x * dtr_m
+            dtr_keep = dtr_channel_mask(self.dtr_mask, dtr_task, x, 2)
+            x, dtr_skip = dtr_route(x, dtr_keep)
             ...                                   # unchanged
-            return x + dtr_bypass
+            return dtr_merge(x, dtr_skip, dtr_keep)
 
     class DiT(nn.Module):
         def __init__(self, ...):
@@ -26,6 +25,7 @@ rest comes out byte-identical.  It imports nothing from dtrsurgeon.  On DiT::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -36,6 +36,7 @@ import libcst as cst
 from torch import nn
 
 from dtrsurgeon import __version__
+from dtrsurgeon.emit import runtime
 from dtrsurgeon.emit.edits import (
     FunctionEdit,
     RouteFunctions,
@@ -45,6 +46,7 @@ from dtrsurgeon.emit.edits import (
     unit_call_filter,
 )
 from dtrsurgeon.errors import EmitError
+from dtrsurgeon.masks import mask_settings
 from dtrsurgeon.plan import Plan
 from dtrsurgeon.spec.model import MaskParams
 
@@ -58,50 +60,7 @@ HELPERS = '''
 # `dtr_task`; a unit then uses row dtr_task of its table as its channel mask.
 
 
-def dtr_mask_table(channels, channel_ratio, num_tasks, window_shift="sliding", curve="power", alpha=4.0, points=(), seed=0):
-    """Row i: the K = int(channels * channel_ratio) channels task i uses, a window starting at
-    round(w(i / (num_tasks - 1)) * (channels - K)) (half to even); "random": K seeded random channels."""
-    k = max(1, int(channels * channel_ratio))
-    if window_shift == "random":
-        generator = torch.Generator().manual_seed(seed)
-        table = torch.zeros(num_tasks, channels, dtype=torch.bool)
-        for i in range(num_tasks):
-            table[i, torch.randperm(channels, generator=generator)[:k]] = True
-        return table
-    starts = []
-    for i in range(num_tasks):
-        u = i / (num_tasks - 1)
-        if window_shift == "fixed":
-            w = 0.0
-        elif curve == "power":
-            w = u**alpha
-        elif curve == "linear":
-            w = u
-        elif curve == "cosine":
-            w = (1.0 - math.cos(math.pi * u)) / 2.0
-        else:  # "table": piecewise linear through points
-            j = max(1, bisect.bisect_left([p[0] for p in points], u))
-            (u0, w0), (u1, w1) = points[j - 1], points[j]
-            w = w0 + (w1 - w0) * (u - u0) / (u1 - u0)
-        starts.append(round(w * (channels - k)))
-    start = torch.tensor(starts)[:, None]
-    channel = torch.arange(channels)[None, :]
-    return (channel >= start) & (channel < start + k)
-
-
-def dtr_task_index(t, t0, t1, num_tasks, reverse):
-    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped)."""
-    task = ((torch.as_tensor(t).to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
-    return (num_tasks - 1) - task if reverse else task
-
-
-def dtr_channel_mask(table, task, like, axis):
-    """The rows of `table` for `task`, in like's dtype, broadcastable along its channel axis."""
-    shape = [1] * like.dim()
-    shape[0] = -1
-    shape[axis] = table.shape[1]
-    return table[task].to(like.dtype).view(shape)
-{masked_helper}
+{runtime}
 
 {settings}
 DTR_UNITS = {{  # routed module: (channels, mask settings)
@@ -116,16 +75,18 @@ def dtr_attach_masks(model):
 '''
 
 
+def runtime_source(plan: Plan) -> str:
+    """The definitions of :mod:`dtrsurgeon.emit.runtime` this plan's generated code calls, as text."""
+    names = [runtime.dtr_mask_table, runtime.dtr_task_index, runtime.dtr_channel_mask]
+    if any(u.mode in ("branch", "pre_output") for u in plan.units):
+        names.append(runtime.dtr_masked)
+    if any(u.mode == "block" for u in plan.units):
+        names += [runtime.DTRRoute, runtime.DTRMerge, runtime.dtr_route, runtime.dtr_merge]
+    return "\n\n".join(inspect.getsource(obj).rstrip("\n") + "\n" for obj in names)
+
+
 def _settings_literal(params: MaskParams) -> str:
-    tw = params.task_weights
-    items = [f"channel_ratio={params.channel_ratio!r}", f"num_tasks={params.num_tasks}",
-             f"window_shift={json.dumps(params.window_shift)}", f"curve={json.dumps(tw.curve)}"]
-    if tw.curve == "power":
-        items.append(f"alpha={tw.alpha!r}")
-    if tw.curve == "table":
-        items.append(f"points={tuple(tuple(p) for p in tw.points)!r}")
-    if params.window_shift == "random":
-        items.append(f"seed={params.seed}")
+    items = [f"{k}={json.dumps(v) if isinstance(v, str) else repr(v)}" for k, v in mask_settings(params).items()]
     return f"dict({', '.join(items)})"
 
 
@@ -142,11 +103,7 @@ def render_helpers(plan: Plan) -> str:
         named[identity] = "DTR_IDENTITY"
         rows += [f"    {json.dumps(path)}: ({c}, DTR_IDENTITY),  # left out by the spec's targets" for path, c in plan.unmatched]
     settings = "\n".join(f"{name} = {literal}" for literal, name in named.items())
-    masked = "" if not any(u.mode in ("branch", "pre_output") for u in plan.units) else (
-        "\n\ndef dtr_masked(x, table, task, axis):\n"
-        '    """x with the channels its task does not use zeroed."""\n'
-        "    return x * dtr_channel_mask(table, task, x, axis)\n")
-    return HELPERS.format(settings=settings, units="\n".join(rows), masked_helper=masked).lstrip("\n")
+    return HELPERS.format(runtime=runtime_source(plan), settings=settings, units="\n".join(rows)).lstrip("\n")
 
 
 @dataclass(frozen=True)

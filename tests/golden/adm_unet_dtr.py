@@ -82,17 +82,19 @@ def dtr_mask_table(channels, channel_ratio, num_tasks, window_shift="sliding", c
 
 
 def dtr_task_index(t, t0, t1, num_tasks, reverse):
-    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped)."""
+    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped); tensor ops only,
+    so torch.compile sees one graph for every t."""
     task = ((torch.as_tensor(t).to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
     return (num_tasks - 1) - task if reverse else task
 
 
 def dtr_channel_mask(table, task, like, axis):
-    """The rows of `table` for `task`, in like's dtype, broadcastable along its channel axis."""
+    """The rows of `table` for `task` ([B] or 0-d), bool, shaped to broadcast along like's channel
+    axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps."""
     shape = [1] * like.dim()
     shape[0] = -1
     shape[axis] = table.shape[1]
-    return table[task].to(like.dtype).view(shape)
+    return table[task].view(shape)
 
 
 def dtr_masked(x, table, task, axis):

@@ -65,17 +65,58 @@ def dtr_mask_table(channels, channel_ratio, num_tasks, window_shift="sliding", c
 
 
 def dtr_task_index(t, t0, t1, num_tasks, reverse):
-    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped)."""
+    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped); tensor ops only,
+    so torch.compile sees one graph for every t."""
     task = ((torch.as_tensor(t).to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
     return (num_tasks - 1) - task if reverse else task
 
 
 def dtr_channel_mask(table, task, like, axis):
-    """The rows of `table` for `task`, in like's dtype, broadcastable along its channel axis."""
+    """The rows of `table` for `task` ([B] or 0-d), bool, shaped to broadcast along like's channel
+    axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps."""
     shape = [1] * like.dim()
     shape[0] = -1
     shape[axis] = table.shape[1]
-    return table[task].to(like.dtype).view(shape)
+    return table[task].view(shape)
+
+
+class DTRRoute(torch.autograd.Function):
+    """(x, keep) -> (x * keep, x).  Backward takes the gradient of the routed input where keep is
+    set and the bypass gradient elsewhere: one pass instead of two products and a sum."""
+
+    @staticmethod
+    def forward(ctx, x, keep):
+        ctx.save_for_backward(keep)
+        return x * keep, x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_routed, grad_skip):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad_routed, grad_skip), None
+
+
+class DTRMerge(torch.autograd.Function):
+    """(out, skip, keep) -> out + skip * ~keep.  Its gradient for skip is passed on unmasked:
+    DTRRoute's backward, the only consumer, keeps it only where keep is not set."""
+
+    @staticmethod
+    def forward(ctx, out, skip, keep):
+        ctx.dtypes = (out.dtype, skip.dtype)
+        return torch.addcmul(out, skip, ~keep)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtypes[0]), grad.to(ctx.dtypes[1]), None
+
+
+def dtr_route(x, keep):
+    """The unit's input x * keep and the bypass x; pass the bypass only to dtr_merge."""
+    return DTRRoute.apply(x, keep)
+
+
+def dtr_merge(out, skip, keep):
+    """The unit's output plus the channels its task does not use, taken from dtr_route's bypass."""
+    return DTRMerge.apply(out, skip, keep)
 
 
 DTR_ROUTING = dict(channel_ratio=0.8, num_tasks=1000, window_shift="sliding", curve="power", alpha=4.0)
@@ -225,13 +266,12 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
     def forward(self, x, c, dtr_task):
-        dtr_m = dtr_channel_mask(self.dtr_mask, dtr_task, x, 2)
-        dtr_bypass = x * (1 - dtr_m)
-        x = x * dtr_m
+        dtr_keep = dtr_channel_mask(self.dtr_mask, dtr_task, x, 2)
+        x, dtr_skip = dtr_route(x, dtr_keep)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x + dtr_bypass
+        return dtr_merge(x, dtr_skip, dtr_keep)
 
 
 class FinalLayer(nn.Module):

@@ -1,0 +1,114 @@
+"""The code that runs inside a routed model, shared by both emitters.
+
+The module emitter calls these definitions; the source emitter copies their
+text into every generated file (see ``runtime_source`` in :mod:`dtrsurgeon.emit.source`), so a generated file
+imports nothing from dtrsurgeon and both emitters compute the same numbers by
+construction.  Everything here may use only ``bisect``, ``math`` and ``torch``.
+
+A block-mode unit computes ``y = unit(x * m) + x * (1 - m)``.  Written with plain
+operators that costs three full passes over the stream forward and three in
+backward (two masked products and the sum of the two gradients reaching ``x``).
+:func:`dtr_route` and :func:`dtr_merge` are one autograd node pair that gives the
+same values and gradients in two passes forward and one backward::
+
+    keep = dtr_channel_mask(self.dtr_mask, dtr_task, x, 2)   # [B, 1, C] bool
+    x, skip = dtr_route(x, keep)       # x * keep, and x itself for the bypass
+    ...                                # the unit's own code, unchanged
+    return dtr_merge(x, skip, keep)    # x + skip * ~keep in one addcmul
+"""
+
+import bisect
+import math
+
+import torch
+
+
+def dtr_mask_table(channels, channel_ratio, num_tasks, window_shift="sliding", curve="power", alpha=4.0, points=(), seed=0):
+    """Row i: the K = int(channels * channel_ratio) channels task i uses, a window starting at
+    round(w(i / (num_tasks - 1)) * (channels - K)) (half to even); "random": K seeded random channels."""
+    k = max(1, int(channels * channel_ratio))
+    if window_shift == "random":
+        generator = torch.Generator().manual_seed(seed)
+        table = torch.zeros(num_tasks, channels, dtype=torch.bool)
+        for i in range(num_tasks):
+            table[i, torch.randperm(channels, generator=generator)[:k]] = True
+        return table
+    starts = []
+    for i in range(num_tasks):
+        u = i / (num_tasks - 1)
+        if window_shift == "fixed":
+            w = 0.0
+        elif curve == "power":
+            w = u**alpha
+        elif curve == "linear":
+            w = u
+        elif curve == "cosine":
+            w = (1.0 - math.cos(math.pi * u)) / 2.0
+        else:  # "table": piecewise linear through points
+            j = max(1, bisect.bisect_left([p[0] for p in points], u))
+            (u0, w0), (u1, w1) = points[j - 1], points[j]
+            w = w0 + (w1 - w0) * (u - u0) / (u1 - u0)
+        starts.append(round(w * (channels - k)))
+    start = torch.tensor(starts)[:, None]
+    channel = torch.arange(channels)[None, :]
+    return (channel >= start) & (channel < start + k)
+
+
+def dtr_task_index(t, t0, t1, num_tasks, reverse):
+    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped); tensor ops only,
+    so torch.compile sees one graph for every t."""
+    task = ((torch.as_tensor(t).to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
+    return (num_tasks - 1) - task if reverse else task
+
+
+def dtr_channel_mask(table, task, like, axis):
+    """The rows of `table` for `task` ([B] or 0-d), bool, shaped to broadcast along like's channel
+    axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps."""
+    shape = [1] * like.dim()
+    shape[0] = -1
+    shape[axis] = table.shape[1]
+    return table[task].view(shape)
+
+
+def dtr_masked(x, table, task, axis):
+    """x with the channels its task does not use zeroed."""
+    return x * dtr_channel_mask(table, task, x, axis)
+
+
+class DTRRoute(torch.autograd.Function):
+    """(x, keep) -> (x * keep, x).  Backward takes the gradient of the routed input where keep is
+    set and the bypass gradient elsewhere: one pass instead of two products and a sum."""
+
+    @staticmethod
+    def forward(ctx, x, keep):
+        ctx.save_for_backward(keep)
+        return x * keep, x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_routed, grad_skip):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad_routed, grad_skip), None
+
+
+class DTRMerge(torch.autograd.Function):
+    """(out, skip, keep) -> out + skip * ~keep.  Its gradient for skip is passed on unmasked:
+    DTRRoute's backward, the only consumer, keeps it only where keep is not set."""
+
+    @staticmethod
+    def forward(ctx, out, skip, keep):
+        ctx.dtypes = (out.dtype, skip.dtype)
+        return torch.addcmul(out, skip, ~keep)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtypes[0]), grad.to(ctx.dtypes[1]), None
+
+
+def dtr_route(x, keep):
+    """The unit's input x * keep and the bypass x; pass the bypass only to dtr_merge."""
+    return DTRRoute.apply(x, keep)
+
+
+def dtr_merge(out, skip, keep):
+    """The unit's output plus the channels its task does not use, taken from dtr_route's bypass."""
+    return DTRMerge.apply(out, skip, keep)
