@@ -99,7 +99,7 @@ def dtr_channel_mask(table, task, like, axis):
 
 def dtr_masked(x, table, task, axis):
     """x with the channels its task does not use zeroed."""
-    return x * dtr_channel_mask(table, task, x, axis)
+    return x * dtr_channel_mask(table, task, x, axis).to(x.dtype)
 
 
 DTR_ROUTING = dict(channel_ratio=0.8, num_tasks=1000, window_shift="sliding", curve="power", alpha=4.0)

@@ -87,7 +87,7 @@ class DTRRoute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, keep):
         ctx.save_for_backward(keep)
-        return x * keep, x.view_as(x)
+        return x * keep.to(x.dtype), x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad_routed, grad_skip):
@@ -102,7 +102,7 @@ class DTRMerge(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, skip, keep):
         ctx.dtypes = (out.dtype, skip.dtype)
-        return torch.addcmul(out, skip, ~keep)
+        return torch.addcmul(out, skip, (~keep).to(torch.promote_types(out.dtype, skip.dtype)))
 
     @staticmethod
     def backward(ctx, grad):
