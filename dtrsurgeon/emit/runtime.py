@@ -11,7 +11,7 @@ backward (two masked products and the sum of the two gradients reaching ``x``).
 :func:`dtr_route` and :func:`dtr_merge` are one autograd node pair that gives the
 same values and gradients in two passes forward and one backward.  Masks are gathered as bool
 and cast to the stream's dtype for the products: CUDA's broadcast kernels run about 20 %
-faster on same-dtype operands (H100, ``benchmarks/results/profile-h100.txt``)::
+faster on same-dtype operands (H100, ``benchmarks/results/mask-kernels-h100.txt``)::
 
     keep = dtr_channel_mask(self.dtr_mask, dtr_task, x, 2)   # [B, 1, C] bool
     x, skip = dtr_route(x, keep)       # x * keep, and x itself for the bypass
