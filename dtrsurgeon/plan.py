@@ -18,12 +18,41 @@ from dtrsurgeon.spec.model import MaskParams, TimestepMap
 PLAN_VERSION = 1
 
 
+class SpanLine(int):
+    """A line number that also carries the source span of the call its frame was
+    executing (capture records it; :class:`SourceLine` takes it over)."""
+
+    span: tuple[int, int, int, int] | None
+
+    def __new__(cls, line: int, span=None):
+        obj = super().__new__(cls, line)
+        obj.span = tuple(span) if span is not None else None
+        return obj
+
+
 @dataclass(frozen=True)
 class SourceLine:
     file: str
     line: int
     function: str  # qualified name, e.g. "DiT.forward"
     code: str
+    # (line, col, end line, end col) of the exact call this frame was executing when it led
+    # to the unit (columns count characters, 0-based, end exclusive, as LibCST's); None when
+    # unknown (Python < 3.11, plans written before it was recorded, lines that are not calls)
+    span: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self):
+        span = self.span if self.span is not None else getattr(self.line, "span", None)
+        object.__setattr__(self, "line", int(self.line))
+        object.__setattr__(self, "span", tuple(int(v) for v in span) if span is not None else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["span"] is None:
+            del d["span"]  # plans without spans stay as they were
+        else:
+            d["span"] = list(d["span"])
+        return d
 
 
 @dataclass(frozen=True)
@@ -60,6 +89,10 @@ class RoutedUnit:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mask"] = self.mask.to_dict()
+        for key in ("call_path", "residual_lines", "branch_lines"):
+            d[key] = [sl.to_dict() for sl in getattr(self, key)]
+        d["stream_line"] = self.stream_line.to_dict() if self.stream_line is not None else None
+        d["sites"] = [{**asdict(s), "call": s.call.to_dict()} for s in self.sites]
         return d
 
     @classmethod

@@ -14,7 +14,9 @@ import contextlib
 import inspect
 import io
 import logging
+import operator
 import os
+import sys
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from dtrsurgeon.analysis.callsites import live_frames
 from dtrsurgeon.errors import CaptureError
 
 
@@ -34,6 +37,12 @@ class Capture:
     callers: dict[str, list]  # module path -> source frames that led to its first call (root.forward first)
     params: dict[str, str]  # placeholder name -> parameter / buffer / constant name
     returns_tensor: dict[str, bool]  # module path -> whether its first call returned a plain tensor
+    # (operator, module path, modules inside) of sub-graph regions left opaque (torch.cond, ...): not analysed
+    opaque: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+
+class OpaqueRegionWarning(UserWarning):
+    """Part of the captured forward sits in a sub-graph the analysis cannot see into."""
 
 
 def _module_paths(model: nn.Module) -> dict[int, str]:
@@ -71,7 +80,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
     def record_caller(module, _inputs):
         path = paths.get(id(module))
         if path is not None and path not in callers:
-            callers[path] = _user_frames(model, traceback.extract_stack()[:-1])
+            callers[path] = _user_frames(model, live_frames(sys._getframe(1)))
 
     def record_output(module, _inputs, output):
         path = paths.get(id(module))
@@ -109,8 +118,109 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
     sig = ep.graph_signature
     params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
-    return Capture(graph=ep.graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params,
-                   returns_tensor=returns_tensor)
+    graph, opaque = inline_subgraphs(ep.graph_module)
+    for op, path, inside in opaque:
+        where = f"module {path!r} ({named_class(model, path)})" if path else f"{type(model).__name__}.forward"
+        warnings.warn(
+            f"dtrsurgeon: a {op} region in {where} is a sub-graph the analysis does not enter; residual blocks "
+            f"that run inside it ({', '.join(inside) if inside else 'none found'}) are not routed",
+            OpaqueRegionWarning, stacklevel=3)
+    return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params,
+                   returns_tensor=returns_tensor, opaque=tuple(opaque))
+
+
+def named_class(model: nn.Module, path: str) -> str:
+    module = dict(model.named_modules()).get(path)
+    return type(module).__name__ if module is not None else "?"
+
+
+# Higher-order ops that only run their sub-graph under a mode (grad mode, autocast) or call it
+# once (invoke_subgraph): their body is inlined into the analysed graph.  Value: the index of the
+# sub-graph argument and of the first operand.  torch.export (strict=False) turns every switch of
+# grad mode inside the forward (``with torch.no_grad():`` in guided-diffusion's checkpoint
+# Function) into ``wrap_with_set_grad_enabled(enabled, submod, *operands)``.
+_INLINED_HOPS = {
+    "wrap_with_set_grad_enabled": (1, 2),
+    "wrap_with_autocast": (4, 5),
+    "invoke_subgraph": (0, 2),
+}
+
+
+def _hop_name(node: fx.Node) -> str | None:
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.HigherOrderOperator):
+        return None
+    return node.target.name()
+
+
+def _innermost_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def inline_subgraphs(gm: fx.GraphModule) -> tuple[fx.Graph, list]:
+    """A flat copy of ``gm``'s graph: the bodies of grad-mode, autocast and
+    invoke_subgraph wrappers are copied in place of the wrapper (their nodes keep
+    their metadata: module stack, stack trace, fake values), and the wrapper's
+    ``getitem`` outputs become the body's outputs.  Other higher-order ops with
+    sub-graphs (``torch.cond``, ``map``, loops) stay opaque and are returned as
+    ``(op, module path, module paths inside)``.
+    """
+    graph = fx.Graph()
+    opaque: list = []
+
+    def sub_module(owner: fx.GraphModule, arg) -> fx.GraphModule | None:
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            value = getattr(owner, arg.target, None)
+            return value if isinstance(value, fx.GraphModule) else None
+        return None
+
+    def modules_inside(owner: fx.GraphModule, node: fx.Node) -> list[str]:
+        paths = []
+        for arg in node.args:
+            sub = sub_module(owner, arg)
+            if sub is not None:
+                for n in sub.graph.nodes:
+                    paths.append(_innermost_path(n))
+                    if _hop_name(n):
+                        paths += modules_inside(sub, n)
+        return paths
+
+    def copy(owner: fx.GraphModule, env: dict) -> object:
+        """Copy ``owner``'s nodes into ``graph`` with placeholders already in ``env``; returns the output value."""
+        inlined: dict[fx.Node, object] = {}  # wrapper node -> its body's output value
+        for node in owner.graph.nodes:
+            if node.op == "placeholder":
+                if node not in env:
+                    env[node] = graph.node_copy(node)
+                continue
+            if node.op == "output":
+                return fx.node.map_arg(node.args[0], lambda n: env[n])
+            if node.op == "call_function" and node.target is operator.getitem and node.args[0] in inlined:
+                out = inlined[node.args[0]]
+                env[node] = out[node.args[1]] if isinstance(out, (tuple, list)) else out
+                continue
+            name = _hop_name(node)
+            if name in _INLINED_HOPS:
+                at, first = _INLINED_HOPS[name]
+                sub = sub_module(owner, node.args[at]) if len(node.args) > at else None
+                if sub is not None:
+                    phs = [n for n in sub.graph.nodes if n.op == "placeholder"]
+                    operands = list(node.args[first:])
+                    if len(operands) == len(phs):
+                        inner = {ph: fx.node.map_arg(op, lambda n: env[n]) for ph, op in zip(phs, operands)}
+                        inlined[node] = copy(sub, inner)
+                        env[node] = inlined[node]  # used by getitem (above) or, single output, directly
+                        continue
+            if name is not None and any(sub_module(owner, a) is not None for a in node.args):
+                inside = [p for p in dict.fromkeys(modules_inside(owner, node)) if p]
+                opaque.append((name, _innermost_path(node), tuple(inside)))
+            env[node] = graph.node_copy(node, lambda n: env[n])
+        return None
+
+    graph.output(copy(gm, {}))
+    for node in [n for n in graph.nodes if n.op == "get_attr" and not n.users]:
+        graph.erase_node(node)  # sub-graphs of inlined wrappers
+    return graph, opaque
 
 
 @contextlib.contextmanager
@@ -130,13 +240,13 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 _CONTAINERS = os.path.join(_TORCH_DIR, "nn", "modules", "container.py")
 
 
-def _user_frames(model: nn.Module, stack) -> list:
+def _user_frames(model: nn.Module, stack: list) -> list:
     """The frames from the root's forward down to a module call: the model's
     own code and torch's containers (nn.Sequential calls its children), not
     torch's machinery (``_call_impl``, export, checkpoint internals)."""
-    from dtrsurgeon.analysis.callsites import Frame, is_frame_of
+    from dtrsurgeon.analysis.callsites import is_frame_of
 
-    frames = [Frame(f.filename, f.lineno, f.name, (f.line or "").strip()) for f in stack]
+    frames = list(stack)
     root = next((i for i, f in enumerate(frames) if is_frame_of(f, type(model).forward)), None)
     if root is None:
         return []

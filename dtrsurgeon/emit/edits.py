@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import inspect
 import os
+import pydoc
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -45,6 +46,7 @@ class FunctionEdit:
     task_stmt: str | None = None  # root: statement computing the task index
     task_param: str = ""  # "required": gains a dtr_task parameter; "optional": dtr_task=None; "": none
     call_lines: set[int] = field(default_factory=set)  # lines whose unit call gets dtr_task=dtr_task
+    call_spans: dict[int, set[tuple[int, int, int, int]]] = field(default_factory=dict)  # line -> recorded call spans
     branch_lines: set[int] = field(default_factory=set)  # residual adds whose branch input gets masked
     stream_var: str = ""  # the residual stream's variable name
     stream_axis: int = 1  # its channel axis
@@ -160,22 +162,54 @@ class RouteFunctions(cst.CSTTransformer):
                 raise EmitError(f"{self.path}:{line}: cannot tell which call on this line runs {hint!r} "
                                 f"({len(named)} candidates); put it on its own line")
             found[id(named[0])] = ("site", via, axis)
+        bare = _statement_level_calls(node)
         for line in edit.call_lines:
-            candidates = []
-            for call in _calls_in(node):
-                pos = self.get_metadata(PositionProvider, call)
-                if pos.start.line <= line <= pos.end.line and self.is_unit_call(qual, _code(call.func)):
-                    candidates.append((pos.end.line - pos.start.line, call))
-            if not candidates:
-                raise EmitError(f"{self.path}:{line}: found no call that can reach the routed unit in {qual}")
-            narrowest = min(span for span, _ in candidates)
-            best = [c for span, c in candidates if span == narrowest]
-            if len(best) != 1:
-                raise EmitError(
-                    f"{self.path}:{line}: {len(best)} calls on this line could reach the routed unit "
-                    f"({', '.join(_code(c.func) for c in best)}); put the unit call on its own line"
-                )
-            found[id(best[0])] = ("task", edit.call_guards.get(line, ()))
+            spans = edit.call_spans.get(line, set())
+            exact = [self._call_at(node, span) for span in sorted(spans)]
+            if spans and all(c is not None for c in exact):
+                # capture recorded the very call that reached the unit: rewrite that one (or those:
+                # different units reached through different calls on one line), no other
+                chosen = list(dict.fromkeys(exact))
+            else:
+                chosen = [self._call_by_text(node, qual, line)]
+            for call in chosen:
+                found[id(call)] = ("task", edit.call_guards.get(line, ()), id(call) in bare)
+
+    def _call_at(self, func: cst.FunctionDef, span: tuple[int, int, int, int]) -> cst.Call | None:
+        """The call whose callee starts at ``span``'s start and that ends at its end
+        (Python's positions of a call expression exclude its own parentheses)."""
+        line, col, end_line, end_col = span
+        starting = [c for c in _calls_in(func) if self._start(c.func) == (line, col)]
+        ending = [c for c in starting if self._end(c) == (end_line, end_col)]
+        if len(ending) == 1:
+            return ending[0]
+        return starting[0] if not ending and len(starting) == 1 else None
+
+    def _start(self, node) -> tuple[int, int]:
+        pos = self.get_metadata(PositionProvider, node).start
+        return pos.line, pos.column + sum(len(_code(p)) for p in getattr(node, "lpar", ()))
+
+    def _end(self, node) -> tuple[int, int]:
+        pos = self.get_metadata(PositionProvider, node).end
+        return pos.line, pos.column - sum(len(_code(p)) for p in getattr(node, "rpar", ()))
+
+    def _call_by_text(self, func: cst.FunctionDef, qual: str, line: int) -> cst.Call:
+        """No recorded span: the one call on ``line`` that can reach a unit (narrowest wins)."""
+        candidates = []
+        for call in _calls_in(func):
+            pos = self.get_metadata(PositionProvider, call)
+            if pos.start.line <= line <= pos.end.line and self.is_unit_call(qual, _code(call.func)):
+                candidates.append((pos.end.line - pos.start.line, call))
+        if not candidates:
+            raise EmitError(f"{self.path}:{line}: found no call that can reach the routed unit in {qual}")
+        narrowest = min(span for span, _ in candidates)
+        best = [c for span, c in candidates if span == narrowest]
+        if len(best) != 1:
+            raise EmitError(
+                f"{self.path}:{line}: {len(best)} calls on this line could reach the routed unit "
+                f"({', '.join(_code(c.func) for c in best)}); put the unit call on its own line"
+            )
+        return best[0]
 
     def leave_Call(self, original, updated):
         if not self.active or id(original) not in self.active[-1][2]:
@@ -191,12 +225,14 @@ class RouteFunctions(cst.CSTTransformer):
         kw = cst.Arg(keyword=cst.Name(TASK), value=cst.Name(TASK), equal=cst.AssignEqual(
             whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
         with_task = updated.with_changes(args=args + [kw])
-        guards = what[1]
+        guards, bare = what[1], what[2]
         if not guards:
             return with_task
         classes = guards[0] if len(guards) == 1 else "(" + ", ".join(guards) + ")"
         test = cst.parse_expression(f"isinstance({_code(updated.func)}, {classes})")
-        return cst.IfExp(test=test, body=with_task, orelse=updated)
+        guarded = cst.IfExp(test=test, body=with_task, orelse=updated)
+        # inside a larger expression (`block(x, emb) if isinstance(...) else block(x)`) the guard needs parentheses
+        return guarded if bare else guarded.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
 
     def _on_lines(self, node, lines) -> bool:
         if not lines:
@@ -342,6 +378,37 @@ def unit_call_filter(functions):
     return is_unit_call
 
 
+def _statement_level_calls(func: cst.FunctionDef) -> set[int]:
+    """ids of calls that are a whole statement's value (``x = f(x)``, ``return f(x)``, ``f(x)``)."""
+    bare: set[int] = set()
+
+    class _V(cst.CSTVisitor):
+        def visit_FunctionDef(self, n):
+            return n is func
+
+        def _add(self, value):
+            if isinstance(value, cst.Call) and not value.lpar:
+                bare.add(id(value))
+
+        def visit_Assign(self, n):
+            self._add(n.value)
+
+        def visit_AnnAssign(self, n):
+            self._add(n.value)
+
+        def visit_AugAssign(self, n):
+            self._add(n.value)
+
+        def visit_Return(self, n):
+            self._add(n.value)
+
+        def visit_Expr(self, n):
+            self._add(n.value)
+
+    func.visit(_V())
+    return bare
+
+
 def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
     calls: list[cst.Call] = []
 
@@ -377,6 +444,14 @@ def _with_task_param(params: cst.Parameters, required: bool) -> cst.Parameters:
 
 
 
+def _class_forward(cls_name: str) -> tuple[str, str] | None:
+    """(file, qualname) of the ``forward`` that class ``cls_name`` ("package.module.Class") runs."""
+    cls = pydoc.locate(cls_name)
+    func = unwrapped(getattr(cls, "forward", None)) if isinstance(cls, type) else None
+    code = getattr(func, "__code__", None)
+    return (code.co_filename, func.__qualname__) if code is not None else None
+
+
 def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[str, FunctionEdit]]:
     """file -> function qualname -> edit, for every function the plan touches.
 
@@ -390,6 +465,8 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
         for i, sl in enumerate(unit.call_path):
             edit = edits[sl.file].setdefault(sl.function, FunctionEdit())
             edit.call_lines.add(sl.line)
+            if sl.span is not None:
+                edit.call_spans.setdefault(sl.line, set()).add(sl.span)
             if i == 0:
                 edit.task_stmt = f"{TASK} = dtr_task_index({ts.arg}, {ts.t0!r}, {ts.t1!r}, {ts.num_tasks}, {ts.reverse})"
             else:
@@ -397,11 +474,19 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
         if unit.mode == "block" and unit.stream_line is None and not block_in_source:
             continue
         owner = unit.residual_lines[0]
-        bad = [sl for sl in unit.residual_lines if sl.function != owner.function or not sl.function.endswith("forward")]
-        if bad:
-            raise EmitError(f"{bad[0].file}:{bad[0].line}: the residual add of unit {unit.path!r} is in "
-                            f"{bad[0].function}, not in the unit's forward: use dtrsurgeon.transform in block mode")
-        edit = edits[owner.file].setdefault(owner.function, FunctionEdit())
+        own_forward = _class_forward(unit.cls) if unit.mode == "block" and unit.stream_line is None else None
+        if own_forward is not None:
+            # block mode on the unit's input: the mask goes on entry of the unit's own forward and the
+            # merge on its return, wherever the adds run (guided-diffusion: inside checkpoint(self._forward))
+            owner_file, owner_function = own_forward
+        else:
+            bad = [sl for sl in unit.residual_lines
+                   if sl.function != owner.function or not sl.function.endswith("forward")]
+            if bad:
+                raise EmitError(f"{bad[0].file}:{bad[0].line}: the residual add of unit {unit.path!r} is in "
+                                f"{bad[0].function}, not in the unit's forward: use dtrsurgeon.transform in block mode")
+            owner_file, owner_function = owner.file, owner.function
+        edit = edits[owner_file].setdefault(owner_function, FunctionEdit())
         edit.task_param = "required"
         var, axis = unit.stream_var, unit.channel_axis
         if unit.mode == "block":
