@@ -38,7 +38,27 @@ def test_defaults_are_the_papers_dit_setting():
     assert spec.routing.task_weights.curve == "power" and spec.routing.task_weights.alpha == 4.0
     assert spec.routing.window_shift == "sliding" and spec.mode == "block"
     assert spec.timestep.num_tasks == 1000 and (spec.timestep.t0, spec.timestep.t1) == (0, 999)
-    assert spec.timestep.arg == "t" and spec.include == () and spec.exclude == ()
+    assert spec.timestep.arg is None and spec.include == () and spec.exclude == ()  # found in the forward
+
+
+@pytest.mark.parametrize("params, expected", [
+    (["x", "t", "y"], "t"),                       # DiT, model_zoo
+    (["x", "timesteps", "y"], "timesteps"),       # ADM (guided-diffusion), U-ViT
+    (["sample", "timestep", "class_labels"], "timestep"),   # diffusers
+    (["x", "noise_labels", "class_labels"], "noise_labels"),  # EDM U-Nets
+    (["x", "sigma", "class_labels"], "sigma"),    # EDM preconditioners
+])
+def test_the_timestep_argument_is_found_by_its_usual_names(params, expected):
+    assert load_spec({"version": 1}).timestep.resolved(params, "M.forward").arg == expected
+
+
+def test_an_unfound_or_wrong_timestep_argument_is_an_error_at_its_pointer():
+    with pytest.raises(SpecError, match=r"^spec /timestep/arg: M.forward\(x, y\) takes none of the usual"):
+        load_spec({"version": 1}).timestep.resolved(["x", "y"], "M.forward")
+    with pytest.raises(SpecError, match=r"^spec /timestep/arg: 'tau' is not an argument of M.forward\(x, t\)"):
+        load_spec({"version": 1, "timestep": {"arg": "tau"}}).timestep.resolved(["x", "t"], "M.forward")
+    spec = load_spec({"version": 1, "timestep": {"arg": "t"}})
+    assert spec.timestep.resolved(["x", "t", "timesteps"], "M.forward") is spec.timestep
 
 
 def test_range_defaults_to_the_task_count():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+from dataclasses import replace
 
 import networkx as nx
 from torch import fx, nn
@@ -43,7 +44,7 @@ from dtrsurgeon.analysis.residuals import (
     group_chains,
 )
 from dtrsurgeon.analysis.targets import check_overrides, select_units
-from dtrsurgeon.errors import CaptureError, EmitError, SpecError
+from dtrsurgeon.errors import CaptureError, EmitError
 from dtrsurgeon.masks import active_channels
 from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine
 from dtrsurgeon.spec import Spec, load_spec
@@ -228,14 +229,10 @@ def _adds_in(code: str) -> bool:
                or isinstance(n, ast.Attribute) and n.attr in ("add", "add_", "lerp", "lerp_") for n in ast.walk(tree))
 
 
-def _check_timestep_arg(model: nn.Module, spec: Spec) -> None:
+def _resolve_timestep_arg(model: nn.Module, spec: Spec) -> Spec:
+    """The spec with timestep.arg checked against, or found in, the root's forward signature."""
     params = inspect.signature(model.forward).parameters
-    if spec.timestep.arg not in params:
-        raise SpecError(
-            "/timestep/arg",
-            f"{spec.timestep.arg!r} is not an argument of {type(model).__name__}.forward"
-            f"({', '.join(params)}); set timestep.arg to the argument that carries timesteps",
-        )
+    return replace(spec, timestep=spec.timestep.resolved(params, f"{type(model).__name__}.forward"))
 
 
 def _inputs(model, spec, example_inputs):
@@ -250,8 +247,7 @@ def _inputs(model, spec, example_inputs):
 
 def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     """Analyse ``model`` and return the plan for ``spec``; changes nothing."""
-    spec = load_spec(spec)
-    _check_timestep_arg(model, spec)
+    spec = _resolve_timestep_arg(model, load_spec(spec))
     cap = capture(model, *_inputs(model, spec, example_inputs))
     params = set(cap.params)
     flow = dataflow_graph(cap.graph)

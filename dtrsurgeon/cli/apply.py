@@ -36,18 +36,22 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def default_entry(module, timestep_arg: str) -> str:
+def default_entry(module, timestep_arg: str | None) -> str:
+    """The one nn.Module class of ``module`` whose forward takes the timestep argument."""
     import inspect
 
     from torch import nn
 
     from dtrsurgeon.cli._model import ModelFileError
+    from dtrsurgeon.spec.model import TIMESTEP_ARG_NAMES
 
+    names = (timestep_arg,) if timestep_arg else TIMESTEP_ARG_NAMES
     found = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
-             and v.__module__ == module.__name__ and timestep_arg in inspect.signature(v.forward).parameters]
+             and v.__module__ == module.__name__ and set(names) & set(inspect.signature(v.forward).parameters)]
     if len(found) != 1:
         raise ModelFileError(f"{module.__file__}: cannot choose an entry ({'none' if not found else ', '.join(found)} "
-                             f"take '{timestep_arg}' in forward); pass --entry NAME")
+                             f"take {' or '.join(repr(n) for n in names[:3])}{' ...' if len(names) > 3 else ''} "
+                             "in forward); pass --entry NAME")
     return found[0]
 
 

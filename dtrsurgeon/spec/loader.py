@@ -27,7 +27,6 @@ from dtrsurgeon.spec.model import (
     DEFAULT_ALPHA,
     DEFAULT_CHANNEL_RATIO,
     DEFAULT_NUM_TASKS,
-    DEFAULT_TIMESTEP_ARG,
     MaskParams,
     Override,
     Spec,
@@ -153,7 +152,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any] | Spec) -> Spec:
     targets = doc.get("targets", {})
     return Spec(
         timestep=TimestepMap(
-            arg=ts.get("arg", DEFAULT_TIMESTEP_ARG), num_tasks=n, t0=t0, t1=t1, reverse=bool(ts.get("reverse", False))
+            arg=ts.get("arg"), num_tasks=n, t0=t0, t1=t1, reverse=bool(ts.get("reverse", False))
         ),
         routing=base,
         mode=r.get("mode", "block"),

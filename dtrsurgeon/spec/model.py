@@ -9,16 +9,18 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
 # The paper's DiT setting (method.md §1): beta 0.8, power curve alpha 4,
-# sliding windows, N = 1000 tasks over timesteps 0..999, argument "t".
+# sliding windows, N = 1000 tasks over timesteps 0..999.
 DEFAULT_CHANNEL_RATIO = 0.8
 DEFAULT_ALPHA = 4.0
 DEFAULT_NUM_TASKS = 1000
-DEFAULT_TIMESTEP_ARG = "t"
+# Without timestep.arg, the first of these the root's forward takes carries the timesteps
+# (model_zoo and DiT: t; ADM, U-ViT and diffusers: timesteps / timestep; EDM: noise_labels / sigma).
+TIMESTEP_ARG_NAMES = ("t", "timesteps", "timestep", "time", "noise_labels", "sigma", "c_noise")
 
 
 @dataclass(frozen=True)
@@ -84,14 +86,32 @@ class TimestepMap:
     ``N - 1 - task`` when ``reverse``.  Rounding is half to even (torch.round).
     """
 
-    arg: str = DEFAULT_TIMESTEP_ARG
+    arg: str | None = None  # None: the first of TIMESTEP_ARG_NAMES the forward takes
     num_tasks: int = DEFAULT_NUM_TASKS
     t0: float = 0.0
     t1: float = DEFAULT_NUM_TASKS - 1
     reverse: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arg": self.arg, "num_tasks": self.num_tasks, "range": [self.t0, self.t1], "reverse": self.reverse}
+        d = {"num_tasks": self.num_tasks, "range": [self.t0, self.t1], "reverse": self.reverse}
+        return d if self.arg is None else {"arg": self.arg, **d}
+
+    def resolved(self, params, owner: str) -> "TimestepMap":
+        """This map with ``arg`` named: checked against ``params`` (the forward's argument names), or
+        found among :data:`TIMESTEP_ARG_NAMES`.  Raises SpecError at /timestep/arg."""
+        from dtrsurgeon.errors import SpecError
+
+        params = list(params)
+        if self.arg is not None:
+            if self.arg not in params:
+                raise SpecError("/timestep/arg", f"{self.arg!r} is not an argument of {owner}({', '.join(params)}); "
+                                "set timestep.arg to the argument that carries timesteps")
+            return self
+        found = [name for name in TIMESTEP_ARG_NAMES if name in params]
+        if not found:
+            raise SpecError("/timestep/arg", f"{owner}({', '.join(params)}) takes none of the usual timestep names "
+                            f"({', '.join(TIMESTEP_ARG_NAMES)}); set timestep.arg to the argument that carries timesteps")
+        return replace(self, arg=found[0])
 
 
 @dataclass(frozen=True)
