@@ -158,3 +158,25 @@ def test_generated_source_equals_the_module(family, spec, adm, vit, tmp_path):
     a, b = routed(*args, **kwargs), generated(*args, **kwargs)
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a, model(*args, **kwargs), atol=1e-4)
+
+
+def test_units_with_nothing_to_mask_are_reported_not_listed_as_routed():
+    """U-ViT's released blocks dispatch to _forward, where out-blocks merge their long skip: the stream
+    starts where neither emitter can mask it. They must be left out with a reason and a warning, not
+    listed as routed while their masks change nothing."""
+    from tests.toy_models import DispatchUViT
+
+    torch.manual_seed(0)
+    model = randomize_(DispatchUViT()).eval()
+    with pytest.warns(UserWarning, match=r"2 selected unit\(s\) left unrouted \(out_blocks.0, out_blocks.1\)"):
+        plan = dtrsurgeon.plan(model, {"version": 1})
+    assert [u.path for u in plan.units] == ["in_blocks.0", "in_blocks.1"]
+    assert [p for p, _ in plan.skipped] == ["out_blocks.0", "out_blocks.1"]
+    assert all("no stream variable to mask" in why for _, why in plan.skipped)
+    with pytest.warns(UserWarning):
+        routed = dtrsurgeon.transform(model, {"version": 1})
+    (x, _), _ = model.example_inputs(2)
+    a, b = routed(x, torch.tensor([0, 0])), routed(x, torch.tensor([999, 999]))
+    assert not torch.allclose(a, b)  # the in-blocks route by timestep
+    with pytest.raises(dtrsurgeon.EmitError, match="none of the 2 selected units can be routed"):
+        dtrsurgeon.plan(model, {"version": 1, "targets": {"include": ["out_blocks.*"]}})

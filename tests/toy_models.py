@@ -178,3 +178,40 @@ class MPNet(nn.Module):
 
     def example_inputs(self, batch_size=2):
         return (torch.randn(batch_size, 3, 4, 4), torch.rand(batch_size) * 80), {}
+
+
+class DispatchBlock(nn.Module):
+    """U-ViT's released block: forward only dispatches to _forward, where an out-block first
+    merges its long skip (so its stream starts inside the unit, on no assignment forward can see)."""
+
+    def __init__(self, dim, skip=False):
+        super().__init__()
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x, skip=None):
+        return self._forward(x, skip)
+
+    def _forward(self, x, skip=None):
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))
+        x = x + self.fc(self.norm(x))
+        return x
+
+
+class DispatchUViT(TokenNet):
+    def __init__(self, dim=16, tokens=5):
+        super().__init__(dim=dim, depth=1, tokens=tokens)
+        self.in_blocks = nn.ModuleList([DispatchBlock(dim) for _ in range(2)])
+        self.out_blocks = nn.ModuleList([DispatchBlock(dim, skip=True) for _ in range(2)])
+
+    def forward(self, x, t):
+        h = self.inp(x) + self.pos + self.time(t)[:, None]
+        skips = []
+        for blk in self.in_blocks:
+            h = blk(h)
+            skips.append(h)
+        for blk in self.out_blocks:
+            h = blk(h, skips.pop())
+        return self.out(h)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import warnings
 from dataclasses import replace
 
 import networkx as nx
@@ -275,15 +276,30 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
             chosen.remove(path)
     check_overrides(chosen, [o.match for o in spec.overrides])
 
-    units = [_unit(path, named[path], holders[path], spec, cap, flow, params, named, model) for path in chosen]
+    units = []
+    for path in chosen:
+        try:
+            units.append(_unit(path, named[path], holders[path], spec, cap, flow, params, named, model))
+        except _NothingToMask as e:
+            skipped.append((path, str(e)))
     # One class has one forward: where block mode fell back to branch for some instances
     # (projection skips), all instances of that class use branch, so both emitters agree.
     fell_back = {u.cls for u in units if u.mode == "branch" and u.mode_note}
-    units = [
-        _unit(u.path, named[u.path], holders[u.path], spec, cap, flow, params, named, model, force_branch=True)
-        if u.mode == "block" and u.cls in fell_back else u
-        for u in units
-    ]
+    for i, u in enumerate(list(units)):
+        if u.mode == "block" and u.cls in fell_back:
+            try:
+                units[i] = _unit(u.path, named[u.path], holders[u.path], spec, cap, flow, params, named, model,
+                                 force_branch=True)
+            except _NothingToMask as e:
+                units[i] = None
+                skipped.append((u.path, str(e)))
+    units = [u for u in units if u is not None]
+    if chosen and not units:
+        raise EmitError(f"none of the {len(chosen)} selected units can be routed: {skipped[-1][0]}: {skipped[-1][1]}")
+    unroutable = [p for p, _ in skipped if p in set(chosen)]
+    if unroutable:
+        warnings.warn(f"dtrsurgeon: {len(unroutable)} selected unit(s) left unrouted ({', '.join(unroutable[:3])}"
+                      f"{', ...' if len(unroutable) > 3 else ''}): {dict(skipped)[unroutable[0]]}", stacklevel=3)
     unit_paths = {u.path for u in units}
     call_lines = {(sl.file, sl.line) for u in units for sl in u.call_path}
     passthrough = tuple(
@@ -297,6 +313,10 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
             unmatched.append((path, int(start.meta["val"].shape[channel_axis(start)])))
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=spec.sha256,
                 units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched))
+
+
+class _NothingToMask(Exception):
+    """A unit whose routing would change nothing: it is reported in ``plan.skipped`` instead."""
 
 
 def _unit(path, module, chains, spec, cap, flow, params, named, model, force_branch=False) -> RoutedUnit:
@@ -354,6 +374,9 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model, force_bra
             stream_line = _source_line(frame, type(module)) if frame else None
         branch_lines = tuple(dict.fromkeys(
             sl for c in chains for sl in _branch_lines(c, module, path, flow, params) if sl not in residual_lines))
+        if not stream_var:
+            at = f" ({residual_lines[0].file}:{residual_lines[0].line})" if residual_lines else ""
+            raise _NothingToMask(f"branch mode finds no stream variable to mask{at}: {note or 'the stream starts inside the unit'}")
         masked_at = f"branch inputs ({stream_var})"
     elif mode == "pre_output":
         if len({s.channels for s in sites}) != 1:
