@@ -116,6 +116,9 @@ class Plan:
     skipped: tuple[tuple[str, str], ...] = field(default=())  # (module path, why) of residual holders not routed
     passthrough: tuple[tuple[str, str, int], ...] = field(default=())  # (path, file, line): non-units called on a unit's call line
     unmatched: tuple[tuple[str, int], ...] = field(default=())  # (path, C) of units the targets leave out
+    # (path, call path) of non-units that receive dtr_task: left-out instances of unit classes and
+    # other instances of the classes that pass it on
+    threads: tuple[tuple[str, tuple[SourceLine, ...]], ...] = field(default=())
     version: int = PLAN_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +131,7 @@ class Plan:
             "skipped": [list(s) for s in self.skipped],
             "passthrough": list(self.passthrough),
             "unmatched": [list(u) for u in self.unmatched],
+            "threads": [[p, [sl.to_dict() for sl in lines]] for p, lines in self.threads],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -140,12 +144,13 @@ class Plan:
         ts = d["timestep"]
         return cls(
             model=d["model"],
-            timestep=TimestepMap(arg=ts["arg"], num_tasks=ts["num_tasks"], t0=ts["range"][0], t1=ts["range"][1], reverse=ts["reverse"]),
+            timestep=TimestepMap(arg=ts.get("arg"), num_tasks=ts["num_tasks"], t0=ts["range"][0], t1=ts["range"][1], reverse=ts["reverse"]),
             spec_sha256=d["spec_sha256"],
             units=tuple(RoutedUnit.from_dict(u) for u in d["units"]),
             skipped=tuple(tuple(s) for s in d.get("skipped", ())),
             passthrough=tuple((p, f, int(ln)) for p, f, ln in d.get("passthrough", ())),
             unmatched=tuple((p, int(c)) for p, c in d.get("unmatched", ())),
+            threads=tuple((p, tuple(SourceLine(**sl) for sl in lines)) for p, lines in d.get("threads", ())),
         )
 
     def unit(self, path: str) -> RoutedUnit:

@@ -133,7 +133,10 @@ def test_excluded_blocks_on_a_shared_call_line_run_unrouted(dit):
     h = dit.blocks[1](h, c)
     expected = dit.unpatchify(dit.final_layer(h, c))
     assert torch.allclose(routed(x, t, y), expected, atol=1e-6)
-    assert [p for p, _, _ in routed.dtr_plan.passthrough] == ["blocks.1"]
+    assert [p for p, _ in routed.dtr_plan.threads] == ["blocks.1"]  # receives dtr_task, routes nothing
+    assert routed.dtr_plan.passthrough == ()
+    plan = routed.dtr_plan
+    assert dtrsurgeon.Plan.from_dict(__import__("json").loads(plan.to_json())) == plan
 
 
 def test_branch_mode_masks_each_branch_input(dit):

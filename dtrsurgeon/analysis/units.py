@@ -301,10 +301,12 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         warnings.warn(f"dtrsurgeon: {len(unroutable)} selected unit(s) left unrouted ({', '.join(unroutable[:3])}"
                       f"{', ...' if len(unroutable) > 3 else ''}): {dict(skipped)[unroutable[0]]}", stacklevel=3)
     unit_paths = {u.path for u in units}
+    threads = _threads(units, cap, named, model)
     call_lines = {(sl.file, sl.line) for u in units for sl in u.call_path}
+    call_lines |= {(sl.file, sl.line) for _, lines in threads for sl in lines}
     passthrough = tuple(
         (p, frames[-1].file, frames[-1].line) for p, frames in cap.callers.items()
-        if p and p not in unit_paths and frames and (frames[-1].file, frames[-1].line) in call_lines
+        if p and p not in unit_paths and p not in dict(threads) and frames and (frames[-1].file, frames[-1].line) in call_lines
     )
     unmatched = []
     for path in candidates:
@@ -312,7 +314,45 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
             start = holders[path][0].start
             unmatched.append((path, int(start.meta["val"].shape[channel_axis(start)])))
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=spec.sha256,
-                units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched))
+                units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched),
+                threads=threads)
+
+
+def _call_path(path: str, cap, named, model) -> tuple[SourceLine, ...]:
+    """The source lines from the root's forward down to the call of module ``path``."""
+    prefix = cap.callers.get(path, [])
+    if not prefix:
+        raise CaptureError(f"module {path!r}: no source frame calls it; cannot thread the task index to it")
+    ancestors = [named[p] for p in named if p == "" or path.startswith(p + ".") or p == path]
+    owners = [next((type(m) for m in ancestors if resolve_function(f, type(m))[1] is not None), type(model))
+              for f in prefix]
+    return tuple(_source_line(f, o) for f, o in zip(prefix, owners))
+
+
+def _threads(units, cap, named, model) -> tuple[tuple[str, tuple[SourceLine, ...]], ...]:
+    """Call paths of the non-unit modules that must receive dtr_task too: other instances of the
+    units' classes (left out by the targets: identity tables) and every instance of a class whose
+    forward threads the task to a unit, wherever they are called.  Without them a rewritten forward
+    would be called without its dtr_task argument (U-Net containers, U-ViT blocks outside the targets)."""
+    unit_paths = {u.path for u in units}
+    takes_task = {(os.path.abspath(sl.file), sl.function) for u in units for sl in u.call_path[1:]}
+    unit_classes = {type(named[u.path]) for u in units}
+    threads: dict[str, tuple[SourceLine, ...]] = {}
+    grew = True
+    while grew:
+        grew = False
+        for path, frames in cap.callers.items():
+            if not path or path in unit_paths or path in threads or not frames:
+                continue
+            cls = type(named[path])
+            forward = getattr(cls.forward, "__code__", None)
+            key = (os.path.abspath(forward.co_filename), cls.forward.__qualname__) if forward else None
+            if cls in unit_classes or key in takes_task:
+                threads[path] = _call_path(path, cap, named, model)
+                takes_task |= {(os.path.abspath(sl.file), sl.function) for sl in threads[path][1:]}
+                grew = True
+    order = list(named)
+    return tuple(sorted(threads.items(), key=lambda kv: order.index(kv[0])))
 
 
 class _NothingToMask(Exception):
@@ -388,17 +428,11 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model, force_bra
         masked_at = f"unit input ({stream_var})" if stream_line is None else f"{stream_var} after line {stream_line.line}"
     channels = sites[0].channels if sites else int(val.shape[axis])
 
-    prefix = cap.callers.get(path, [])
-    if not prefix:
-        raise CaptureError(f"module {path!r}: no source frame calls it; cannot thread the task index to it")
-    ancestors = [named[p] for p in named if p == "" or path.startswith(p + ".") or p == path]
-    owners = [next((type(m) for m in ancestors if resolve_function(f, type(m))[1] is not None), type(model))
-              for f in prefix]
     return RoutedUnit(
         path=path, cls=_qualname(type(module)), mode=mode, mode_note=note, channel_axis=axis,
         rank=val.dim(),
         channels=channels, active=active_channels(channels, mask.channel_ratio), mask=mask,
         stream_arg=stream_arg, stream_var=stream_var, stream_line=stream_line, masked_at=masked_at,
-        call_path=tuple(_source_line(f, o) for f, o in zip(prefix, owners)),
+        call_path=_call_path(path, cap, named, model),
         residual_lines=residual_lines, branch_lines=branch_lines, sites=sites,
     )

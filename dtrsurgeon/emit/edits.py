@@ -461,8 +461,8 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
     """
     ts = plan.timestep
     edits: dict[str, dict[str, FunctionEdit]] = defaultdict(dict)
-    for unit in plan.units:
-        for i, sl in enumerate(unit.call_path):
+    for call_path in [u.call_path for u in plan.units] + [lines for _, lines in plan.threads]:
+        for i, sl in enumerate(call_path):
             edit = edits[sl.file].setdefault(sl.function, FunctionEdit())
             edit.call_lines.add(sl.line)
             if sl.span is not None:
@@ -471,6 +471,7 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
                 edit.task_stmt = f"{TASK} = dtr_task_index({ts.arg}, {ts.t0!r}, {ts.t1!r}, {ts.num_tasks}, {ts.reverse})"
             else:
                 edit.task_param = "required"
+    for unit in plan.units:
         if unit.mode == "block" and unit.stream_line is None and not block_in_source:
             continue
         owner = unit.residual_lines[0]

@@ -160,7 +160,9 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
     target = model if inplace else copy.deepcopy(model)
     named = dict(target.named_modules())
     units = {u.path: u for u in plan.units}
-    passthrough = {p for p, _, _ in plan.passthrough}
+    # modules called with dtr_task that route nothing: passed on a unit's call line, or left out by the
+    # targets while sharing a threaded call line (their class's forward is not rewritten)
+    passthrough = {p for p, _, _ in plan.passthrough} | {p for p, _ in plan.threads}
     identity = dict(plan.unmatched)
 
     for path, module in named.items():
