@@ -188,3 +188,31 @@ def test_units_with_nothing_to_mask_are_reported_not_listed_as_routed():
     assert not torch.allclose(a, b)  # the in-blocks route by timestep
     with pytest.raises(dtrsurgeon.EmitError, match="none of the 2 selected units can be routed"):
         dtrsurgeon.plan(model, {"version": 1, "targets": {"include": ["out_blocks.*"]}})
+
+
+@pytest.mark.parametrize("mode", ["block", "branch"])
+def test_one_class_one_mode_and_instances_that_are_not_units(mode, tmp_path):
+    """guided-diffusion's ResBlock runs its adds in _forward, so only block semantics can be written for
+    the class; an instance with a projection skip needs branch semantics and is skipped with the reason.
+    A MaybeResidual instance that adds nothing back is no unit, yet shares the rewritten forward:
+    transform gives it identity rows; apply refuses to write a forward that would run on it."""
+    from tests.toy_models import MixedNet
+
+    torch.manual_seed(0)
+    model = randomize_(MixedNet()).eval()
+    spec = {"version": 1, "routing": {"mode": mode}}
+    with pytest.warns(UserWarning, match=r"left unrouted \(convs.1\): needs branch semantics"):
+        plan = dtrsurgeon.plan(model, spec)
+    assert [(u.path, u.mode) for u in plan.units] == [("convs.0", "block"), ("convs.2", "block"),
+                                                      ("mixers.0", mode), ("mixers.2", mode)]
+    assert [p for p, _ in plan.skipped] == ["convs.1"]
+    with pytest.warns(UserWarning):
+        routed = dtrsurgeon.transform(model, spec)
+    (x, _), _ = model.example_inputs(2)
+    early, late = routed(x, torch.tensor([0, 0])), routed(x, torch.tensor([999, 999]))
+    assert not torch.allclose(early, late)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(__import__("json").dumps(spec))
+    with pytest.warns(UserWarning):
+        rc = main(["apply", str(spec_file), "tests/toy_models.py", "--entry", "MixedNet", "-o", str(tmp_path / "g.py")])
+    assert rc == 2 and not (tmp_path / "g.py").exists()

@@ -215,3 +215,59 @@ class DispatchUViT(TokenNet):
         for blk in self.out_blocks:
             h = blk(h, skips.pop())
         return self.out(h)
+
+
+class HelperResBlock(nn.Module):
+    """guided-diffusion's pattern: forward hands the work to _forward; a 1x1 projection skip
+    where the width changes."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.proj = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x):
+        return self._forward(x)
+
+    def _forward(self, x):
+        h = self.conv(F.silu(x))
+        skip = x if self.proj is None else self.proj(x)
+        return skip + h
+
+
+class MaybeResidual(nn.Module):
+    """Some instances add their input back, others do not: the latter are not residual units."""
+
+    def __init__(self, dim, residual):
+        super().__init__()
+        self.residual = residual
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        h = self.fc(F.gelu(x))
+        if self.residual:
+            h = x + h
+        return h
+
+
+class MixedNet(nn.Module):
+    """HelperResBlocks of equal and changing width, and MaybeResidual blocks of both kinds."""
+
+    def __init__(self):
+        super().__init__()
+        self.time = TimeEmbed(8)
+        self.convs = nn.ModuleList([HelperResBlock(8, 8), HelperResBlock(8, 16), HelperResBlock(16, 16)])
+        self.mixers = nn.ModuleList([MaybeResidual(16, True), MaybeResidual(16, False), MaybeResidual(16, True)])
+
+    def forward(self, x, t):
+        h = x + self.time(t)[:, :, None, None]
+        for conv in self.convs:
+            h = conv(h)
+        h = h.mean(dim=(2, 3))
+        for mixer in self.mixers:
+            h = mixer(h)
+        return h
+
+    def example_inputs(self, batch_size=2):
+        g = torch.Generator().manual_seed(0)
+        return (torch.randn(batch_size, 8, 4, 4, generator=g), torch.randint(0, 1000, (batch_size,), generator=g)), {}

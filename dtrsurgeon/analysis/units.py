@@ -294,6 +294,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
                 units[i] = None
                 skipped.append((u.path, str(e)))
     units = [u for u in units if u is not None]
+    units = _one_mode_per_class(units, skipped)
     if chosen and not units:
         raise EmitError(f"none of the {len(chosen)} selected units can be routed: {skipped[-1][0]}: {skipped[-1][1]}")
     unroutable = [p for p, _ in skipped if p in set(chosen)]
@@ -353,6 +354,26 @@ def _threads(units, cap, named, model) -> tuple[tuple[str, tuple[SourceLine, ...
                 grew = True
     order = list(named)
     return tuple(sorted(threads.items(), key=lambda kv: order.index(kv[0])))
+
+
+def _one_mode_per_class(units: list[RoutedUnit], skipped: list) -> list[RoutedUnit]:
+    """Both emitters rewrite a class's forward once, so its units must share one mode.  Where forcing
+    branch semantics on a class fell back to block for some instances (their residual adds run in a
+    helper the forward calls, e.g. ``checkpoint(self._forward, ...)``), the instances that need branch
+    semantics cannot be routed: they are skipped with the reason."""
+    modes: dict[str, set[str]] = {}
+    for u in units:
+        modes.setdefault(u.cls, set()).add(u.mode)
+    mixed = {cls for cls, m in modes.items() if {"block", "branch"} <= m}
+    kept = []
+    for u in units:
+        if u.cls in mixed and u.mode == "branch":
+            why = u.mode_note.split(": ", 1)[-1] if u.mode_note else "the spec's mode"
+            skipped.append((u.path, f"needs branch semantics ({why}) while other "
+                                    f"{u.cls.rsplit('.', 1)[-1]} units can only use block semantics, and one class has one forward"))
+        else:
+            kept.append(u)
+    return kept
 
 
 class _NothingToMask(Exception):

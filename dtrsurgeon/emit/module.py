@@ -164,6 +164,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
     # targets while sharing a threaded call line (their class's forward is not rewritten)
     passthrough = {p for p, _, _ in plan.passthrough} | {p for p, _ in plan.threads}
     identity = dict(plan.unmatched)
+    unit_classes = {type(named[p]) for p in units}
 
     for path, module in named.items():
         cls = type(module)
@@ -184,9 +185,12 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
             module._dtr_axis = unit.channel_axis
         elif methods:
             module.__class__ = _routed_class(cls, methods, "thread", None)
-            if path in identity:  # a unit the targets leave out, sharing its class's rewritten forward
-                module.register_buffer("dtr_mask", torch.ones(plan.timestep.num_tasks, identity[path], dtype=torch.bool),
-                                       persistent=False)
+            if path in identity or cls in unit_classes:
+                # an instance the plan does not route (left out by the targets, or not recognised as a
+                # residual unit) sharing its class's rewritten forward: all-ones rows, the identity
+                # (one column broadcasts to any width)
+                module.register_buffer("dtr_mask", torch.ones(plan.timestep.num_tasks, identity.get(path, 1),
+                                                              dtype=torch.bool), persistent=False)
         elif path in passthrough:
             module.__class__ = _routed_class(cls, {}, "pass", None)
     target.dtr_plan = plan

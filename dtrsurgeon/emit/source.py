@@ -216,6 +216,15 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
         if foreign:
             raise EmitError(f"unit {unit.path!r} is reached through {', '.join(foreign)}, not {model_py}: "
                             "`dtrsurgeon apply` rewrites one file (use dtrsurgeon.transform for this model)")
+    named = dict(model.named_modules())
+    unit_classes = {type(named[u.path]) for u in plan.units}
+    covered = {u.path for u in plan.units} | {p for p, _ in plan.unmatched}
+    strays = [p for p, m in named.items() if type(m) in unit_classes and p not in covered]
+    if strays:
+        cls = type(named[strays[0]]).__name__
+        raise EmitError(f"{', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}: {cls} instances that are not "
+                        f"routable units (no residual chain recognised in them) would run the rewritten {cls}.forward; "
+                        f"use dtrsurgeon.transform, or leave every {cls} out of the spec's targets")
     edits = {q: e for f, fe in all_edits.items() for q, e in fe.items()}
     _class_edits(model, plan, file, edits)
     functions = functions_by_qualname(model)
