@@ -191,7 +191,7 @@ def test_units_with_nothing_to_mask_are_reported_not_listed_as_routed():
 
 
 @pytest.mark.parametrize("mode", ["block", "branch"])
-def test_one_class_one_mode_and_instances_that_are_not_units(mode, tmp_path):
+def test_one_class_one_mode_and_instances_that_are_not_units(mode, tmp_path, capsys):
     """guided-diffusion's ResBlock runs its adds in _forward, so only block semantics can be written for
     the class; an instance with a projection skip needs branch semantics and is skipped with the reason.
     A MaybeResidual instance that adds nothing back is no unit, yet shares the rewritten forward:
@@ -213,6 +213,9 @@ def test_one_class_one_mode_and_instances_that_are_not_units(mode, tmp_path):
     assert not torch.allclose(early, late)
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(__import__("json").dumps(spec))
-    with pytest.warns(UserWarning):
-        rc = main(["apply", str(spec_file), "tests/toy_models.py", "--entry", "MixedNet", "-o", str(tmp_path / "g.py")])
+    capsys.readouterr()
+    rc = main(["apply", str(spec_file), "tests/toy_models.py", "--entry", "MixedNet", "-o", str(tmp_path / "g.py")])
     assert rc == 2 and not (tmp_path / "g.py").exists()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("dtrsurgeon apply: warning: 1 selected unit(s) left unrouted (convs.1)")
+    assert err[1].startswith("dtrsurgeon apply: error: mixers.1: MaybeResidual instances that are not routable units")

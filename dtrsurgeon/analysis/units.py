@@ -248,7 +248,8 @@ def _inputs(model, spec, example_inputs):
 
 def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     """Analyse ``model`` and return the plan for ``spec``; changes nothing."""
-    spec = _resolve_timestep_arg(model, load_spec(spec))
+    given = load_spec(spec)
+    spec = _resolve_timestep_arg(model, given)
     cap = capture(model, *_inputs(model, spec, example_inputs))
     params = set(cap.params)
     flow = dataflow_graph(cap.graph)
@@ -299,7 +300,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         raise EmitError(f"none of the {len(chosen)} selected units can be routed: {skipped[-1][0]}: {skipped[-1][1]}")
     unroutable = [p for p, _ in skipped if p in set(chosen)]
     if unroutable:
-        warnings.warn(f"dtrsurgeon: {len(unroutable)} selected unit(s) left unrouted ({', '.join(unroutable[:3])}"
+        warnings.warn(f"{len(unroutable)} selected unit(s) left unrouted ({', '.join(unroutable[:3])}"
                       f"{', ...' if len(unroutable) > 3 else ''}): {dict(skipped)[unroutable[0]]}", stacklevel=3)
     unit_paths = {u.path for u in units}
     threads = _threads(units, cap, named, model)
@@ -314,7 +315,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         if path not in unit_paths:
             start = holders[path][0].start
             unmatched.append((path, int(start.meta["val"].shape[channel_axis(start)])))
-    return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=spec.sha256,
+    return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=given.sha256,
                 units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched),
                 threads=threads)
 

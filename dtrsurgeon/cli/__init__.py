@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 from dtrsurgeon.errors import DtrSurgeonError
@@ -44,7 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args))
+        with warnings.catch_warnings():
+            # one line per warning, like the errors (units left unrouted, opaque graph regions)
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"dtrsurgeon {args.verb}: warning: {message}", file=sys.stderr)
+            return int(args.run(args))
     except DtrSurgeonError as e:
         print(f"dtrsurgeon {args.verb}: error: {e}", file=sys.stderr)
         return 2
