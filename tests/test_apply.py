@@ -281,3 +281,36 @@ def test_output_folder_must_exist(tmp_path, capsys):
     out = tmp_path / "missing" / "dit_dtr.py"
     assert main(["apply", "specs/dit-paper.json", "model_zoo/dit.py", "--entry", "tiny_dit", "-o", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err and not out.parent.exists()
+
+
+def test_checkpointing_branch_not_taken_at_capture_is_routed(tmp_path):
+    """The checkpoint call in the branch capture never runs gets the block with its task bound; the
+    generated file defines the helper, and it trains like transform() with checkpointing on."""
+    from tests.conftest import randomize_
+    from tests.toy_models import CheckpointingNet
+
+    out = tmp_path / "ckpt_dtr.py"
+    assert main(["apply", "specs/dit-paper.json", "tests/toy_models.py", "--entry", "CheckpointingNet", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "h = checkpoint(dtr_bind_task(block, dtr_task), h, c, use_reentrant=False)" in text
+    assert "def dtr_bind_task(module, task):" in text
+    torch.manual_seed(0)
+    model = randomize_(CheckpointingNet())
+    generated = import_path(out, "ckpt_dtr_generated").CheckpointingNet()
+    generated.load_state_dict(model.state_dict(), strict=True)
+    routed = dtrsurgeon.transform(model, "specs/dit-paper.json")
+    (x, _), _ = model.example_inputs(3)
+    t = torch.tensor([0, 500, 999])
+    grads = []
+    for net in (routed, generated):
+        net.gradient_checkpointing = True
+        net.zero_grad()
+        y = net(x, t)
+        y.square().sum().backward()
+        grads.append((y.detach(), [p.grad for p in net.parameters()]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0][1], grads[1][1]))
+    routed.gradient_checkpointing = False
+    routed.zero_grad()
+    routed(x, t).square().sum().backward()
+    assert all(torch.allclose(p.grad, g, atol=1e-5) for p, g in zip(routed.parameters(), grads[0][1]))

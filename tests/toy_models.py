@@ -271,3 +271,19 @@ class MixedNet(nn.Module):
     def example_inputs(self, batch_size=2):
         g = torch.Generator().manual_seed(0)
         return (torch.randn(batch_size, 8, 4, 4, generator=g), torch.randint(0, 1000, (batch_size,), generator=g)), {}
+
+
+class CheckpointingNet(TokenNet):
+    """diffusers' training branch: blocks go through a checkpoint function only when grads are on."""
+
+    gradient_checkpointing = False
+
+    def forward(self, x, t):
+        c = self.time(t)
+        h = self.inp(x) + self.pos
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                h = checkpoint(block, h, c, use_reentrant=False)
+            else:
+                h = block(h, c)
+        return self.out(h)

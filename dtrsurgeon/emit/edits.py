@@ -174,6 +174,25 @@ class RouteFunctions(cst.CSTTransformer):
                 chosen = [self._call_by_text(node, qual, line)]
             for call in chosen:
                 found[id(call)] = ("task", edit.call_guards.get(line, ()), id(call) in bare)
+        self._collect_checkpointed_calls(node, found, bare)
+
+    def _collect_checkpointed_calls(self, node, found, bare) -> None:
+        """The other branch of ``if torch.is_grad_enabled() and self.gradient_checkpointing:`` (diffusers),
+        which the example inputs did not take: calls of a module that gets ``dtr_task`` elsewhere in the
+        function get it too, and ``checkpoint(block, h, ...)`` / ``self._gradient_checkpointing_func(block, h, ...)``
+        take the block with its task bound, since checkpoint functions need not pass keywords on
+        (diffusers' does not): ``checkpoint(dtr_bind_task(block, dtr_task), h, ...)``."""
+        routed = {_code(c.func) for c in _calls_in(node) if found.get(id(c), ("",))[0] == "task"
+                  and not found[id(c)][1] and isinstance(c.func, (cst.Name, cst.Attribute))}
+        for call in _calls_in(node):
+            if id(call) in found:
+                continue
+            if _code(call.func) in routed:  # the same module called on that branch's own line
+                found[id(call)] = ("task", (), id(call) in bare)
+                continue
+            first = call.args[0].value if call.args and call.args[0].keyword is None else None
+            if _code(call.func).split(".")[-1] in _CHECKPOINT_CALLS and first is not None and _code(first) in routed:
+                found[id(call)] = ("bind",)
 
     def _call_at(self, func: cst.FunctionDef, span: tuple[int, int, int, int]) -> cst.Call | None:
         """The call whose callee starts at ``span``'s start and that ends at its end
@@ -217,6 +236,9 @@ class RouteFunctions(cst.CSTTransformer):
         what = self.active[-1][2][id(original)]
         if what[0] == "site":
             return _mask_call_input(updated, what[1], what[2])
+        if what[0] == "bind":
+            bound = cst.parse_expression(f"dtr_bind_task({_code(updated.args[0].value)}, {TASK})")
+            return updated.with_changes(args=[updated.args[0].with_changes(value=bound), *updated.args[1:]])
         if any(a.keyword and a.keyword.value == TASK for a in updated.args):
             return updated
         args = list(updated.args)
@@ -334,7 +356,8 @@ def _mask_call_input(call: cst.Call, via: str, axis: int) -> cst.Call:
     return call.with_changes(args=[first.with_changes(value=masked)] + rest)
 
 
-_PASS_THROUGH_CALLS = (torch.utils.checkpoint.checkpoint,)  # call their first argument with the rest
+_PASS_THROUGH_CALLS = (torch.utils.checkpoint.checkpoint,)
+_CHECKPOINT_CALLS = ("checkpoint", "_gradient_checkpointing_func")  # call their first argument with the rest  # call their first argument with the rest
 
 
 def functions_by_qualname(model: nn.Module) -> dict[tuple[str, str], object]:

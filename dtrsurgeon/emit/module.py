@@ -36,6 +36,7 @@ from dtrsurgeon.emit.edits import (
     unwrapped,
 )
 from dtrsurgeon.emit.runtime import (
+    dtr_bind_task,
     dtr_channel_mask,
     dtr_masked,
     dtr_merge,
@@ -92,7 +93,7 @@ def _routed_module(globals_: dict) -> types.ModuleType:
         module = types.ModuleType(name)
         module.__dict__.update({k: v for k, v in globals_.items() if k not in ("__name__", "__spec__", "__loader__")})
         module.__dict__.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask, dtr_masked=dtr_masked,
-                               dtr_route=dtr_route, dtr_merge=dtr_merge)
+                               dtr_route=dtr_route, dtr_merge=dtr_merge, dtr_bind_task=dtr_bind_task)
         sys.modules[name] = module
     return module
 

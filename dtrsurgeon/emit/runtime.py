@@ -114,3 +114,9 @@ def dtr_route(x, keep):
 def dtr_merge(out, skip, keep):
     """The unit's output plus the channels its task does not use, taken from dtr_route's bypass."""
     return DTRMerge.apply(out, skip, keep)
+
+
+def dtr_bind_task(module, task):
+    """module with its dtr_task bound, for checkpoint functions that pass no keyword arguments on
+    (diffusers' _gradient_checkpointing_func); bound now, so a recompute in backward sees the same."""
+    return lambda *args, **kwargs: module(*args, dtr_task=task, **kwargs)

@@ -75,9 +75,12 @@ def dtr_attach_masks(model):
 '''
 
 
-def runtime_source(plan: Plan) -> str:
-    """The definitions of :mod:`dtrsurgeon.emit.runtime` this plan's generated code calls, as text."""
+def runtime_source(plan: Plan, binds_task: bool = False) -> str:
+    """The definitions of :mod:`dtrsurgeon.emit.runtime` this plan's generated code calls, as text
+    (``binds_task``: the code passes units to checkpoint functions through ``dtr_bind_task``)."""
     names = [runtime.dtr_mask_table, runtime.dtr_task_index, runtime.dtr_channel_mask]
+    if binds_task:
+        names.append(runtime.dtr_bind_task)
     if any(u.mode in ("branch", "pre_output") for u in plan.units):
         names.append(runtime.dtr_masked)
     if any(u.mode == "block" for u in plan.units):
@@ -90,7 +93,7 @@ def _settings_literal(params: MaskParams) -> str:
     return f"dict({', '.join(items)})"
 
 
-def render_helpers(plan: Plan) -> str:
+def render_helpers(plan: Plan, binds_task: bool = False) -> str:
     named: dict[str, str] = {}
     rows = []
     for unit in plan.units:
@@ -103,7 +106,7 @@ def render_helpers(plan: Plan) -> str:
         named[identity] = "DTR_IDENTITY"
         rows += [f"    {json.dumps(path)}: ({c}, DTR_IDENTITY),  # left out by the spec's targets" for path, c in plan.unmatched]
     settings = "\n".join(f"{name} = {literal}" for literal, name in named.items())
-    return HELPERS.format(runtime=runtime_source(plan), settings=settings, units="\n".join(rows)).lstrip("\n")
+    return HELPERS.format(runtime=runtime_source(plan, binds_task), settings=settings, units="\n".join(rows)).lstrip("\n")
 
 
 @dataclass(frozen=True)
@@ -234,7 +237,8 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     missing = sorted(set(edits) - _edited(routed, edits))
     if missing:
         raise EmitError(f"{model_py}: could not find {missing[0]} to rewrite")
-    return _insert_helpers(routed, render_helpers(plan), header.render()).code
+    helpers = render_helpers(plan, binds_task="dtr_bind_task(" in routed.code)
+    return _insert_helpers(routed, helpers, header.render()).code
 
 
 def _edited(module: cst.Module, edits) -> set[str]:
