@@ -314,3 +314,22 @@ def test_checkpointing_branch_not_taken_at_capture_is_routed(tmp_path):
     routed.zero_grad()
     routed(x, t).square().sum().backward()
     assert all(torch.allclose(p.grad, g, atol=1e-5) for p, g in zip(routed.parameters(), grads[0][1]))
+
+
+def test_other_calls_of_a_loop_name_stay_as_they_are(tmp_path):
+    """Only the call that reached a unit gets dtr_task: `block(h)` on another branch runs a LayerNorm."""
+    from tests.conftest import randomize_
+    from tests.toy_models import NamedLoopNet
+
+    torch.manual_seed(0)
+    model = randomize_(NamedLoopNet()).eval()
+    routed = dtrsurgeon.transform(model, {"version": 1})
+    (x, _), _ = model.example_inputs(2)
+    assert [u.path for u in routed.dtr_plan.units] == ["stages.block0", "stages.block1"]
+    assert not torch.allclose(routed(x, torch.tensor([0, 0])), routed(x, torch.tensor([999, 999])))
+    out = tmp_path / "loop_dtr.py"
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"version": 1}')
+    assert main(["apply", str(spec), "tests/toy_models.py", "--entry", "NamedLoopNet", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "                h = block(h)\n" in text and "h = block(h, c, dtr_task=dtr_task)" in text

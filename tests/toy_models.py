@@ -287,3 +287,21 @@ class CheckpointingNet(TokenNet):
             else:
                 h = block(h, c)
         return self.out(h)
+
+
+class NamedLoopNet(TokenNet):
+    """SongUNet's decoder loop: one name for units and plain modules, on separate branches."""
+
+    def __init__(self, dim=16, tokens=5):
+        super().__init__(dim=dim, depth=2, tokens=tokens)
+        self.stages = nn.ModuleDict({"block0": Block(dim), "aux_norm": nn.LayerNorm(dim), "block1": Block(dim)})
+
+    def forward(self, x, t):
+        c = self.time(t)
+        h = self.inp(x) + self.pos
+        for name, block in self.stages.items():
+            if "aux" in name:
+                h = block(h)
+            else:
+                h = block(h, c)
+        return self.out(h)

@@ -182,17 +182,24 @@ class RouteFunctions(cst.CSTTransformer):
         function get it too, and ``checkpoint(block, h, ...)`` / ``self._gradient_checkpointing_func(block, h, ...)``
         take the block with its task bound, since checkpoint functions need not pass keywords on
         (diffusers' does not): ``checkpoint(dtr_bind_task(block, dtr_task), h, ...)``."""
-        routed = {_code(c.func) for c in _calls_in(node) if found.get(id(c), ("",))[0] == "task"
-                  and not found[id(c)][1] and isinstance(c.func, (cst.Name, cst.Attribute))}
-        for call in _calls_in(node):
-            if id(call) in found:
+        def routed_in(scope) -> set[str]:
+            return {_code(c.func) for c in _calls_in(scope) if found.get(id(c), ("",))[0] == "task"
+                    and not found[id(c)][1] and isinstance(c.func, (cst.Name, cst.Attribute))}
+
+        for branch in _checkpointing_ifs(node):
+            other = branch.orelse.body if isinstance(branch.orelse, cst.Else) else None
+            if other is None:
                 continue
-            if _code(call.func) in routed:  # the same module called on that branch's own line
-                found[id(call)] = ("task", (), id(call) in bare)
-                continue
-            first = call.args[0].value if call.args and call.args[0].keyword is None else None
-            if _code(call.func).split(".")[-1] in _CHECKPOINT_CALLS and first is not None and _code(first) in routed:
-                found[id(call)] = ("bind",)
+            routed = routed_in(other) | routed_in(branch.body)
+            for call in _calls_in(branch.body) + _calls_in(other):
+                if id(call) in found:
+                    continue
+                if _code(call.func) in routed:  # the same module, called on the other branch's own line
+                    found[id(call)] = ("task", (), id(call) in bare)
+                    continue
+                first = call.args[0].value if call.args and call.args[0].keyword is None else None
+                if _code(call.func).split(".")[-1] in _CHECKPOINT_CALLS and first is not None and _code(first) in routed:
+                    found[id(call)] = ("bind",)
 
     def _call_at(self, func: cst.FunctionDef, span: tuple[int, int, int, int]) -> cst.Call | None:
         """The call whose callee starts at ``span``'s start and that ends at its end
@@ -444,6 +451,22 @@ def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
 
     node.visit(_V())
     return calls
+
+
+def _checkpointing_ifs(func: cst.FunctionDef) -> list[cst.If]:
+    """``if ... gradient_checkpointing ...:`` statements (with an else) in ``func``."""
+    found = []
+
+    class _V(cst.CSTVisitor):
+        def visit_If(self, n):
+            if "checkpoint" in _code(n.test).lower():
+                found.append(n)
+
+        def visit_FunctionDef(self, n):
+            return n is func
+
+    func.visit(_V())
+    return found
 
 
 def _is_docstring(stmt) -> bool:

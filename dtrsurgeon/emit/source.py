@@ -222,7 +222,7 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     named = dict(model.named_modules())
     unit_classes = {type(named[u.path]) for u in plan.units}
     covered = {u.path for u in plan.units} | {p for p, _ in plan.unmatched}
-    strays = [p for p, m in named.items() if type(m) in unit_classes and p not in covered]
+    strays = [p for p, _ in plan.threads if type(named[p]) in unit_classes and p not in covered]  # called ones
     if strays:
         cls = type(named[strays[0]]).__name__
         raise EmitError(f"{', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}: {cls} instances that are not "
