@@ -184,14 +184,15 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
             module.__class__ = _routed_class(cls, methods, role, stream)
             module.register_buffer("dtr_mask", mask_table_for(unit.mask, unit.channels), persistent=False)
             module._dtr_axis = unit.channel_axis
+        elif methods and cls in unit_classes and path not in identity and not any(u.startswith(path + ".") for u in units):
+            # an instance of a unit class that is no unit (no residual chain recognised in it, e.g. a
+            # resampling block) and holds none: it runs its original forward, ignoring dtr_task
+            module.__class__ = _routed_class(cls, {}, "pass", None)
         elif methods:
             module.__class__ = _routed_class(cls, methods, "thread", None)
-            if path in identity or cls in unit_classes:
-                # an instance the plan does not route (left out by the targets, or not recognised as a
-                # residual unit) sharing its class's rewritten forward: all-ones rows, the identity
-                # (one column broadcasts to any width)
-                module.register_buffer("dtr_mask", torch.ones(plan.timestep.num_tasks, identity.get(path, 1),
-                                                              dtype=torch.bool), persistent=False)
+            if path in identity:  # a unit the targets leave out, sharing its class's rewritten forward
+                module.register_buffer("dtr_mask", torch.ones(plan.timestep.num_tasks, identity[path], dtype=torch.bool),
+                                       persistent=False)
         elif path in passthrough:
             module.__class__ = _routed_class(cls, {}, "pass", None)
     target.dtr_plan = plan
