@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import dtrsurgeon
 from model_zoo.dit import tiny_dit
-from tests.conftest import randomize_
+from tests.conftest import exit_now, randomize_
 
 
 def _batch():
@@ -42,6 +42,7 @@ def _worker(rank, port, out):
     if rank == 0:
         torch.save(model.module.state_dict(), out)
     dist.destroy_process_group()
+    exit_now()
 
 
 def test_ddp_step_matches_single_process(tmp_path):

@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from dtrsurgeon.mtl import MtlError, NashMTL, PCGrad, UncertaintyWeighting, cluster_gradients, nash_weights, pcgrad_project
+from dtrsurgeon.mtl import (
+    MtlError,
+    NashMTL,
+    PCGrad,
+    UncertaintyWeighting,
+    cluster_gradients,
+    nash_weights,
+    pcgrad_project,
+)
+from tests.conftest import exit_now
 
 vectors = arrays(np.float64, 6, elements=st.floats(-10, 10))
 
@@ -192,6 +201,7 @@ def _ddp_worker(rank, world, tmp):
         torch.save(out, f"{tmp}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    exit_now()
 
 
 def test_distributed_ranks_agree_with_one_process(tmp_path):
