@@ -195,3 +195,111 @@ def test_generated_checkpointed_unet_equals_transform(unet, tmp_path):
         a, b = routed(x, t), generated(x, t)
     assert torch.equal(a, b)
     assert not torch.allclose(a, unet(x, t), atol=1e-4)
+
+
+# -- EDM's UNetBlock: bias adds, computed resampling filters, two widths in one block -------
+
+def edm_spec(mode, ratio=None):
+    return {"version": 1, "timestep": {"arg": "noise_labels", "range": [0, 1]},
+            "routing": {"mode": mode, **({"channel_ratio": ratio} if ratio is not None else {})}}
+
+
+@pytest.fixture(scope="module")
+def edm():
+    from tests.released_patterns import EDMNet
+
+    torch.manual_seed(0)
+    return EDMNet().eval()
+
+
+EDM_TWO_WIDTHS = ("enc.block1", "its residual adds run on streams of 8 and 16 channels (a projection skip changes "
+                  "the width before the next residual add) and one mask has one width: use routing.mode "
+                  "'pre_output' for such units")
+
+
+@pytest.mark.parametrize("mode", ["block", "branch"])
+def test_edm_projection_and_resampling_skips_are_units(edm, mode):
+    """The conv-then-bias-add skip, the resampling-only skips (a computed filter, conv_transpose2d) and
+    the concat-fed projection all make units; the block whose two adds run on two widths is skipped."""
+    with pytest.warns(UserWarning, match=r"left unrouted \(enc.block1\): its residual adds run on streams of 8 and 16"):
+        plan = dtrsurgeon.plan(edm, edm_spec(mode))
+    assert [(u.path, u.mode, u.channels) for u in plan.units] == [
+        ("enc.block0", "branch", 8), ("enc.down", "branch", 16), ("dec.in0", "branch", 16),
+        ("dec.up", "branch", 16), ("dec.block0", "branch", 24)]
+    assert plan.skipped == (EDM_TWO_WIDTHS,)
+    in0 = next(u for u in plan.units if u.path == "dec.in0")
+    assert [sl.code.split(" = ")[0] for sl in in0.residual_lines] == ["x", "x"]
+    assert len(in0.branch_lines) == 2  # conv0's input and the attention's qkv input
+
+
+def test_edm_pre_output_routes_every_block(edm):
+    """pre_output finds conv1 and proj through the weight cast (self.weight.to(x.dtype)); they read one width."""
+    plan = dtrsurgeon.plan(edm, edm_spec("pre_output"))
+    assert [(u.path, u.channels, u.masked_at) for u in plan.units] == [
+        ("enc.block0", 8, "input of conv1"), ("enc.block1", 16, "input of conv1, proj"), ("enc.down", 16, "input of conv1"),
+        ("dec.in0", 16, "input of conv1, proj"), ("dec.up", 16, "input of conv1"), ("dec.block0", 8, "input of conv1")]
+
+
+@pytest.mark.parametrize("mode", ["block", "branch", "pre_output"])
+def test_edm_routed_per_sample_identity_and_source_equal(edm, mode, tmp_path):
+    """transform() routes per sample and is the identity at ratio 1; the file apply writes gives the same
+    numbers, the skipped block included: it runs the class's rewritten forward with no table."""
+    x, t = batch(edm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        routed = dtrsurgeon.transform(edm, edm_spec(mode))
+        identity = dtrsurgeon.transform(edm, edm_spec(mode, ratio=1.0))
+    with torch.no_grad():
+        out, ref = routed(x, t), edm(x, t)
+        one_by_one = torch.cat([routed(x[i:i + 1], t[i:i + 1]) for i in range(3)])
+        assert torch.equal(identity(x, t), ref)
+    assert not torch.allclose(out, ref, atol=1e-3)
+    assert torch.allclose(out, one_by_one, atol=1e-5)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(edm_spec(mode)))
+    out_file = tmp_path / f"edm_{mode}_dtr.py"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["apply", str(spec), FILE, "--entry", "EDMNet", "-o", str(out_file)]) == 0
+    text = out_file.read_text()
+    if mode != "pre_output":
+        assert '"enc.block1": None,  # not routed: its residual adds run on streams of 8 and 16 channels' in text
+        # the attention line masks the stream where it is read, not where its shape is
+        assert ("q, k, v = self.qkv(self.norm2(dtr_masked(x, self.dtr_mask, dtr_task, 1)))"
+                ".reshape(x.shape[0], x.shape[1], 3, -1).unbind(2)") in text
+    mod_spec = importlib.util.spec_from_file_location(f"gen_edm_{mode}", out_file)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    generated = module.EDMNet().eval()
+    generated.load_state_dict(edm.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(generated(x, t), out)
+
+
+def test_edm_branch_compiles_without_graph_breaks(edm):
+    x, t = batch(edm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        routed = dtrsurgeon.transform(edm, edm_spec("branch"))
+    compiled = torch.compile(routed, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x, t), routed(x, t), atol=1e-6)
+
+
+def test_instances_whose_analysis_differs_from_their_class_are_skipped():
+    """enc.block1's projection is an einsum, so its first residual add is not found: the branch lines
+    of its class (conv0's input) would mask a stream the plan did not measure, so it is skipped."""
+    from tests.released_patterns import EDMNet
+
+    torch.manual_seed(0)
+    model = EDMNet(einsum_skip=True).eval()
+    with pytest.warns(UserWarning, match=r"left unrouted \(enc.block1\): runs .*released_patterns.py:\d+, where other "
+                                         r"EDMBlock units mask their residual branch"):
+        plan = dtrsurgeon.plan(model, edm_spec("branch"))
+    assert "enc.block1" not in [u.path for u in plan.units] and len(plan.units) == 5
+    x, t = batch(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        identity = dtrsurgeon.transform(model, edm_spec("branch", ratio=1.0))
+    with torch.no_grad():
+        assert torch.equal(identity(x, t), model(x, t))

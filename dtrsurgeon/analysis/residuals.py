@@ -3,7 +3,10 @@
 An ``add(a, b)`` (or ``lerp(a, b, w)``, EDM2's magnitude-preserving sum) is residual when one operand is computed from the other
 (``b`` is reachable from ``a`` in the data-flow graph: ``a`` is the skip, ``b``
 the branch), or when the skip is a short projection of the branch's source
-(``conv1x1(x) + f(x)``, ``avgpool(x) + f(x)``: a projection skip).
+(``conv1x1(x) + f(x)``, ``avgpool(x) + f(x)``: a projection skip).  A projection
+may add its bias as a separate broadcast add and resample with a filter it
+computes per call (EDM's ``Conv2d``: ``conv2d(x, w).add_(b.reshape(1, -1, 1, 1))``,
+``conv_transpose2d(x, f.tile(...), stride=2)``): its stream is the conv's input.
 ``x + pos_embed`` and ``t_emb + y_emb`` have no such path and are never taken;
 a concat skip is no add at all.  Consecutive residual adds on one stream form
 a chain, attributed to the innermost module that holds them.
@@ -27,6 +30,7 @@ SHAPE_OPS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
              aten._to_copy.default, aten.to.dtype_layout, aten.dropout.default}
 # ops a projection skip may apply to the stream
 _SKIP_OPS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
+             aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input,
              aten.linear.default, aten.avg_pool1d.default, aten.avg_pool2d.default, aten.max_pool2d.default,
              aten.upsample_nearest2d.default, aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.default,
              aten.upsample_bilinear2d.vec, aten._upsample_nearest_exact2d.default}
@@ -89,17 +93,39 @@ def data_inputs(node: fx.Node, params: set[str]) -> list[fx.Node]:
             and isinstance(n.meta.get("val"), torch.Tensor)]
 
 
+def _bias_add_input(node: fx.Node, params: set[str]) -> fx.Node | None:
+    """``h`` for ``h + b`` where ``b`` is broadcast into ``h`` (a bias added after a conv), else None."""
+    if node.target not in _ADDS:
+        return None
+    inputs = data_inputs(node, params)
+    shape = node.meta["val"].shape
+    full = [n for n in inputs if n.meta["val"].shape == shape]
+    if len(full) == 1 and all(n.meta["val"].numel() < full[0].meta["val"].numel() for n in inputs if n is not full[0]):
+        return full[0]
+    return None
+
+
 def _projection_source(skip: fx.Node, branch: fx.Node, flow: nx.DiGraph, params: set[str]) -> fx.Node | None:
-    """The stream a projection skip was computed from, if ``skip`` is one."""
+    """The stream a projection skip was computed from, if ``skip`` is one: a few reshapes,
+    convs, pools and bias adds on a tensor the branch is computed from too."""
     node, projected = skip, False
-    for _ in range(4):
-        if node.op != "call_function" or node.target not in SHAPE_OPS | _SKIP_OPS:
+    for _ in range(8):
+        if node.op != "call_function":
             return None
-        projected |= node.target in _SKIP_OPS
-        inputs = data_inputs(node, params)
-        if len(inputs) != 1:
+        if node.target in _SKIP_OPS:
+            projected = True
+            node = node.args[0]  # the activation; the weight may be computed (EDM's resampling filter)
+        elif node.target in SHAPE_OPS:
+            inputs = data_inputs(node, params)
+            if len(inputs) != 1:
+                return None
+            node = inputs[0]
+        elif (inner := _bias_add_input(node, params)) is not None:
+            node = inner
+        else:
             return None
-        node = inputs[0]
+        if not isinstance(node, fx.Node):
+            return None
         if projected and nx.has_path(flow, node, branch):
             return node
     return None

@@ -25,6 +25,7 @@ import warnings
 from dataclasses import replace
 
 import networkx as nx
+import torch
 from torch import fx, nn
 
 from dtrsurgeon.analysis.callsites import (
@@ -50,6 +51,7 @@ from dtrsurgeon.masks import active_channels
 from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine
 from dtrsurgeon.spec import Spec, load_spec
 
+_ADDMM = torch.ops.aten.addmm.default
 _CHANNEL_FIRST = {"convolution", "conv1d", "conv2d", "conv3d", "group_norm", "native_group_norm", "batch_norm",
                   "_native_batch_norm_legit_no_training", "instance_norm"}
 _CHANNEL_LAST = {"linear", "layer_norm", "native_layer_norm", "rms_norm", "addmm", "mm"}
@@ -189,12 +191,12 @@ def _projection_site(add, unit: nn.Module, path: str, flow, params, param_names,
     if node is None:
         raise EmitError(f"pre_output: no conv/linear ends the residual branch of {path!r} "
                         f"({_frame_in(add.node, unit) or 'unknown line'}); use routing.mode 'block' or 'branch'")
-    weight = next((a for a in node.args[1:] if isinstance(a, fx.Node) and a.name in param_names), None)
-    fqn = param_names.get(weight.name, "") if weight is not None else ""
-    module_path = fqn.rsplit(".", 1)[0]
-    if module_path not in named:
-        raise EmitError(f"pre_output: the last projection of {path!r} has no module (a functional call); "
-                        "use routing.mode 'block' or 'branch'")
+    fqn = _weight_parameter(node, flow, param_names)
+    module_path = fqn.rsplit(".", 1)[0] if "." in fqn else ""
+    if not module_path or module_path not in named:
+        at = _frame_in(node, unit)
+        raise EmitError(f"pre_output: the last projection of {path!r}{f' ({at.file}:{at.line})' if at else ''} "
+                        "takes no module's weight (a functional call); use routing.mode 'block' or 'branch'")
     frames = callers.get(module_path, [])
     fwd = type(unit).forward
     idx = next((i for i in range(len(frames) - 1, -1, -1) if is_frame_of(frames[i], fwd)), None)
@@ -218,6 +220,23 @@ def _projection_site(add, unit: nn.Module, path: str, flow, params, param_names,
     axis = 1 if _op_name(node) in _CHANNEL_FIRST else inp.meta["val"].dim() - 1
     return MaskSite(module=module_path, call=_source_line(frames[idx], type(unit)), via=via,
                     channel_axis=axis, channels=int(inp.meta["val"].shape[axis]))
+
+
+def _weight_parameter(node: fx.Node, flow: nx.DiGraph, param_names: dict[str, str]) -> str:
+    """The name of the parameter a conv/linear's weight comes from: the weight itself, or the one
+    parameter it is computed from (EDM casts it, ``self.weight.to(x.dtype)``; EDM2 normalises and
+    scales it), else ""."""
+    weight = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], fx.Node) else None
+    if node.target is _ADDMM:  # addmm(bias, input, weight.t())
+        weight = node.args[2] if isinstance(node.args[2], fx.Node) else None
+    if weight is None:
+        return ""
+    if weight.name in param_names:
+        return param_names[weight.name]
+    sources = {param_names[n.name] for n in nx.ancestors(flow, weight) if n.op == "placeholder" and n.name in param_names}
+    inputs = [n for n in nx.ancestors(flow, weight) if n.op == "placeholder" and n.name not in param_names]
+    weights = [name for name in sources if name.endswith("weight")] or list(sources)
+    return weights[0] if len(weights) == 1 and not inputs else ""
 
 
 def _adds_in(code: str) -> bool:
@@ -281,7 +300,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     for path in chosen:
         try:
             units.append(_unit(path, named[path], holders[path], spec, cap, flow, params, named, model))
-        except _NothingToMask as e:
+        except _NotRoutable as e:
             skipped.append((path, str(e)))
     # One class has one forward: where block mode fell back to branch for some instances
     # (projection skips), all instances of that class use branch, so both emitters agree.
@@ -291,11 +310,12 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
             try:
                 units[i] = _unit(u.path, named[u.path], holders[u.path], spec, cap, flow, params, named, model,
                                  force_branch=True)
-            except _NothingToMask as e:
+            except _NotRoutable as e:
                 units[i] = None
                 skipped.append((u.path, str(e)))
     units = [u for u in units if u is not None]
     units = _one_mode_per_class(units, skipped)
+    units = _one_edit_set_per_class(units, skipped, cap, named)
     if chosen and not units:
         raise EmitError(f"none of the {len(chosen)} selected units can be routed: {skipped[-1][0]}: {skipped[-1][1]}")
     unroutable = [p for p, _ in skipped if p in set(chosen)]
@@ -377,8 +397,44 @@ def _one_mode_per_class(units: list[RoutedUnit], skipped: list) -> list[RoutedUn
     return kept
 
 
-class _NothingToMask(Exception):
-    """A unit whose routing would change nothing: it is reported in ``plan.skipped`` instead."""
+def _lines_run(path: str, module: nn.Module, graph: fx.Graph) -> set[tuple[str, int]]:
+    """The lines of ``module``'s own forward that computed something in the captured graph."""
+    lines = set()
+    for node in graph.nodes:
+        if node.op == "call_function" and _inside(node, path) and (frame := _frame_in(node, module)) is not None:
+            lines.add((os.path.abspath(frame.file), frame.line))
+    return lines
+
+
+def _one_edit_set_per_class(units: list[RoutedUnit], skipped: list, cap, named) -> list[RoutedUnit]:
+    """Branch mode masks lines of a class's forward, and every instance runs the one rewritten
+    forward: the masks of all its units land on the lines found in any of them.  A unit that runs
+    one of those lines without its own analysis marking it (its residual chain was found
+    differently) would mask a stream the plan did not measure: it is skipped with the reason."""
+    by_class: dict[str, list[RoutedUnit]] = {}
+    for u in units:
+        if u.mode == "branch":
+            by_class.setdefault(u.cls, []).append(u)
+    drop = set()
+    for members in by_class.values():
+        own = {u.path: {(os.path.abspath(sl.file), sl.line) for sl in u.branch_lines} for u in members}
+        union = set().union(*own.values())
+        if all(lines == union for lines in own.values()):
+            continue
+        for u in members:
+            extra = (_lines_run(u.path, named[u.path], cap.graph) & union) - own[u.path]
+            if extra:
+                file, line = min(extra)
+                why = (f"runs {file}:{line}, where other {u.cls.rsplit('.', 1)[-1]} units mask their residual branch, "
+                       "but no residual branch of its own starts there; one class has one forward")
+                skipped.append((u.path, why))
+                drop.add(u.path)
+    return [u for u in units if u.path not in drop]
+
+
+class _NotRoutable(Exception):
+    """A unit the spec's mode cannot route (nothing to mask, or no single mask width): it is
+    reported in ``plan.skipped`` with the reason instead."""
 
 
 def _unit(path, module, chains, spec, cap, flow, params, named, model, force_branch=False) -> RoutedUnit:
@@ -434,11 +490,16 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model, force_bra
             frame = _frame_in(first.start, module)
             stream_var = (_assigned_name(frame.code) if frame else None) or ""
             stream_line = _source_line(frame, type(module)) if frame else None
+        widths = sorted({int(a.stream.meta["val"].shape[channel_axis(a.stream)]) for c in chains for a in c.adds})
+        if len(widths) > 1:
+            raise _NotRoutable(f"its residual adds run on streams of {' and '.join(map(str, widths))} channels (a projection "
+                               "skip changes the width before the next residual add) and one mask has one width: "
+                               "use routing.mode 'pre_output' for such units")
         branch_lines = tuple(dict.fromkeys(
             sl for c in chains for sl in _branch_lines(c, module, path, flow, params) if sl not in residual_lines))
         if not stream_var:
             at = f" ({residual_lines[0].file}:{residual_lines[0].line})" if residual_lines else ""
-            raise _NothingToMask(f"branch mode finds no stream variable to mask{at}: {note or 'the stream starts inside the unit'}")
+            raise _NotRoutable(f"branch mode finds no stream variable to mask{at}: {note or 'the stream starts inside the unit'}")
         masked_at = f"branch inputs ({stream_var})"
     elif mode == "pre_output":
         if len({s.channels for s in sites}) != 1:

@@ -79,17 +79,31 @@ def _first_name(expr: cst.BaseExpression) -> str | None:
     return expr.value if isinstance(expr, cst.Name) else None
 
 
+# tensor attributes that read no values: ``x.shape[0]`` needs no masked copy of x
+_METADATA = frozenset({"shape", "dtype", "device", "ndim", "size", "dim", "numel", "layout", "is_cuda", "requires_grad"})
+
+
 class _MaskStream(cst.CSTTransformer):
     """Replace every load of ``var`` (or of a plain alias of it) with
-    ``dtr_masked(name, self.dtr_mask, dtr_task, axis)``; ``count`` says how many."""
+    ``dtr_masked(name, self.dtr_mask, dtr_task, axis)``; ``count`` says how many.
+    Reads of metadata (``x.shape``, ``x.dtype``) are left alone::
+
+        q = self.qkv(self.norm2(x)).reshape(x.shape[0], -1)
+        ->  q = self.qkv(self.norm2(dtr_masked(x, ...))).reshape(x.shape[0], -1)
+    """
 
     def __init__(self, var: str, axis: int, aliases: frozenset[str] = frozenset()):
         self.names = {var} | set(aliases)
         self.axis = axis
         self.count = 0
+        self._metadata_reads: set[int] = set()
+
+    def visit_Attribute(self, node):
+        if isinstance(node.value, cst.Name) and node.attr.value in _METADATA:
+            self._metadata_reads.add(id(node.value))
 
     def leave_Name(self, original, updated):
-        if updated.value not in self.names:
+        if updated.value not in self.names or id(original) in self._metadata_reads:
             return updated
         self.count += 1
         return cst.parse_expression(f"dtr_masked({updated.value}, self.dtr_mask, {TASK}, {self.axis})")
@@ -557,3 +571,17 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
                 edit.site_calls[site.call.line] = (site.via, site.channel_axis, site.module.rsplit(".", 1)[-1]
                                                    if site.via == "call" else "")
     return edits
+
+
+def unrouted_instances(model: nn.Module, plan: Plan) -> dict[str, str]:
+    """Instances of the units' classes that are no units but are called, so run the class's routed
+    forward: path -> why.  They get no mask table and compute what the original forward does."""
+    named = dict(model.named_modules())
+    unit_classes = {type(named[u.path]) for u in plan.units}
+    why = {p: "left out by the spec's targets" for p, _ in plan.unmatched}
+    why.update((p, f"not routed: {reason}") for p, reason in plan.skipped if p in why)
+    for path, _ in plan.threads:
+        if type(named[path]) in unit_classes and path not in why:
+            why[path] = "no residual chain recognised in it"
+    order = list(named)
+    return {p: why[p] for p in sorted(why, key=order.index)}

@@ -23,7 +23,6 @@ import os
 import sys
 import types
 
-import torch
 from torch import nn
 
 from dtrsurgeon.emit.edits import (
@@ -33,6 +32,7 @@ from dtrsurgeon.emit.edits import (
     functions_by_qualname,
     parse_file,
     unit_call_filter,
+    unrouted_instances,
     unwrapped,
 )
 from dtrsurgeon.emit.runtime import (
@@ -164,8 +164,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
     # modules called with dtr_task that route nothing: passed on a unit's call line, or left out by the
     # targets while sharing a threaded call line (their class's forward is not rewritten)
     passthrough = {p for p, _, _ in plan.passthrough} | {p for p, _ in plan.threads}
-    identity = dict(plan.unmatched)
-    unit_classes = {type(named[p]) for p in units}
+    unrouted = unrouted_instances(model, plan)
 
     for path, module in named.items():
         cls = type(module)
@@ -184,15 +183,10 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
             module.__class__ = _routed_class(cls, methods, role, stream)
             module.register_buffer("dtr_mask", mask_table_for(unit.mask, unit.channels), persistent=False)
             module._dtr_axis = unit.channel_axis
-        elif methods and cls in unit_classes and path not in identity and not any(u.startswith(path + ".") for u in units):
-            # an instance of a unit class that is no unit (no residual chain recognised in it, e.g. a
-            # resampling block) and holds none: it runs its original forward, ignoring dtr_task
-            module.__class__ = _routed_class(cls, {}, "pass", None)
         elif methods:
             module.__class__ = _routed_class(cls, methods, "thread", None)
-            if path in identity:  # a unit the targets leave out, sharing its class's rewritten forward
-                module.register_buffer("dtr_mask", torch.ones(plan.timestep.num_tasks, identity[path], dtype=torch.bool),
-                                       persistent=False)
+            if path in unrouted:  # no unit, yet it runs its class's rewritten forward: no table, nothing masked
+                module.register_buffer("dtr_mask", None, persistent=False)
         elif path in passthrough:
             module.__class__ = _routed_class(cls, {}, "pass", None)
     target.dtr_plan = plan

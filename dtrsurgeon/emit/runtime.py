@@ -65,7 +65,10 @@ def dtr_task_index(t, t0, t1, num_tasks, reverse):
 
 def dtr_channel_mask(table, task, like, axis):
     """The rows of `table` for `task` ([B] or 0-d), bool, shaped to broadcast along like's channel
-    axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps."""
+    axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps.  No table (None): the module runs its
+    class's routed forward without being a routed unit itself, and nothing is masked."""
+    if table is None:
+        return None
     shape = [1] * like.dim()
     shape[0] = -1
     shape[axis] = table.shape[1]
@@ -73,7 +76,9 @@ def dtr_channel_mask(table, task, like, axis):
 
 
 def dtr_masked(x, table, task, axis):
-    """x with the channels its task does not use zeroed."""
+    """x with the channels its task does not use zeroed (x itself where the module has no table)."""
+    if table is None:
+        return x
     return x * dtr_channel_mask(table, task, x, axis).to(x.dtype)
 
 
@@ -108,11 +113,15 @@ class DTRMerge(torch.autograd.Function):
 
 def dtr_route(x, keep):
     """The unit's input x * keep and the bypass x; pass the bypass only to dtr_merge."""
+    if keep is None:
+        return x, x
     return DTRRoute.apply(x, keep)
 
 
 def dtr_merge(out, skip, keep):
     """The unit's output plus the channels its task does not use, taken from dtr_route's bypass."""
+    if keep is None:
+        return out
     return DTRMerge.apply(out, skip, keep)
 
 

@@ -44,6 +44,7 @@ from dtrsurgeon.emit.edits import (
     functions_by_qualname,
     parse_file,
     unit_call_filter,
+    unrouted_instances,
 )
 from dtrsurgeon.errors import EmitError
 from dtrsurgeon.masks import mask_settings
@@ -63,15 +64,16 @@ HELPERS = '''
 {runtime}
 
 {settings}
-DTR_UNITS = {{  # routed module: (channels, mask settings)
+DTR_UNITS = {{  # routed module: (channels, mask settings); None: runs its class's routed forward unmasked
 {units}
 }}
 
 
 def dtr_attach_masks(model):
-    """Give every routed unit its mask table; units the spec leaves out get all ones (the identity)."""
-    for path, (channels, settings) in DTR_UNITS.items():
-        model.get_submodule(path).register_buffer("dtr_mask", dtr_mask_table(channels, **settings), persistent=False)
+    """Give every routed unit its mask table, and the other instances of routed classes none."""
+    for path, table in DTR_UNITS.items():
+        mask = None if table is None else dtr_mask_table(table[0], **table[1])
+        model.get_submodule(path).register_buffer("dtr_mask", mask, persistent=False)
 '''
 
 
@@ -93,7 +95,8 @@ def _settings_literal(params: MaskParams) -> str:
     return f"dict({', '.join(items)})"
 
 
-def render_helpers(plan: Plan, binds_task: bool = False) -> str:
+def render_helpers(plan: Plan, unrouted: dict[str, str] | None = None, binds_task: bool = False) -> str:
+    """The helper block; ``unrouted``: path -> why, instances of routed classes that get no table."""
     named: dict[str, str] = {}
     rows = []
     for unit in plan.units:
@@ -101,10 +104,7 @@ def render_helpers(plan: Plan, binds_task: bool = False) -> str:
         if literal not in named:
             named[literal] = "DTR_ROUTING" if not named else f"DTR_ROUTING_{len(named) + 1}"
         rows.append(f"    {json.dumps(unit.path)}: ({unit.channels}, {named[literal]}),")
-    if plan.unmatched:
-        identity = f"dict(channel_ratio=1.0, num_tasks={plan.timestep.num_tasks})"
-        named[identity] = "DTR_IDENTITY"
-        rows += [f"    {json.dumps(path)}: ({c}, DTR_IDENTITY),  # left out by the spec's targets" for path, c in plan.unmatched]
+    rows += [f"    {json.dumps(path)}: None,  # {why}" for path, why in (unrouted or {}).items()]
     settings = "\n".join(f"{name} = {literal}" for literal, name in named.items())
     return HELPERS.format(runtime=runtime_source(plan, binds_task), settings=settings, units="\n".join(rows)).lstrip("\n")
 
@@ -219,15 +219,7 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
         if foreign:
             raise EmitError(f"unit {unit.path!r} is reached through {', '.join(foreign)}, not {model_py}: "
                             "`dtrsurgeon apply` rewrites one file (use dtrsurgeon.transform for this model)")
-    named = dict(model.named_modules())
-    unit_classes = {type(named[u.path]) for u in plan.units}
-    covered = {u.path for u in plan.units} | {p for p, _ in plan.unmatched}
-    strays = [p for p, _ in plan.threads if type(named[p]) in unit_classes and p not in covered]  # called ones
-    if strays:
-        cls = type(named[strays[0]]).__name__
-        raise EmitError(f"{', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}: {cls} instances that are not "
-                        f"routable units (no residual chain recognised in them) would run the rewritten {cls}.forward; "
-                        f"use dtrsurgeon.transform, or leave every {cls} out of the spec's targets")
+    unrouted = unrouted_instances(model, plan)
     edits = {q: e for f, fe in all_edits.items() for q, e in fe.items()}
     _class_edits(model, plan, file, edits)
     functions = functions_by_qualname(model)
@@ -237,7 +229,7 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     missing = sorted(set(edits) - _edited(routed, edits))
     if missing:
         raise EmitError(f"{model_py}: could not find {missing[0]} to rewrite")
-    helpers = render_helpers(plan, binds_task="dtr_bind_task(" in routed.code)
+    helpers = render_helpers(plan, unrouted, binds_task="dtr_bind_task(" in routed.code)
     return _insert_helpers(routed, helpers, header.render()).code
 
 

@@ -90,7 +90,10 @@ def dtr_task_index(t, t0, t1, num_tasks, reverse):
 
 def dtr_channel_mask(table, task, like, axis):
     """The rows of `table` for `task` ([B] or 0-d), bool, shaped to broadcast along like's channel
-    axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps."""
+    axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps.  No table (None): the module runs its
+    class's routed forward without being a routed unit itself, and nothing is masked."""
+    if table is None:
+        return None
     shape = [1] * like.dim()
     shape[0] = -1
     shape[axis] = table.shape[1]
@@ -128,16 +131,20 @@ class DTRMerge(torch.autograd.Function):
 
 def dtr_route(x, keep):
     """The unit's input x * keep and the bypass x; pass the bypass only to dtr_merge."""
+    if keep is None:
+        return x, x
     return DTRRoute.apply(x, keep)
 
 
 def dtr_merge(out, skip, keep):
     """The unit's output plus the channels its task does not use, taken from dtr_route's bypass."""
+    if keep is None:
+        return out
     return DTRMerge.apply(out, skip, keep)
 
 
 DTR_ROUTING = dict(channel_ratio=0.8, num_tasks=1000, window_shift="sliding", curve="power", alpha=4.0)
-DTR_UNITS = {  # routed module: (channels, mask settings)
+DTR_UNITS = {  # routed module: (channels, mask settings); None: runs its class's routed forward unmasked
     "in_blocks.0": (64, DTR_ROUTING),
     "in_blocks.1": (64, DTR_ROUTING),
     "mid_block": (64, DTR_ROUTING),
@@ -147,9 +154,10 @@ DTR_UNITS = {  # routed module: (channels, mask settings)
 
 
 def dtr_attach_masks(model):
-    """Give every routed unit its mask table; units the spec leaves out get all ones (the identity)."""
-    for path, (channels, settings) in DTR_UNITS.items():
-        model.get_submodule(path).register_buffer("dtr_mask", dtr_mask_table(channels, **settings), persistent=False)
+    """Give every routed unit its mask table, and the other instances of routed classes none."""
+    for path, table in DTR_UNITS.items():
+        mask = None if table is None else dtr_mask_table(table[0], **table[1])
+        model.get_submodule(path).register_buffer("dtr_mask", mask, persistent=False)
 
 __all__ = [
     "Attention",
