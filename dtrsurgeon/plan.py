@@ -60,7 +60,7 @@ class MaskSite:
     """pre_output mode: the input of a residual branch's last projection."""
 
     module: str  # the projection, e.g. "input_blocks.1.0.out_layers.3"
-    call: SourceLine  # the line of the unit's forward that calls it (or the Sequential holding it last)
+    call: SourceLine  # the line that calls it (or the Sequential holding it last): in the unit's forward or a helper it hands on
     via: str  # "call": called directly; "sequential": the last module of the Sequential called there
     channel_axis: int
     channels: int

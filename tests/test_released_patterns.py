@@ -303,3 +303,32 @@ def test_instances_whose_analysis_differs_from_their_class_are_skipped():
         identity = dtrsurgeon.transform(model, edm_spec("branch", ratio=1.0))
     with torch.no_grad():
         assert torch.equal(identity(x, t), model(x, t))
+
+
+# -- pre_output through a helper the forward hands to checkpoint (guided-diffusion) --------
+
+def test_pre_output_masks_projections_called_in_checkpointed_helpers(unet, tmp_path):
+    """guided-diffusion calls out_layers and proj_out in _forward, which forward hands to checkpoint:
+    the masks go there, and forward binds the task to the helper, so the recompute in backward
+    masks the same channels."""
+    spec = spec_for(unet, "pre_output")
+    plan = dtrsurgeon.plan(unet, spec)
+    assert [u.path for u in plan.units] == ADM_UNITS and {u.mode for u in plan.units} == {"pre_output"}
+    assert {(s.module[len(u.path) + 1:], s.call.function) for u in plan.units for s in u.sites} == {
+        ("out_layers.2", "ResBlock._forward"), ("proj_out", "AttentionBlock._forward")}
+    routed = dtrsurgeon.transform(unet, spec)
+    x, t = batch(unet)
+    with torch.no_grad():
+        out = routed(x, t)
+        assert not torch.allclose(out, unet(x, t), atol=1e-4)
+        assert torch.allclose(out, torch.cat([routed(x[i:i + 1], t[i:i + 1]) for i in range(3)]), atol=1e-5)
+        assert torch.equal(dtrsurgeon.transform(unet, spec_for(unet, "pre_output", ratio=1.0))(x, t), unet(x, t))
+    # task 0 uses channels 0..5 of 8: proj_out's weight gets no gradient from channels 6 and 7
+    train = dtrsurgeon.transform(unet, spec).train()
+    train(x[:2], torch.tensor([0, 0])).square().mean().backward()
+    grad = train.middle_block[1].proj_out.weight.grad[:, :, 0]
+    assert torch.equal(grad[:, 6:], torch.zeros_like(grad[:, 6:])) and bool((grad[:, :6] != 0).all())
+    spec_file, text, generated = _generate(unet, "pre_output", tmp_path)
+    assert "return checkpoint(dtr_bind_task(self._forward, dtr_task), (x,), self.parameters(), True)" in text
+    with torch.no_grad():
+        assert torch.equal(generated(x, t), out)

@@ -204,6 +204,7 @@ def _projection_site(add, unit: nn.Module, path: str, flow, params, param_names,
         raise EmitError(f"pre_output: {module_path!r} is not called from {type(unit).__qualname__}.forward "
                         f"(it runs inside {frames[-1] if frames else 'another module'}); pre_output masks "
                         "projections the unit calls itself: use routing.mode 'block' or 'branch'")
+    idx = _helper_frame(frames, idx, unit) or idx
     inner = frames[idx + 1:]
     if any(not f.file.endswith(os.path.join("nn", "modules", "container.py")) for f in inner):
         other = next(f for f in inner if not f.file.endswith(os.path.join("nn", "modules", "container.py")))
@@ -220,6 +221,27 @@ def _projection_site(add, unit: nn.Module, path: str, flow, params, param_names,
     axis = 1 if _op_name(node) in _CHANNEL_FIRST else inp.meta["val"].dim() - 1
     return MaskSite(module=module_path, call=_source_line(frames[idx], type(unit)), via=via,
                     channel_axis=axis, channels=int(inp.meta["val"].shape[axis]))
+
+
+def _helper_frame(frames: list[Frame], forward_at: int, unit: nn.Module) -> int | None:
+    """Where the projection is called from a helper method of the unit that its forward hands on by
+    name (guided-diffusion: ``return checkpoint(self._forward, (x, emb), ...)``): the index of the
+    helper's frame, else None.  The emitters bind ``dtr_task`` to that reference."""
+    cls = type(unit)
+    for i in range(len(frames) - 1, forward_at, -1):
+        owner, func = resolve_function(frames[i], cls)
+        if func is None or func is inspect.unwrap(cls.forward) or owner.__module__.split(".")[0] == "torch":
+            continue
+        name = func.__name__
+        try:
+            handed_on = f"self.{name}" in inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            handed_on = False
+        if not handed_on:
+            raise EmitError(f"pre_output: {frames[i].function} ({frames[i].file}:{frames[i].line}) calls the projection, "
+                            f"but {cls.__qualname__}.forward does not refer to self.{name}; use routing.mode 'block'")
+        return i
+    return None
 
 
 def _weight_parameter(node: fx.Node, flow: nx.DiGraph, param_names: dict[str, str]) -> str:

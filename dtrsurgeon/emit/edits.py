@@ -57,6 +57,7 @@ class FunctionEdit:
     load_lines: set[int] = field(default_factory=set)  # lines whose reads of stream_var get masked
     site_calls: dict[int, tuple[str, int, str]] = field(default_factory=dict)  # line -> (via, axis, name hint)
     call_guards: dict[int, tuple[str, ...]] = field(default_factory=dict)  # line -> classes that take dtr_task
+    bind_methods: set[str] = field(default_factory=set)  # self.<name> handed on (or called) with dtr_task
 
 
 @lru_cache(maxsize=64)
@@ -189,6 +190,9 @@ class RouteFunctions(cst.CSTTransformer):
             for call in chosen:
                 found[id(call)] = ("task", edit.call_guards.get(line, ()), id(call) in bare)
         self._collect_checkpointed_calls(node, found, bare)
+        calls, refs = _method_refs(node, edit.bind_methods)
+        found.update((id(c), ("task", (), id(c) in bare)) for c in calls)
+        found.update((id(r), ("bind",)) for r in refs)
 
     def _collect_checkpointed_calls(self, node, found, bare) -> None:
         """The other branch of ``if torch.is_grad_enabled() and self.gradient_checkpointing:`` (diffusers),
@@ -250,6 +254,12 @@ class RouteFunctions(cst.CSTTransformer):
                 f"({', '.join(_code(c.func) for c in best)}); put the unit call on its own line"
             )
         return best[0]
+
+    def leave_Attribute(self, original, updated):
+        """``self._forward`` handed to a checkpoint function -> ``dtr_bind_task(self._forward, dtr_task)``."""
+        if self.active and self.active[-1][2].get(id(original)) == ("bind",):
+            return cst.parse_expression(f"dtr_bind_task({_code(updated)}, {TASK})")
+        return updated
 
     def leave_Call(self, original, updated):
         if not self.active or id(original) not in self.active[-1][2]:
@@ -504,6 +514,30 @@ def _with_task_param(params: cst.Parameters, required: bool) -> cst.Parameters:
 
 
 
+def _method_refs(func: cst.FunctionDef, names: set[str]) -> tuple[list[cst.Call], list[cst.Attribute]]:
+    """Calls ``self.<name>(...)`` and other references ``self.<name>`` to the methods ``names`` in ``func``."""
+    calls: list[cst.Call] = []
+    refs: list[cst.Attribute] = []
+    if not names:
+        return calls, refs
+
+    def is_ref(node) -> bool:
+        return (isinstance(node, cst.Attribute) and isinstance(node.value, cst.Name) and node.value.value == "self"
+                and node.attr.value in names)
+
+    class _Refs(cst.CSTVisitor):
+        def visit_Call(self, node):
+            if is_ref(node.func):
+                calls.append(node)
+
+        def visit_Attribute(self, node):
+            if is_ref(node) and not any(c.func is node for c in calls):
+                refs.append(node)
+
+    func.visit(_Refs())
+    return calls, refs
+
+
 def _class_forward(cls_name: str) -> tuple[str, str] | None:
     """(file, qualname) of the ``forward`` that class ``cls_name`` ("package.module.Class") runs."""
     cls = pydoc.locate(cls_name)
@@ -533,6 +567,9 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
                 edit.task_param = "required"
     for unit in plan.units:
         if unit.mode == "block" and unit.stream_line is None and not block_in_source:
+            continue
+        if unit.mode == "pre_output":
+            _collect_sites(unit, edits)
             continue
         owner = unit.residual_lines[0]
         own_forward = _class_forward(unit.cls) if unit.mode == "block" and unit.stream_line is None else None
@@ -566,11 +603,23 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
             edit.branch_lines |= {sl.line for sl in unit.residual_lines}
             edit.load_lines |= {sl.line for sl in unit.branch_lines}
             edit.stream_var, edit.stream_axis = var, axis
-        else:  # pre_output
-            for site in unit.sites:
-                edit.site_calls[site.call.line] = (site.via, site.channel_axis, site.module.rsplit(".", 1)[-1]
-                                                   if site.via == "call" else "")
     return edits
+
+
+def _collect_sites(unit, edits) -> None:
+    """pre_output: mask each projection's input where it is called: in the unit's forward, or in a
+    helper method the forward hands on (``checkpoint(self._forward, ...)``), which then gets dtr_task
+    bound: ``checkpoint(dtr_bind_task(self._forward, dtr_task), ...)``."""
+    forward_file, forward = _class_forward(unit.cls)
+    for site in unit.sites:
+        edit = edits[site.call.file].setdefault(site.call.function, FunctionEdit())
+        edit.task_param = "required"
+        edit.site_calls[site.call.line] = (site.via, site.channel_axis,
+                                           site.module.rsplit(".", 1)[-1] if site.via == "call" else "")
+        if site.call.function != forward:
+            outer = edits[forward_file].setdefault(forward, FunctionEdit())
+            outer.task_param = "required"
+            outer.bind_methods.add(site.call.function.rsplit(".", 1)[-1])
 
 
 def unrouted_instances(model: nn.Module, plan: Plan) -> dict[str, str]:

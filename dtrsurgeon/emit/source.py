@@ -215,7 +215,8 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
                         f"({header.input_name if header else 'the original file'}) instead")
     all_edits = collect_edits(plan, block_in_source=True)
     for unit in plan.units:
-        foreign = sorted({os.path.abspath(sl.file) for sl in unit.call_path + unit.residual_lines} - {file})
+        rewritten = [s.call for s in unit.sites] if unit.mode == "pre_output" else list(unit.residual_lines)
+        foreign = sorted({os.path.abspath(sl.file) for sl in list(unit.call_path) + rewritten} - {file})
         if foreign:
             raise EmitError(f"unit {unit.path!r} is reached through {', '.join(foreign)}, not {model_py}: "
                             "`dtrsurgeon apply` rewrites one file (use dtrsurgeon.transform for this model)")
