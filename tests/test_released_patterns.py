@@ -227,6 +227,7 @@ def test_edm_projection_and_resampling_skips_are_units(edm, mode):
         ("enc.block0", "branch", 8), ("enc.down", "branch", 16), ("dec.in0", "branch", 16),
         ("dec.up", "branch", 16), ("dec.block0", "branch", 24)]
     assert plan.skipped == (EDM_TWO_WIDTHS,)
+    assert plan.unmatched == (("enc.block1", 8),)
     in0 = next(u for u in plan.units if u.path == "dec.in0")
     assert [sl.code.split(" = ")[0] for sl in in0.residual_lines] == ["x", "x"]
     assert len(in0.branch_lines) == 2  # conv0's input and the attention's qkv input
@@ -332,3 +333,14 @@ def test_pre_output_masks_projections_called_in_checkpointed_helpers(unet, tmp_p
     assert "return checkpoint(dtr_bind_task(self._forward, dtr_task), (x,), self.parameters(), True)" in text
     with torch.no_grad():
         assert torch.equal(generated(x, t), out)
+
+
+def test_inspect_lists_a_skipped_unit_once_with_its_reason(tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(edm_spec("branch")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["inspect", FILE, "--entry", "EDMNet", "--spec", str(spec)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not matched by targets" not in out
+    assert f"not routed: {EDM_TWO_WIDTHS[0]}: {EDM_TWO_WIDTHS[1]}" in out

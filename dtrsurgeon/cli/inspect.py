@@ -74,8 +74,9 @@ def run(args) -> int:
     console.print(table)
     widths = Counter(u.channels for u in p.units)
     console.print("widths: " + ", ".join(f"C={c} x{n}" for c, n in sorted(widths.items())))
-    if p.unmatched:
-        console.print("not matched by targets: " + ", ".join(f"{path} (C={c})" for path, c in p.unmatched))
+    left_out = [(path, c) for path, c in p.unmatched if path not in dict(p.skipped)]  # skipped ones: below
+    if left_out:
+        console.print("not matched by targets: " + ", ".join(f"{path} (C={c})" for path, c in left_out))
     for u in p.units:
         if u.mode_note:
             console.print(f"* {u.path}: {u.mode_note}")
