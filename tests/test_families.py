@@ -108,6 +108,20 @@ def test_uvit_out_block_masks_the_merged_stream(vit):
     assert torch.allclose(block(x, skip, dtr_task=task), h + merged * (1 - m), atol=1e-5)
 
 
+def test_uvit_every_unit_is_routed_once(vit, monkeypatch):
+    """The out-blocks' rewritten forward routes after the merge; the in-blocks share that forward,
+    so they are not wrapped as well: one route per unit and step."""
+    from dtrsurgeon.emit import runtime
+
+    routed = dtrsurgeon.transform(vit, "specs/uvit.json")
+    calls = []
+    apply = runtime.DTRRoute.apply
+    monkeypatch.setattr(runtime.DTRRoute, "apply", lambda *a: calls.append(1) or apply(*a))
+    args, kwargs = inputs(vit, [0, 999])
+    routed(*args, **kwargs)
+    assert len(calls) == len(routed.dtr_plan.units) == len(vit.in_blocks) + 1 + len(vit.out_blocks)
+
+
 def test_zero_dim_and_continuous_timesteps(adm, vit):
     routed = dtrsurgeon.transform(adm, "specs/adm.json")
     (x, _), kwargs = adm.example_inputs(2)

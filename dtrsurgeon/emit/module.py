@@ -165,6 +165,10 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
     # targets while sharing a threaded call line (their class's forward is not rewritten)
     passthrough = {p for p, _, _ in plan.passthrough} | {p for p, _ in plan.threads}
     unrouted = unrouted_instances(model, plan)
+    # a class some of whose units start their stream inside forward (U-ViT's out-blocks, after the
+    # long-skip merge) has that forward rewritten to route every instance there; its other units
+    # must not be wrapped as well, or they would be routed twice
+    routed_inside = {u.cls for u in plan.units if u.mode == "block" and u.stream_line is not None}
 
     for path, module in named.items():
         cls = type(module)
@@ -178,7 +182,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
                     methods[name] = compiled[key]
         if path in units:
             unit = units[path]
-            role = "block" if unit.mode == "block" and unit.stream_line is None else "edited"
+            role = "block" if unit.mode == "block" and unit.stream_line is None and unit.cls not in routed_inside else "edited"
             stream = _stream_position(unit, cls) if role == "block" else None
             module.__class__ = _routed_class(cls, methods, role, stream)
             module.register_buffer("dtr_mask", mask_table_for(unit.mask, unit.channels), persistent=False)
