@@ -182,26 +182,55 @@ def test_generated_source_equals_the_module(family, spec, adm, vit, tmp_path):
     assert not torch.allclose(a, model(*args, **kwargs), atol=1e-4)
 
 
-def test_units_with_nothing_to_mask_are_reported_not_listed_as_routed():
-    """U-ViT's released blocks dispatch to _forward, where out-blocks merge their long skip: the stream
-    starts where neither emitter can mask it. They must be left out with a reason and a warning, not
-    listed as routed while their masks change nothing."""
+def test_uvit_out_blocks_route_after_the_merge_in_the_helper(tmp_path):
+    """U-ViT's released blocks hand the work to _forward, where out-blocks merge their long skip: they
+    route from there, the in-blocks share that placement (routed once), forward hands the task on, and
+    checkpointing recomputes with the same task."""
     from tests.toy_models import DispatchUViT
 
     torch.manual_seed(0)
     model = randomize_(DispatchUViT()).eval()
-    with pytest.warns(UserWarning, match=r"2 selected unit\(s\) left unrouted \(out_blocks.0, out_blocks.1\)"):
-        plan = dtrsurgeon.plan(model, {"version": 1})
-    assert [u.path for u in plan.units] == ["in_blocks.0", "in_blocks.1"]
-    assert [p for p, _ in plan.skipped] == ["out_blocks.0", "out_blocks.1"]
-    assert all("no stream variable to mask" in why for _, why in plan.skipped)
-    with pytest.warns(UserWarning):
-        routed = dtrsurgeon.transform(model, {"version": 1})
-    (x, _), _ = model.example_inputs(2)
-    a, b = routed(x, torch.tensor([0, 0])), routed(x, torch.tensor([999, 999]))
-    assert not torch.allclose(a, b)  # the in-blocks route by timestep
-    with pytest.raises(dtrsurgeon.EmitError, match="none of the 2 selected units can be routed"):
-        dtrsurgeon.plan(model, {"version": 1, "targets": {"include": ["out_blocks.*"]}})
+    spec = {"version": 1}
+    plan = dtrsurgeon.plan(model, spec)
+    assert [(u.path, u.mode) for u in plan.units] == [("in_blocks.0", "block"), ("in_blocks.1", "block"),
+                                                      ("out_blocks.0", "block"), ("out_blocks.1", "block")]
+    assert not plan.skipped
+    assert plan.units[2].stream_line.function == "DispatchBlock._forward" and plan.units[2].stream_var == "x"
+    routed = dtrsurgeon.transform(model, spec)
+    (x, _), _ = model.example_inputs(3)
+    t = torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        out = routed(x, t)
+        assert not torch.allclose(out, model(x, t), atol=1e-4)
+        assert torch.allclose(out, torch.cat([routed(x[i:i + 1], t[i:i + 1]) for i in range(3)]), atol=1e-5)
+        assert torch.equal(dtrsurgeon.transform(model, {"version": 1, "routing": {"channel_ratio": 1.0}})(x, t), model(x, t))
+        out_only = dtrsurgeon.transform(model, {"version": 1, "targets": {"include": ["out_blocks.*"]}})
+        assert not torch.allclose(out_only(x, t), model(x, t), atol=1e-4)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(__import__("json").dumps(spec))
+    out_file = tmp_path / "uvit_dtr.py"
+    assert main(["apply", str(spec_file), "tests/toy_models.py", "--entry", "DispatchUViT", "-o", str(out_file)]) == 0
+    text = out_file.read_text()
+    assert "return checkpoint(dtr_bind_task(self._forward, dtr_task), x, skip, use_reentrant=False)" in text
+    assert "return self._forward(x, skip, dtr_task=dtr_task)" in text
+    mod_spec = importlib.util.spec_from_file_location("gen_dispatch_uvit", out_file)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    generated = module.DispatchUViT().eval()
+    generated.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(generated(x, t), out)
+    grads = []
+    for use_checkpoint in (False, True):
+        net = dtrsurgeon.transform(model, spec).train()
+        for m in net.modules():
+            if hasattr(m, "use_checkpoint"):
+                m.use_checkpoint = use_checkpoint
+        net(x, t).square().mean().backward()
+        grads.append({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+    assert list(grads[0]) == list(grads[1]) and any(n.startswith("out_blocks.") for n in grads[0])
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-6), name
 
 
 @pytest.mark.parametrize("mode", ["block", "branch"])

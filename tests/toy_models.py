@@ -181,17 +181,21 @@ class MPNet(nn.Module):
 
 
 class DispatchBlock(nn.Module):
-    """U-ViT's released block: forward only dispatches to _forward, where an out-block first
-    merges its long skip (so its stream starts inside the unit, on no assignment forward can see)."""
+    """U-ViT's released block: forward only hands the work to _forward (through checkpoint or a
+    call), where an out-block first merges its long skip: its stream starts inside that helper."""
 
     def __init__(self, dim, skip=False):
         super().__init__()
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, dim)
+        self.use_checkpoint = False
 
     def forward(self, x, skip=None):
-        return self._forward(x, skip)
+        if self.use_checkpoint:
+            return checkpoint(self._forward, x, skip, use_reentrant=False)
+        else:
+            return self._forward(x, skip)
 
     def _forward(self, x, skip=None):
         if self.skip_linear is not None:

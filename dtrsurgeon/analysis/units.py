@@ -223,9 +223,20 @@ def _projection_site(add, unit: nn.Module, path: str, flow, params, param_names,
                     channel_axis=axis, channels=int(inp.meta["val"].shape[axis]))
 
 
+def _frames_at(node: fx.Node, path: str, cap) -> list[Frame]:
+    """The source frames that computed ``node`` inside unit ``path``: the live frames of the call of
+    the unit's submodule that computed it, which keep the helper methods the graph's stack traces
+    can drop (U-ViT's ``self._forward``), else the graph's stack trace."""
+    stack = [p for p, _ in (node.meta.get("nn_module_stack") or {}).values()]
+    child = next((p for p in stack if p.startswith(path + ".")), None)
+    if child is not None and cap.callers.get(child):
+        return cap.callers[child]
+    return parse_stack_trace(node.meta.get("stack_trace"))
+
+
 def _helper_frame(frames: list[Frame], forward_at: int, unit: nn.Module) -> int | None:
-    """Where the projection is called from a helper method of the unit that its forward hands on by
-    name (guided-diffusion: ``return checkpoint(self._forward, (x, emb), ...)``): the index of the
+    """Where code of the unit runs in a helper method that its forward hands on by name
+    (guided-diffusion, U-ViT: ``return checkpoint(self._forward, x, ...)``): the index of the
     helper's frame, else None.  The emitters bind ``dtr_task`` to that reference."""
     cls = type(unit)
     for i in range(len(frames) - 1, forward_at, -1):
@@ -238,8 +249,9 @@ def _helper_frame(frames: list[Frame], forward_at: int, unit: nn.Module) -> int 
         except (OSError, TypeError):
             handed_on = False
         if not handed_on:
-            raise EmitError(f"pre_output: {frames[i].function} ({frames[i].file}:{frames[i].line}) calls the projection, "
-                            f"but {cls.__qualname__}.forward does not refer to self.{name}; use routing.mode 'block'")
+            raise EmitError(f"{frames[i].function} ({frames[i].file}:{frames[i].line}) runs code of unit class "
+                            f"{cls.__qualname__}, but {cls.__qualname__}.forward does not refer to self.{name}; "
+                            "the task index cannot be handed to it")
         return i
     return None
 
@@ -481,7 +493,10 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model, force_bra
                else "its output is not shaped like its input" if from_input and end.meta["val"].shape != val.shape
                else "")
         if not from_input and not why:
-            frame = _frame_in(first.start, module)
+            frames = _frames_at(first.start, path, cap)
+            forward_at = next((i for i in range(len(frames) - 1, -1, -1) if is_frame_of(frames[i], type(module).forward)), None)
+            helper = _helper_frame(frames, forward_at, module) if forward_at is not None else None
+            frame = frames[helper] if helper is not None else _frame_in(first.start, module)
             name = _assigned_name(frame.code) if frame else None
             if name is None:
                 why = "its stream starts inside the unit on a line that assigns no single variable"

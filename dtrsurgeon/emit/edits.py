@@ -565,8 +565,11 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
                 edit.task_stmt = f"{TASK} = dtr_task_index({ts.arg}, {ts.t0!r}, {ts.t1!r}, {ts.num_tasks}, {ts.reverse})"
             else:
                 edit.task_param = "required"
+    # classes whose forward (or the helper it hands on) routes every instance after a line inside
+    # it (U-ViT's long-skip merge): their units that route on entry share that placement
+    routed_inside = {u.cls for u in plan.units if u.mode == "block" and u.stream_line is not None}
     for unit in plan.units:
-        if unit.mode == "block" and unit.stream_line is None and not block_in_source:
+        if unit.mode == "block" and unit.stream_line is None and (not block_in_source or unit.cls in routed_inside):
             continue
         if unit.mode == "pre_output":
             _collect_sites(unit, edits)
@@ -577,6 +580,11 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
             # block mode on the unit's input: the mask goes on entry of the unit's own forward and the
             # merge on its return, wherever the adds run (guided-diffusion: inside checkpoint(self._forward))
             owner_file, owner_function = own_forward
+        elif unit.mode == "block":
+            # the stream starts inside: route after that line and merge on the return of the function
+            # that holds it (the forward, or a helper it hands on: U-ViT's _forward after the long-skip merge)
+            owner_file, owner_function = unit.stream_line.file, unit.stream_line.function
+            _hand_task_to(owner_function, unit.cls, edits)
         else:
             bad = [sl for sl in unit.residual_lines
                    if sl.function != owner.function or not sl.function.endswith("forward")]
@@ -584,6 +592,7 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
                 raise EmitError(f"{bad[0].file}:{bad[0].line}: the residual add of unit {unit.path!r} is in "
                                 f"{bad[0].function}, not in the unit's forward: use dtrsurgeon.transform in block mode")
             owner_file, owner_function = owner.file, owner.function
+            _hand_task_to(owner_function, unit.cls, edits)
         edit = edits[owner_file].setdefault(owner_function, FunctionEdit())
         edit.task_param = "required"
         var, axis = unit.stream_var, unit.channel_axis
@@ -594,10 +603,6 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
                 edit.block_stmts = stmts
             else:
                 edit.insert_after[unit.stream_line.line] = stmts
-            if edit.insert_after:
-                # instances of one class whose stream starts later in some of them (U-ViT: after the
-                # long-skip merge that only out-blocks run) share the later placement
-                edit.block_stmts = ()
             edit.return_wrap = f"dtr_merge(__out__, dtr_skip, {KEEP})"  # __out__: the returned value
         elif unit.mode == "branch":
             edit.branch_lines |= {sl.line for sl in unit.residual_lines}
@@ -610,16 +615,23 @@ def _collect_sites(unit, edits) -> None:
     """pre_output: mask each projection's input where it is called: in the unit's forward, or in a
     helper method the forward hands on (``checkpoint(self._forward, ...)``), which then gets dtr_task
     bound: ``checkpoint(dtr_bind_task(self._forward, dtr_task), ...)``."""
-    forward_file, forward = _class_forward(unit.cls)
     for site in unit.sites:
         edit = edits[site.call.file].setdefault(site.call.function, FunctionEdit())
         edit.task_param = "required"
         edit.site_calls[site.call.line] = (site.via, site.channel_axis,
                                            site.module.rsplit(".", 1)[-1] if site.via == "call" else "")
-        if site.call.function != forward:
-            outer = edits[forward_file].setdefault(forward, FunctionEdit())
-            outer.task_param = "required"
-            outer.bind_methods.add(site.call.function.rsplit(".", 1)[-1])
+        _hand_task_to(site.call.function, unit.cls, edits)
+
+
+def _hand_task_to(function: str, cls: str, edits) -> None:
+    """Where a unit's edits are in a helper method rather than its forward, the forward takes
+    dtr_task and hands it on with the helper: ``self._forward(x, dtr_task=dtr_task)``, or
+    ``checkpoint(dtr_bind_task(self._forward, dtr_task), x)`` where it passes the method itself."""
+    forward_file, forward = _class_forward(cls)
+    if function != forward:
+        outer = edits[forward_file].setdefault(forward, FunctionEdit())
+        outer.task_param = "required"
+        outer.bind_methods.add(function.rsplit(".", 1)[-1])
 
 
 def unrouted_instances(model: nn.Module, plan: Plan) -> dict[str, str]:
