@@ -344,3 +344,22 @@ def test_inspect_lists_a_skipped_unit_once_with_its_reason(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "not matched by targets" not in out
     assert f"not routed: {EDM_TWO_WIDTHS[0]}: {EDM_TWO_WIDTHS[1]}" in out
+
+
+def test_apply_checks_only_the_files_it_rewrites(unet):
+    """guided-diffusion's residual adds run in an autograd Function in nn.py, and the graph attributes
+    them there. Block mode on entry rewrites only the unit's forward and branch mode the adds'
+    lines: only the latter must be in the one file apply rewrites."""
+    from dataclasses import replace
+
+    from dtrsurgeon.emit.source import Header, emit_source
+
+    header = Header(FILE, "0" * 64, "spec.json", "0" * 64, "CheckpointUNet", "{}")
+    plan = dtrsurgeon.plan(unet, spec_for(unet))
+    elsewhere = replace(plan, units=tuple(replace(u, residual_lines=tuple(replace(sl, file="/elsewhere/nn.py")
+                                                                         for sl in u.residual_lines))
+                                          for u in plan.units))
+    assert emit_source(unet, elsewhere, FILE, header) == emit_source(unet, plan, FILE, header)
+    branch = replace(elsewhere, units=tuple(replace(u, mode="branch") for u in elsewhere.units))
+    with pytest.raises(dtrsurgeon.EmitError, match="is reached through /elsewhere/nn.py"):
+        emit_source(unet, branch, FILE, header)

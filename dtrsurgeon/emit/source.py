@@ -215,7 +215,9 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
                         f"({header.input_name if header else 'the original file'}) instead")
     all_edits = collect_edits(plan, block_in_source=True)
     for unit in plan.units:
-        rewritten = [s.call for s in unit.sites] if unit.mode == "pre_output" else list(unit.residual_lines)
+        rewritten = ([s.call for s in unit.sites] if unit.mode == "pre_output"
+                     else list(unit.residual_lines) if unit.mode == "branch"
+                     else [unit.stream_line] if unit.stream_line is not None else [])  # block: the unit's forward
         foreign = sorted({os.path.abspath(sl.file) for sl in list(unit.call_path) + rewritten} - {file})
         if foreign:
             raise EmitError(f"unit {unit.path!r} is reached through {', '.join(foreign)}, not {model_py}: "
