@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 
@@ -5,6 +6,14 @@ import pytest
 import torch
 
 from model_zoo.dit import tiny_dit
+
+
+def import_path(path, name: str):
+    """The module at ``path`` (a generated file), imported under ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def exit_now() -> None:

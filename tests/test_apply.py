@@ -1,7 +1,6 @@
 """dtrsurgeon apply / check: the generated source file."""
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 import dtrsurgeon
 from dtrsurgeon.cli import main
-from tests.conftest import randomize_
+from tests.conftest import import_path, randomize_
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
@@ -28,13 +27,6 @@ GOLDEN_CASES = {
     "adm_unet_dtr.py": ("model_zoo/adm_unet.py", "specs/adm.json", "adm_unet", '{"name": "tiny"}'),
     "uvit_dtr.py": ("model_zoo/uvit.py", "specs/uvit.json", "uvit", '{"name": "tiny"}'),
 }
-
-
-def import_path(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """U-Nets and U-ViT: units, axes, placements, and the two emitters agreeing."""
 
-import importlib.util
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from dtrsurgeon import mask_table
 from dtrsurgeon.cli import main
 from model_zoo.adm_unet import adm_unet
 from model_zoo.uvit import uvit
-from tests.conftest import randomize_
+from tests.conftest import import_path, randomize_
 
 ADM_UNITS = ["input_blocks.1.0", "input_blocks.2.0", "input_blocks.3.0", "input_blocks.3.1", "middle_block.0",
              "middle_block.1", "middle_block.2", "output_blocks.0.0", "output_blocks.0.1", "output_blocks.1.0",
@@ -170,9 +169,7 @@ def test_generated_source_equals_the_module(family, spec, adm, vit, tmp_path):
         spec.write_text(__import__("json").dumps(spec_doc))
     out = tmp_path / "gen.py"
     assert main(["apply", str(spec), file, "--entry", entry, "--kwargs", '{"name": "tiny"}', "-o", str(out)]) == 0
-    mod_spec = importlib.util.spec_from_file_location(f"gen_{family}_{abs(hash(str(spec)))}", out)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = import_path(out, f"gen_{family}_{abs(hash(str(spec)))}")
     generated = getattr(module, entry)("tiny").eval()
     generated.load_state_dict(model.state_dict(), strict=True)
     routed = dtrsurgeon.transform(model, str(spec))
@@ -213,9 +210,7 @@ def test_uvit_out_blocks_route_after_the_merge_in_the_helper(tmp_path):
     text = out_file.read_text()
     assert "return checkpoint(dtr_bind_task(self._forward, dtr_task), x, skip, use_reentrant=False)" in text
     assert "return self._forward(x, skip, dtr_task=dtr_task)" in text
-    mod_spec = importlib.util.spec_from_file_location("gen_dispatch_uvit", out_file)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = import_path(out_file, "gen_dispatch_uvit")
     generated = module.DispatchUViT().eval()
     generated.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
@@ -264,9 +259,7 @@ def test_one_class_one_mode_and_instances_that_are_not_units(mode, tmp_path, cap
     text = out.read_text()
     assert '"convs.1": None,  # not routed: needs branch semantics' in text
     assert '"mixers.1": None,  # no residual chain recognised in it' in text
-    mod_spec = importlib.util.spec_from_file_location(f"gen_mixed_{mode}", out)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = import_path(out, f"gen_mixed_{mode}")
     generated = module.MixedNet().eval()
     generated.load_state_dict(model.state_dict(), strict=True)
     t = torch.tensor([0, 999])

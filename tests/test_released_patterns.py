@@ -1,7 +1,6 @@
 """Constructs of released backbones (guided-diffusion, EDM, EDM2) on tiny models:
 tests/released_patterns.py."""
 
-import importlib.util
 import json
 import warnings
 
@@ -12,6 +11,7 @@ import dtrsurgeon
 from dtrsurgeon.analysis.capture import OpaqueRegionWarning, capture
 from dtrsurgeon.cli import main
 from dtrsurgeon.plan import Plan, SourceLine
+from tests.conftest import import_path
 from tests.released_patterns import CheckpointUNet, CondCallNet
 
 FILE = "tests/released_patterns.py"
@@ -158,9 +158,7 @@ def _generate(model, mode, tmp_path):
     name = type(model).__name__
     out = tmp_path / f"{name}_{mode}_dtr.py"
     assert main(["apply", str(spec), FILE, "--entry", name, "-o", str(out)]) == 0
-    mod_spec = importlib.util.spec_from_file_location(f"gen_{name}_{mode}", out)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = import_path(out, f"gen_{name}_{mode}")
     generated = getattr(module, name)().eval()
     generated.load_state_dict(model.state_dict(), strict=True)
     return spec, out.read_text(), generated
@@ -268,9 +266,7 @@ def test_edm_routed_per_sample_identity_and_source_equal(edm, mode, tmp_path):
         # the attention line masks the stream where it is read, not where its shape is
         assert ("q, k, v = self.qkv(self.norm2(dtr_masked(x, self.dtr_mask, dtr_task, 1)))"
                 ".reshape(x.shape[0], x.shape[1], 3, -1).unbind(2)") in text
-    mod_spec = importlib.util.spec_from_file_location(f"gen_edm_{mode}", out_file)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = import_path(out_file, f"gen_edm_{mode}")
     generated = module.EDMNet().eval()
     generated.load_state_dict(edm.state_dict(), strict=True)
     with torch.no_grad():
