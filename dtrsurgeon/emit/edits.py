@@ -538,7 +538,7 @@ def _method_refs(func: cst.FunctionDef, names: set[str]) -> tuple[list[cst.Call]
     return calls, refs
 
 
-def _class_forward(cls_name: str) -> tuple[str, str] | None:
+def class_forward(cls_name: str) -> tuple[str, str] | None:
     """(file, qualname) of the ``forward`` that class ``cls_name`` ("package.module.Class") runs."""
     cls = pydoc.locate(cls_name)
     func = unwrapped(getattr(cls, "forward", None)) if isinstance(cls, type) else None
@@ -575,7 +575,7 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
             _collect_sites(unit, edits)
             continue
         owner = unit.residual_lines[0]
-        own_forward = _class_forward(unit.cls) if unit.mode == "block" and unit.stream_line is None else None
+        own_forward = class_forward(unit.cls) if unit.mode == "block" and unit.stream_line is None else None
         if own_forward is not None:
             # block mode on the unit's input: the mask goes on entry of the unit's own forward and the
             # merge on its return, wherever the adds run (guided-diffusion: inside checkpoint(self._forward))
@@ -627,7 +627,7 @@ def _hand_task_to(function: str, cls: str, edits) -> None:
     """Where a unit's edits are in a helper method rather than its forward, the forward takes
     dtr_task and hands it on with the helper: ``self._forward(x, dtr_task=dtr_task)``, or
     ``checkpoint(dtr_bind_task(self._forward, dtr_task), x)`` where it passes the method itself."""
-    forward_file, forward = _class_forward(cls)
+    forward_file, forward = class_forward(cls)
     if function != forward:
         outer = edits[forward_file].setdefault(forward, FunctionEdit())
         outer.task_param = "required"

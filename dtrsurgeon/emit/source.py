@@ -40,6 +40,7 @@ from dtrsurgeon.emit import runtime
 from dtrsurgeon.emit.edits import (
     FunctionEdit,
     RouteFunctions,
+    class_forward,
     collect_edits,
     functions_by_qualname,
     parse_file,
@@ -215,10 +216,13 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
                         f"({header.input_name if header else 'the original file'}) instead")
     all_edits = collect_edits(plan, block_in_source=True)
     for unit in plan.units:
-        rewritten = ([s.call for s in unit.sites] if unit.mode == "pre_output"
-                     else list(unit.residual_lines) if unit.mode == "branch"
-                     else [unit.stream_line] if unit.stream_line is not None else [])  # block: the unit's forward
-        foreign = sorted({os.path.abspath(sl.file) for sl in list(unit.call_path) + rewritten} - {file})
+        # the files of the lines apply rewrites for this unit (the graph may attribute its adds elsewhere,
+        # e.g. guided-diffusion's to the autograd Function in nn.py that runs them)
+        rewritten = ({s.call.file for s in unit.sites} if unit.mode == "pre_output"
+                     else {sl.file for sl in unit.residual_lines} if unit.mode == "branch"
+                     else {unit.stream_line.file} if unit.stream_line is not None
+                     else {class_forward(unit.cls)[0]})
+        foreign = sorted({os.path.abspath(f) for f in {sl.file for sl in unit.call_path} | rewritten} - {file})
         if foreign:
             raise EmitError(f"unit {unit.path!r} is reached through {', '.join(foreign)}, not {model_py}: "
                             "`dtrsurgeon apply` rewrites one file (use dtrsurgeon.transform for this model)")
