@@ -32,6 +32,19 @@ def batch(model):
     return x, t
 
 
+def assert_routed(routed, model, x, t, identity=None, atol=1e-4):
+    """``routed`` changes the output, routes each sample by its own timestep (batch == one by one),
+    and ``identity`` (ratio 1) gives the model's output exactly; returns the routed output."""
+    with torch.no_grad():
+        out, ref = routed(x, t), model(x, t)
+        one_by_one = torch.cat([routed(x[i:i + 1], t[i:i + 1]) for i in range(len(t))])
+        if identity is not None:
+            assert torch.equal(identity(x, t), ref)
+    assert not torch.allclose(out, ref, atol=atol)
+    assert torch.allclose(out, one_by_one, atol=1e-5)
+    return out
+
+
 @pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)
@@ -60,18 +73,11 @@ def test_checkpointed_unet_routes_per_sample(unet):
     spec = spec_for(unet)
     routed = dtrsurgeon.transform(unet, spec)
     x, t = batch(unet)
-    with torch.no_grad():
-        out, ref = routed(x, t), unet(x, t)
-        one_by_one = torch.cat([routed(x[i:i + 1], t[i:i + 1]) for i in range(3)])
-    assert not torch.allclose(out, ref, atol=1e-4)
-    assert torch.allclose(out, one_by_one, atol=1e-5)
+    out = assert_routed(routed, unet, x, t, identity=dtrsurgeon.transform(unet, spec_for(unet, ratio=1.0)))
     # each sample uses its own timestep's mask: swapping timesteps changes the outputs
     with torch.no_grad():
         swapped = routed(x, t.flip(0))
     assert not torch.allclose(out, swapped, atol=1e-4)
-    identity = dtrsurgeon.transform(unet, spec_for(unet, ratio=1.0))
-    with torch.no_grad():
-        assert torch.equal(identity(x, t), ref)
 
 
 def test_checkpointed_unet_trains_through_the_autograd_function(unet):
@@ -140,16 +146,9 @@ def test_call_spans_recorded_and_round_trip(cond):
 
 
 def test_transform_rewrites_the_call_that_reached_the_unit(cond):
-    routed = dtrsurgeon.transform(cond, spec_for(cond))
     x, t = batch(cond)
-    with torch.no_grad():
-        out, ref = routed(x, t), cond(x, t)
-        one_by_one = torch.cat([routed(x[i:i + 1], t[i:i + 1]) for i in range(3)])
-    assert not torch.allclose(out, ref, atol=1e-4)
-    assert torch.allclose(out, one_by_one, atol=1e-5)
-    identity = dtrsurgeon.transform(cond, spec_for(cond, ratio=1.0))
-    with torch.no_grad():
-        assert torch.equal(identity(x, t), ref)
+    assert_routed(dtrsurgeon.transform(cond, spec_for(cond)), cond, x, t,
+                  identity=dtrsurgeon.transform(cond, spec_for(cond, ratio=1.0)))
 
 
 def _generate(model, mode, tmp_path):
@@ -248,12 +247,7 @@ def test_edm_routed_per_sample_identity_and_source_equal(edm, mode, tmp_path):
         warnings.simplefilter("ignore")
         routed = dtrsurgeon.transform(edm, edm_spec(mode))
         identity = dtrsurgeon.transform(edm, edm_spec(mode, ratio=1.0))
-    with torch.no_grad():
-        out, ref = routed(x, t), edm(x, t)
-        one_by_one = torch.cat([routed(x[i:i + 1], t[i:i + 1]) for i in range(3)])
-        assert torch.equal(identity(x, t), ref)
-    assert not torch.allclose(out, ref, atol=1e-3)
-    assert torch.allclose(out, one_by_one, atol=1e-5)
+    out = assert_routed(routed, edm, x, t, identity=identity, atol=1e-3)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(edm_spec(mode)))
     out_file = tmp_path / f"edm_{mode}_dtr.py"
@@ -315,11 +309,7 @@ def test_pre_output_masks_projections_called_in_checkpointed_helpers(unet, tmp_p
         ("out_layers.2", "ResBlock._forward"), ("proj_out", "AttentionBlock._forward")}
     routed = dtrsurgeon.transform(unet, spec)
     x, t = batch(unet)
-    with torch.no_grad():
-        out = routed(x, t)
-        assert not torch.allclose(out, unet(x, t), atol=1e-4)
-        assert torch.allclose(out, torch.cat([routed(x[i:i + 1], t[i:i + 1]) for i in range(3)]), atol=1e-5)
-        assert torch.equal(dtrsurgeon.transform(unet, spec_for(unet, "pre_output", ratio=1.0))(x, t), unet(x, t))
+    out = assert_routed(routed, unet, x, t, identity=dtrsurgeon.transform(unet, spec_for(unet, "pre_output", ratio=1.0)))
     # task 0 uses channels 0..5 of 8: proj_out's weight gets no gradient from channels 6 and 7
     train = dtrsurgeon.transform(unet, spec).train()
     train(x[:2], torch.tensor([0, 0])).square().mean().backward()
