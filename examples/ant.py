@@ -6,11 +6,12 @@ training script needs around it:
 
 * the mtl section's noise schedule must be the one the script trains with (SNR clustering is
   computed from it), checked on construction;
-* under DistributedDataParallel each rank holds a slice of the global batch; UW's loss is taken
-  with ``global_batch=True``, which makes every cluster mean that of the global batch, so the
-  gradient DDP averages equals the one-process gradient (UW averages its own log-variance gradients
-  across ranks in ``step``). PCGrad and Nash are refused with more than one process here (they need
-  the forward under ``no_sync()`` and their own all-reduce).
+* under DistributedDataParallel and gradient accumulation each forward pass holds one equal part
+  of the global batch; UW's loss is taken with ``whole_batch_ids`` (the global batch's cluster ids),
+  which makes every cluster mean that of the global batch, so the gradient summed over the passes and
+  averaged by DDP equals the one-process, one-pass gradient (UW averages its own log-variance
+  gradients across ranks in ``step``). PCGrad and Nash are refused with more than one process or
+  pass (they need the forward under ``no_sync()`` and their own all-reduce, one step per pass).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Ant:
 
     @classmethod
     def from_section(cls, section: dict[str, Any], schedule: Schedule, model: torch.nn.Module | None = None,
-                     base_dir: str | Path | None = None, world: int = 1, device=None) -> "Ant":
+                     base_dir: str | Path | None = None, world: int = 1, accum: int = 1, device=None) -> "Ant":
         from dtrsurgeon.mtl import from_spec
 
         setup = from_spec({"version": 1, "mtl": section}, model, base_dir=base_dir or Path.cwd(), device=device)
@@ -50,6 +51,9 @@ class Ant:
         if world > 1 and setup.config.weighting in ("pcgrad", "nash"):
             raise AntError(f"mtl weighting {setup.config.weighting!r} is single-process only in train.py; "
                            "use uw, min_snr or none under torchrun")
+        if accum > 1 and setup.config.weighting in ("pcgrad", "nash"):
+            raise AntError(f"mtl weighting {setup.config.weighting!r} needs the whole batch in one pass; "
+                           "drop --grad-accum or use uw, min_snr or none")
         return cls(setup, world)
 
     # -- the objective interface --------------------------------------------------------------
@@ -57,14 +61,15 @@ class Ant:
     def sample_t(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         return self.setup.sample_timesteps(batch, generator=generator)
 
-    def backward(self, mse: torch.Tensor, t: torch.Tensor) -> None:
+    def backward(self, mse: torch.Tensor, t: torch.Tensor, batch_t: torch.Tensor, accum: int = 1) -> None:
         w = self.setup.weighting
         if self.setup.config.weighting == "uw":
-            # global_batch: under DDP each cluster mean is the global batch's (exact N-process gradients)
-            w.loss(mse, self.setup.cluster_ids(t), global_batch=True).backward()
+            # every cluster mean is the global batch's: exact over ranks and micro-batches
+            whole = self.setup.cluster_ids(batch_t)
+            (w.loss(mse, self.setup.cluster_ids(t), whole_batch_ids=whole) / accum).backward()
         elif self.setup.config.weighting in ("min_snr", "none"):
-            self.setup.loss(mse, t).backward()
-        else:  # pcgrad, nash: per-cluster gradients written to .grad (single process)
+            (self.setup.loss(mse, t) / accum).backward()
+        else:  # pcgrad, nash: per-cluster gradients written to .grad (single process, one pass)
             self.setup.backward(mse, t)
 
     def step(self) -> None:

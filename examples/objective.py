@@ -7,12 +7,16 @@
   uncertainty weighting (UW) from :mod:`dtrsurgeon.mtl`.
 
 An objective has ``sample_t(batch, generator)`` (the global batch's timesteps, drawn on the CPU),
-``backward(per_sample_mse, t)`` (local slice), ``step()`` (after the model's optimiser step),
-``state_dict``/``load_state_dict`` (saved in the checkpoint), ``describe()`` and ``log()``.
+``backward(per_sample_mse, t, batch_t, accum)`` (one forward pass's slice of the global batch, the
+global batch's timesteps, and how many passes this process makes per optimiser step), ``step()``
+(after the model's optimiser step), ``state_dict``/``load_state_dict`` (saved in the checkpoint),
+``describe()`` and ``log()``.
 
-Every objective is exact under DistributedDataParallel: the global batch is drawn identically on
-every rank and sliced, and a loss that needs global statistics (per-cluster means) all-reduces
-them, so N processes follow the same objective as one process with the same global batch.
+Every objective is exact under DistributedDataParallel and gradient accumulation: the global batch
+is drawn identically on every rank and cut into equal parts (ranks, then micro-batches), each
+pass's loss is scaled by ``1 / accum`` (DDP averages over ranks), and a loss that needs statistics
+of the whole batch (per-cluster means) takes them from ``batch_t``, so N processes with M
+micro-batches each follow the same objective as one process on the whole global batch.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ class Uniform:
     def sample_t(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.num_timesteps, (batch,), generator=generator)
 
-    def backward(self, mse: torch.Tensor, t: torch.Tensor) -> None:
-        # DDP averages gradients over ranks: the mean of equal-sized local means is the global mean.
-        mse.mean().backward()
+    def backward(self, mse: torch.Tensor, t: torch.Tensor, batch_t: torch.Tensor, accum: int = 1) -> None:
+        # DDP averages over ranks and the passes add up: the mean of equal-sized part means is the global mean.
+        (mse.mean() / accum).backward()
 
     def step(self) -> None:
         pass

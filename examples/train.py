@@ -20,6 +20,7 @@ Exit codes: 0 done, 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=1000, help="total optimiser steps (a resumed run stops here too)")
     g.add_argument("--batch-size", type=int, default=64, help="global batch, split over processes")
+    g.add_argument("--grad-accum", type=int, default=1,
+                   help="forward/backward passes per optimiser step: each process's share of the batch is cut "
+                        "into this many micro-batches (the same gradient as one pass, less activation memory)")
     g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
@@ -168,13 +172,13 @@ def _thaw(value):
     return value
 
 
-def make_objective(mtl: dict[str, Any] | None, base_dir, schedule: Schedule, model, world: int, device):
+def make_objective(mtl: dict[str, Any] | None, base_dir, schedule: Schedule, model, world: int, accum: int, device):
     if mtl is None:
         return Uniform(schedule.num_timesteps)
     from examples.ant import Ant, AntError
 
     try:
-        return Ant.from_section(mtl, schedule, model, base_dir=base_dir, world=world, device=device)
+        return Ant.from_section(mtl, schedule, model, base_dir=base_dir, world=world, accum=accum, device=device)
     except AntError as e:
         raise TrainError(str(e)) from None
 
@@ -309,8 +313,11 @@ def run(args, callback=None, callback_every: int = 0) -> TrainResult:
 def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     if args.steps < 0 or args.batch_size < 1:
         raise TrainError("--steps must be >= 0 and --batch-size >= 1")
-    if args.batch_size % d.world:
-        raise TrainError(f"--batch-size {args.batch_size} is not divisible by the {d.world} processes")
+    if args.grad_accum < 1:
+        raise TrainError(f"--grad-accum must be >= 1, got {args.grad_accum}")
+    if args.batch_size % (d.world * args.grad_accum):
+        raise TrainError(f"--batch-size {args.batch_size} is not divisible into {d.world} processes x "
+                         f"{args.grad_accum} micro-batches (--grad-accum)")
     if args.generated is None and args.entry:
         raise TrainError("--entry needs --generated FILE")
     if not args.generated:
@@ -341,7 +348,7 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999),
                             fused=device.type == "cuda")
-    objective = make_objective(mtl, mtl_dir, schedule, model, d.world, device)
+    objective = make_objective(mtl, mtl_dir, schedule, model, d.world, args.grad_accum, device)
 
     start, hist_steps, hist_loss, elapsed = 0, [], [], 0.0
     resume = args.resume
@@ -373,14 +380,17 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                           broadcast_buffers=False)
+    ddp_model = train_model if d.world > 1 else None
     if args.compile:
         train_model = torch.compile(train_model)
 
     stream = EpochStream(len(data.train_x), args.seed)
     train_x = data.train_x.to(device)
     train_y = data.train_y.to(device)
-    local = args.batch_size // d.world
-    lo, hi = d.rank * local, (d.rank + 1) * local
+    # the global batch in equal parts, rank-major: part p = rank * accum + j is rank's j-th micro-batch
+    accum = args.grad_accum
+    micro = args.batch_size // (d.world * accum)
+    parts = [d.rank * accum + j for j in range(accum)]
     ema_params = [p for p in ema.parameters()]
     model_params = [p for p in model.parameters()]
     # floating-point buffers follow the model (routing masks are constant: not copied every step)
@@ -422,18 +432,24 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
         for g in opt.param_groups:
             g["lr"] = lr
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + 12_345 + step)
-        idx = stream.indices(step, args.batch_size)[lo:hi]
+        idx_all = stream.indices(step, args.batch_size)
         t_all = objective.sample_t(args.batch_size, gen)
         noise_all = torch.randn((args.batch_size, *train_x.shape[1:]), generator=gen)
-        idx, t, noise = _to_device((idx, t_all[lo:hi], noise_all[lo:hi]), device)
-        x0 = train_x[idx]
-        y = train_y[idx] if conditional else None
-        torch.manual_seed(args.seed * 7_919 + step * d.world + d.rank)  # label dropout and the like
-        xt = schedule.q_sample(x0, t, noise)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            eps = model_eps(train_model, xt, t, y)
-        mse = per_sample_mse(eps, noise)
-        objective.backward(mse, t)
+        step_losses = []
+        for j, part in enumerate(parts):
+            lo, hi = part * micro, (part + 1) * micro
+            idx, t, noise = _to_device((idx_all[lo:hi], t_all[lo:hi], noise_all[lo:hi]), device)
+            x0 = train_x[idx]
+            y = train_y[idx] if conditional else None
+            torch.manual_seed(args.seed * 7_919 + step * d.world * accum + part)  # label dropout and the like
+            xt = schedule.q_sample(x0, t, noise)
+            # DDP all-reduces the gradients once, in the last pass
+            with ddp_model.no_sync() if ddp_model is not None and j < accum - 1 else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    eps = model_eps(train_model, xt, t, y)
+                mse = per_sample_mse(eps, noise)
+                objective.backward(mse, t, t_all, accum)
+            step_losses.append(mse.detach().mean())
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         opt.step()
@@ -444,7 +460,7 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
             torch._foreach_lerp_(ema_params, model_params, 1 - decay)
             for eb, mb in ema_buffers:
                 eb.copy_(mb)
-        pending.append(mse.detach().mean())
+        pending.append(torch.stack(step_losses).mean())
         done = step + 1
         if done % args.log_every == 0 or done == args.steps:
             flush()
@@ -465,7 +481,8 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     metrics = {
         "model": args.generated or args.model, "data": data.name, "image_size": data.image_size,
         "steps": hist_steps, "loss": hist_loss, "final_step": final, "world_size": d.world,
-        "global_batch": args.batch_size, "routed": plan is not None, "objective": objective.describe(),
+        "global_batch": args.batch_size, "grad_accum": args.grad_accum, "routed": plan is not None,
+        "objective": objective.describe(),
         "train_seconds_this_run": run_time, "steps_this_run": final - start,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": "bf16" if use_bf16 else "fp32", "compile": bool(args.compile),

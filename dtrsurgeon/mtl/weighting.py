@@ -133,7 +133,14 @@ class UncertaintyWeighting:
         self.log_vars = torch.nn.Parameter(torch.full((num_clusters,), float(init_log_var), device=device))
         self.optimizer = torch.optim.AdamW([self.log_vars], lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
-    def loss(self, per_sample_loss: torch.Tensor, cluster_ids: torch.Tensor, *, global_batch: bool = False) -> torch.Tensor:
+    def loss(
+        self,
+        per_sample_loss: torch.Tensor,
+        cluster_ids: torch.Tensor,
+        *,
+        global_batch: bool = False,
+        whole_batch_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The UW loss of this batch.
 
         ``global_batch=True`` under ``torch.distributed`` (more than one rank)
@@ -144,11 +151,35 @@ class UncertaintyWeighting:
         exactly the gradients of one process on the global batch.  Without it,
         each rank weights its own cluster means (exact when the ranks' cluster
         counts agree).
+
+        ``whole_batch_ids`` does the same without communication when the caller
+        knows the cluster ids of the whole batch this call's samples are one of
+        ``P`` equal parts of (gradient accumulation, possibly across ranks): the
+        means become ``P * S_k^part / N_k``, so the average of the ``P`` parts'
+        losses (DDP's mean over ranks times ``1 / accumulation steps``) is the
+        whole batch's loss::
+
+            for part in parts:  # 2 micro-batches of 64 out of 128
+                (uw.loss(mse(part), ids[part], whole_batch_ids=ids) / 2).backward()
         """
         means, counts = cluster_mean_losses(per_sample_loss, cluster_ids, self.num_clusters)
         present = counts > 0
         world = world_size()
-        if global_batch and world > 1:
+        if whole_batch_ids is not None:
+            parts = whole_batch_ids.numel() / max(1, cluster_ids.numel())
+            if parts != int(parts) or parts < 1:
+                raise MtlError(f"whole_batch_ids has {whole_batch_ids.numel()} ids, not a whole multiple of this "
+                               f"part's {cluster_ids.numel()}")
+            whole = whole_batch_ids.reshape(-1).long().cpu()
+            if int(whole.min()) < 0 or int(whole.max()) >= self.num_clusters:
+                raise MtlError(f"whole_batch_ids must lie in 0..{self.num_clusters - 1}, "
+                               f"got {int(whole.min())}..{int(whole.max())}")
+            total = torch.bincount(whole, minlength=self.num_clusters).to(means.device)
+            if bool((counts > total).any()):
+                raise MtlError("whole_batch_ids does not contain this part's cluster ids")
+            means = means * (parts * counts / total.clamp(min=1)).to(means.dtype)
+            present = total > 0
+        elif global_batch and world > 1:
             total = counts.clone()
             torch.distributed.all_reduce(total)
             means = means * (world * counts / total.clamp(min=1)).to(means.dtype)

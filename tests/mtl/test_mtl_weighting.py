@@ -100,6 +100,37 @@ def test_uw_groups_by_cluster_id_not_position():
     assert float(uw.loss(loss, ids).detach()) == pytest.approx(float(uw.loss(loss[perm], ids[perm]).detach()))
 
 
+def test_uw_parts_of_a_batch_average_to_the_whole_batch_loss():
+    """whole_batch_ids: the mean of the parts' losses is the whole batch's loss, value and gradients,
+    even where a cluster is absent from one part (cluster 2 is only in the second half)."""
+    uw = UncertaintyWeighting(4)
+    with torch.no_grad():
+        uw.log_vars.copy_(torch.tensor([0.3, -0.2, 1.0, 0.5]))
+    loss = torch.tensor([1.0, 3.0, 2.0, 5.0, 4.0, 6.0, 0.5, 2.5], requires_grad=True)
+    ids = torch.tensor([0, 1, 0, 1, 2, 1, 2, 0])  # cluster 3 absent everywhere
+    whole = uw.loss(loss, ids)
+    g_whole = torch.autograd.grad(whole, [loss, uw.log_vars])
+    parts = sum(uw.loss(loss[sl], ids[sl], whole_batch_ids=ids) for sl in (slice(0, 4), slice(4, 8))) / 2
+    g_parts = torch.autograd.grad(parts, [loss, uw.log_vars])
+    assert float(parts) == pytest.approx(float(whole))
+    for a, b in zip(g_whole, g_parts):
+        torch.testing.assert_close(b, a)
+    # without the whole batch's counts each half weights its own means: not the whole loss
+    halves = sum(uw.loss(loss[sl], ids[sl]) for sl in (slice(0, 4), slice(4, 8))) / 2
+    assert float(halves) != pytest.approx(float(whole))
+
+
+@pytest.mark.parametrize("whole, needle", [
+    (torch.tensor([0, 1, 0, 1, 2]), "not a whole multiple"),
+    (torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), "does not contain this part's cluster ids"),
+    (torch.tensor([0, 1, 0, 7, 0, 1, 0, 1]), "must lie in 0..3"),
+])
+def test_uw_whole_batch_ids_that_do_not_fit_are_refused(whole, needle):
+    uw = UncertaintyWeighting(4)
+    with pytest.raises(MtlError, match=needle):
+        uw.loss(torch.ones(4), torch.tensor([0, 1, 0, 2]), whole_batch_ids=whole)
+
+
 def test_uw_own_optimiser_settings_and_step():
     uw = UncertaintyWeighting(2, lr=0.1)
     uw.loss(torch.tensor([4.0, 0.25]), torch.tensor([0, 1])).backward()
