@@ -16,7 +16,8 @@ In bf16 the one-pass run and the N-process run drift apart because they run diff
 shapes (a batch of 128 against N of 128/N), which rounds differently from the first step. The
 control (``--control accum``, the default) is one process with ``--grad-accum N``: the same global
 batch in the same N micro-batches as the N ranks, so what remains between it and the DDP run is DDP
-itself (the all-reduce). Both comparisons are reported; the tolerance is judged on the control.
+itself (the all-reduce). Both comparisons are reported (the control under ``accum_control``); a
+pair's ``passed`` and the exit status are judged on the control when there is one.
 
     python benchmarks/ddp_match.py --nproc 2 --out benchmarks/results/ddp-h200x2.json
 """

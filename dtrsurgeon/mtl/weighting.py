@@ -60,7 +60,10 @@ def cluster_mean_losses(per_sample_loss: torch.Tensor, cluster_ids: torch.Tensor
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_clusters):
         raise MtlError(f"cluster ids must lie in 0..{num_clusters - 1}, got {int(ids.min())}..{int(ids.max())}")
     loss = per_sample_loss.float()
-    sums = torch.zeros(num_clusters, dtype=loss.dtype, device=loss.device).index_add(0, ids, loss)
+    # a masked sum, not index_add: CUDA's index_add adds with atomics in no fixed order, which made
+    # two identical GPU runs drift apart after a few dozen steps
+    members = ids[:, None] == torch.arange(num_clusters, device=ids.device)
+    sums = torch.where(members, loss[:, None], 0.0).sum(0)
     counts = torch.bincount(ids, minlength=num_clusters).to(loss.device)
     return sums / counts.clamp(min=1).to(loss.dtype), counts
 
