@@ -6,6 +6,15 @@ A block-mode unit needs x * keep (forward), out + skip * ~keep (forward) and whe
 formulation, eager and inductor-compiled, against a plain copy and a contiguous add of the same
 size; ``dtrsurgeon.emit.runtime`` uses the fastest eager one.
 
+The masks are DTR's: each sample keeps a window of ``--ratio`` of the channels, so the channels it
+does not use are a (cyclic) run of ``C - K`` that ``gather``/``scatter`` can address. Those rows time
+formulations that touch only the unused channels: they need an in-place write (into the block's
+output in forward, or into the incoming gradient in backward, which autograd's contract forbids) and
+show what the three-pass floor of the out-of-place formulas costs. The last line is the bandwidth floor:
+an ideal fused out-of-place implementation moves 6.2 stream-sized tensors per block and step (route:
+read x, write x * keep; merge: read out, read 20 % of x, write; backward: read 80 % of the routed
+gradient and 20 % of the bypass gradient, write), timed at the copy's bandwidth.
+
     python benchmarks/mask_kernels.py --out benchmarks/results/mask-kernels-h100.txt
 """
 
@@ -32,13 +41,19 @@ def bench(fn, n=200) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="64,256,768", help="B,T,C of the stream")
+    p.add_argument("--ratio", type=float, default=0.8, help="channel_ratio: the share of channels each task keeps")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     b, t, c = map(int, args.shape.split(","))
     torch.manual_seed(0)
     x = torch.randn(b, t, c, device="cuda")
     out, g1, g2 = torch.randn_like(x), torch.randn_like(x), torch.randn_like(x)
-    keep = torch.rand(b, 1, c, device="cuda") > 0.2
+    k = int(c * args.ratio)
+    start = torch.randint(0, c - k + 1, (b, 1, 1), device="cuda")
+    channel = torch.arange(c, device="cuda")
+    keep = (channel >= start) & (channel < start + k)  # [B, 1, C]: one window per sample, as DTR's tables
+    unused = ((start + k + torch.arange(c - k, device="cuda")) % c).expand(b, t, c - k)  # the other channels
+    out_inplace, g_inplace = out.clone(), g1.clone()
     keepf, nkeepf = keep.float(), (~keep).float()
     keepfull = keep.expand(b, t, c).contiguous()
     mul = torch.compile(lambda x, k: x * k, dynamic=False)
@@ -58,9 +73,21 @@ def main(argv=None) -> int:
         ("compiled x * keep", lambda: mul(x, keep)),
         ("compiled addcmul(out, x, ~keep)", lambda: merge(out, x, keep)),
         ("compiled where(keep, g1, g2)", lambda: where(keep, g1, g2)),
+        ("lerp(g2, g1, keep) (backward select)", lambda: torch.lerp(g2, g1, keepf)),
+        ("x.gather(unused) (20 % of channels)", lambda: x.gather(2, unused)),
+        ("out.scatter_add_(unused, x) in place (merge)", lambda: out_inplace.scatter_add_(2, unused, x.gather(2, unused))),
+        ("g1.scatter(unused, g2) (backward)", lambda: g1.scatter(2, unused, g2.gather(2, unused))),
+        ("g1.scatter_(unused, g2) in place (backward)", lambda: g_inplace.scatter_(2, unused, g2.gather(2, unused))),
     ]
-    lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, fp32 stream [{b}, {t}, {c}]"]
-    lines += [f"{name:45s} {bench(fn):7.1f} µs" for name, fn in cases]
+    assert torch.equal(torch.lerp(g2, g1, keepf), torch.where(keep, g1, g2))
+    assert torch.equal(out.clone().scatter_add_(2, unused, x.gather(2, unused)), torch.addcmul(out, x, nkeepf))
+    lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, fp32 stream [{b}, {t}, {c}], "
+             f"windows of {k} channels"]
+    timed = {name: bench(fn) for name, fn in cases}
+    lines += [f"{name:45s} {us:7.1f} µs" for name, us in timed.items()]
+    copy_us = timed["x.clone() (reference: one read, one write)"]
+    floor = 6.2 / 2 * copy_us
+    lines.append(f"{'floor: 6.2 tensors moved at the copy bandwidth':45s} {floor:7.1f} µs per block and step")
     print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as f:
