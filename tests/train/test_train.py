@@ -7,6 +7,8 @@ so the numbers are bit-reproducible and the suite stays fast on two cores.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +229,35 @@ def test_objectives_accumulate_to_the_one_pass_gradient(section):
     for a, b in zip(one, four):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
     assert all(g.abs().sum() > 0 for g in one)
+
+
+def _ddp_worker(rank: int, port: int, argv: list[str]) -> None:
+    from tests.conftest import exit_now
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    if train.main(argv) != 0:
+        raise SystemExit(f"rank {rank}: train.py failed")
+    exit_now()
+
+
+def test_two_processes_take_the_steps_of_one_process_with_two_micro_batches(tmp_path):
+    """DDP (2 gloo processes) against --grad-accum 2 in one process: the same micro-batches, so the
+    losses, weights and UW state are bit-identical; ANT-UW's cluster means span both ranks."""
+    import torch.multiprocessing as mp
+
+    argv = BASE + ["--steps", "3", "--num-samples", "0", "--model-kwargs", '{"class_dropout_prob": 0}',
+                   "--spec", str(_write_ant_spec(tmp_path))]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, argv + ["--out", str(tmp_path / "ddp")]), nprocs=2, join=True)
+    assert train.main(argv + ["--grad-accum", "2", "--out", str(tmp_path / "accum")]) == 0
+    ddp, accum = _ckpt(tmp_path / "ddp" / "ckpt.pt"), _ckpt(tmp_path / "accum" / "ckpt.pt")
+    assert ddp["world_size"] == 2 and ddp["history"]["step"] == [1, 2, 3]
+    assert ddp["history"]["loss"] == accum["history"]["loss"]
+    for key in ("model", "ema"):
+        for k, v in accum[key].items():
+            assert torch.equal(ddp[key][k], v), f"{key}.{k}"
+    assert torch.equal(ddp["objective"]["state"]["log_vars"], accum["objective"]["state"]["log_vars"])
