@@ -11,10 +11,7 @@ A generated file (``dtrsurgeon apply SPEC MODEL_PY --entry NAME -o OUT.py``) is 
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -87,39 +84,6 @@ def build_model(name: str, image_size: int, channels: int, num_classes: int | No
         raise
     except (TypeError, ValueError) as e:
         raise ModelError(f"cannot build {name} with {kwargs}: {e}") from None
-
-
-def load_generated(path: str | Path, entry: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Import a generated model file (under its own module name, its folder on ``sys.path``)
-    and return ``entry(**kwargs)``."""
-    file = Path(path).resolve()
-    if not file.is_file():
-        raise ModelError(f"generated model file {path} not found; write one with "
-                         "`dtrsurgeon apply SPEC MODEL_PY --entry NAME -o OUT.py`")
-    name = f"_dtr_generated_{file.stem}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    sys.path.insert(0, str(file.parent))
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        sys.modules.pop(name, None)
-        raise ModelError(f"{path}: importing it failed: {type(e).__name__}: {e}") from None
-    finally:
-        sys.path.remove(str(file.parent))
-    factory = getattr(module, entry, None)
-    if factory is None:
-        found = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nn.Module)
-                       and v.__module__ == name)
-        raise ModelError(f"{path}: no {entry!r} in this file; nn.Module classes here: {', '.join(found) or 'none'}")
-    try:
-        model = factory(**(kwargs or {}))
-    except (TypeError, ValueError) as e:
-        raise ModelError(f"{path}: {entry}(**{kwargs or {}}) failed: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"{path}: {entry}(...) returned {type(model).__name__}, not an nn.Module")
-    return model
 
 
 def is_conditional(model: nn.Module) -> bool:

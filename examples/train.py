@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 from examples.data import DATASETS, DataError, EpochStream, load_dataset
 from examples.diffusion import SCHEDULES, Schedule, ddim_sample, model_eps, per_sample_mse, save_grid
-from examples.models import ModelError, build_model, check_name, is_conditional, load_generated
+from examples.models import ModelError, build_model, check_name, is_conditional
 from examples.objective import Uniform
 
 PROG = "train.py"
@@ -192,7 +192,9 @@ def prepare_model(args, data):
     if args.generated:
         if not args.entry:
             raise TrainError("--generated needs --entry NAME (the class or factory in that file)")
-        model = load_generated(args.generated, args.entry, _json_arg(args.kwargs, "--kwargs"))
+        from dtrsurgeon.cli._model import build_model as build_from_file  # the CLI's loader: same errors
+
+        model = build_from_file(args.generated, args.entry, args.kwargs)
     else:
         kwargs = _json_arg(args.model_kwargs, "--model-kwargs")
         model = build_model(args.model, data.image_size, data.channels, num_classes, kwargs)

@@ -63,6 +63,8 @@ def import_file(path: str):
             return importlib.import_module(name)
         name = file.stem
         spec = importlib.util.spec_from_file_location(name, file)
+        if spec is None:
+            raise ModelFileError(f"{path}: not a Python source file (expected NAME.py)")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         sys.path.insert(0, str(file.parent))
@@ -74,6 +76,8 @@ def import_file(path: str):
         finally:
             sys.path.remove(str(file.parent))
         return module
+    except ModelFileError:
+        raise
     except SyntaxError as e:
         raise ModelFileError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from None
     except Exception as e:

@@ -94,6 +94,8 @@ def test_routed_run_keeps_state_dict_keys_and_saves_plan(tmp_path):
     (["--model-kwargs", "{oops"], "--model-kwargs"),
     (["--resume", "{tmp}/missing.pt"], "no such checkpoint"),
     (["--grad-accum", "3"], "not divisible into 1 processes x 3 micro-batches"),
+    (["--generated", "{tmp}/none.py", "--entry", "tiny_dit"], "none.py: no such file"),
+    (["--generated", "{tmp}/bad.whl", "--entry", "tiny_dit"], "bad.whl: not a Python source file"),
     (["--grad-accum", "0"], "--grad-accum must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, needle):
