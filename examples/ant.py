@@ -32,9 +32,8 @@ class AntError(Exception):
 class Ant:
     name = "ant"
 
-    def __init__(self, setup, world: int = 1):
+    def __init__(self, setup):
         self.setup = setup
-        self.world = world
 
     @classmethod
     def from_section(cls, section: dict[str, Any], schedule: Schedule, model: torch.nn.Module | None = None,
@@ -54,7 +53,7 @@ class Ant:
         if accum > 1 and setup.config.weighting in ("pcgrad", "nash"):
             raise AntError(f"mtl weighting {setup.config.weighting!r} needs the whole batch in one pass; "
                            "drop --grad-accum or use uw, min_snr or none")
-        return cls(setup, world)
+        return cls(setup)
 
     # -- the objective interface --------------------------------------------------------------
 

@@ -16,7 +16,8 @@ Every objective is exact under DistributedDataParallel and gradient accumulation
 is drawn identically on every rank and cut into equal parts (ranks, then micro-batches), each
 pass's loss is scaled by ``1 / accum`` (DDP averages over ranks), and a loss that needs statistics
 of the whole batch (per-cluster means) takes them from ``batch_t``, so N processes with M
-micro-batches each follow the same objective as one process on the whole global batch.
+micro-batches each follow the same objective as one process on the whole global batch (what the
+model itself draws per forward pass, such as label dropout, differs).
 """
 
 from __future__ import annotations

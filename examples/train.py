@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=64, help="global batch, split over processes")
     g.add_argument("--grad-accum", type=int, default=1,
                    help="forward/backward passes per optimiser step: each process's share of the batch is cut "
-                        "into this many micro-batches (the same gradient as one pass, less activation memory)")
+                        "into this many micro-batches (the same gradient as one pass, label dropout apart; "
+                        "less activation memory)")
     g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")

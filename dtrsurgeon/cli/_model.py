@@ -90,7 +90,7 @@ def build_model(path: str, entry: str, kwargs_json: str | None) -> nn.Module:
     if factory is None:
         names = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
                        and v.__module__ == module.__name__)
-        raise ModelFileError(f"{path}: no {entry!r} in this file; nn.Module classes here: {', '.join(names)}")
+        raise ModelFileError(f"{path}: no {entry!r} in this file; nn.Module classes here: {', '.join(names) or 'none'}")
     try:
         kwargs = json.loads(kwargs_json) if kwargs_json else {}
     except json.JSONDecodeError as e:
@@ -99,7 +99,7 @@ def build_model(path: str, entry: str, kwargs_json: str | None) -> nn.Module:
         raise ModelFileError("--kwargs: expected a JSON object of keyword arguments")
     try:
         model = factory(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: {entry}(**{kwargs_json or '{}'}) failed: {e}") from None
     if not isinstance(model, nn.Module):
         raise ModelFileError(f"{path}: {entry}(...) returned {type(model).__name__}, not an nn.Module")
