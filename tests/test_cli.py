@@ -38,7 +38,7 @@ def _spec_file(doc=None):
 @pytest.mark.parametrize("argv,needle", [
     (["inspect", "nope.py", "--entry", "X"], "nope.py: no such file"),
     (["inspect", "README.md", "--entry", "X"], "README.md: not a Python source file"),
-    (["inspect", "model_zoo/dit.py", "--entry", "dit", "--kwargs", '{"config": "Q/3"}'], "unknown DiT config 'Q/3'"),
+    (["inspect", "model_zoo/dit.py", "--entry", "dit", "--kwargs", '{"name": "Q/3"}'], "unknown DiT config 'Q/3'"),
     (["inspect", "model_zoo/dit.py", "--entry", "Nope"], "no 'Nope' in this file"),
     (["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--kwargs", '{"depth": "two"}'], "failed"),
     (["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--kwargs", "[1]"], "expected a JSON object"),
