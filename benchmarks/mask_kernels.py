@@ -4,7 +4,7 @@
 A block-mode unit needs x * keep (forward), out + skip * ~keep (forward) and where(keep, a, b)
 (backward) on an fp32 [B, T, C] stream with a per-sample [B, 1, C] channel mask.  This times each
 formulation, eager and inductor-compiled, against a plain copy and a contiguous add of the same
-size; ``dtrsurgeon.emit.runtime`` uses the fastest eager one.
+size; ``dtrsurgeon.runtime`` uses the fastest eager one.
 
 The masks are DTR's: each sample keeps a window of ``--ratio`` of the channels, so the channels it
 does not use are a (cyclic) run of ``C - K`` that ``gather``/``scatter`` can address. Those rows time

@@ -12,7 +12,7 @@ task 0 (least noise) uses channels [0, K) and task N-1 uses [C-K, C).  The
 "fixed" shift uses start_i = 0 for every task; "random" draws K channels per
 task from ``torch.randperm`` seeded with ``seed``.
 
-The arithmetic lives in :mod:`dtrsurgeon.emit.runtime` (plain Python floats,
+The arithmetic lives in :mod:`dtrsurgeon.runtime` (plain Python floats,
 libm ``pow``/``cos``), the code generated files carry; this module maps a
 spec's settings onto it.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from dtrsurgeon.emit.runtime import dtr_mask_table, dtr_task_index
+from dtrsurgeon.runtime import dtr_mask_table, dtr_task_index
 from dtrsurgeon.spec.model import MaskParams, TimestepMap
 
 

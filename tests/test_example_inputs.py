@@ -15,12 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from dtrsurgeon.analysis.capture import (
-    DEFAULT_IMAGE_SIZE,
-    GuessedInputWarning,
-    capture,
-    example_inputs,
-)
+from dtrsurgeon.analysis.capture import capture
+from dtrsurgeon.analysis.inputs import DEFAULT_IMAGE_SIZE, GuessedInputWarning, example_inputs
 from dtrsurgeon.errors import CaptureError
 
 B = 2

@@ -110,7 +110,7 @@ def test_uvit_out_block_masks_the_merged_stream(vit):
 def test_uvit_every_unit_is_routed_once(vit, monkeypatch):
     """The out-blocks' rewritten forward routes after the merge; the in-blocks share that forward,
     so they are not wrapped as well: one route per unit and step."""
-    from dtrsurgeon.emit import runtime
+    from dtrsurgeon import runtime
 
     routed = dtrsurgeon.transform(vit, "specs/uvit.json")
     calls = []

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from dtrsurgeon.emit.runtime import (
+from dtrsurgeon.runtime import (
     dtr_channel_mask,
     dtr_mask_table,
     dtr_merge,

@@ -200,7 +200,7 @@ def test_routing_keeps_the_activation_dtype_under_autocast(dit):
         out = routed(x, t, y)
     hook.remove()
     assert seen == [torch.bfloat16] and torch.isfinite(out).all()
-    from dtrsurgeon.emit.runtime import dtr_masked
+    from dtrsurgeon.runtime import dtr_masked
 
     tokens = torch.randn(2, 16, routed.blocks[0].dtr_mask.shape[1], dtype=torch.bfloat16)
     assert dtr_masked(tokens, routed.blocks[0].dtr_mask, t, 2).dtype == torch.bfloat16

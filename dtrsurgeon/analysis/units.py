@@ -35,7 +35,7 @@ from dtrsurgeon.analysis.callsites import (
     resolve_function,
 )
 from dtrsurgeon.analysis.capture import capture
-from dtrsurgeon.analysis.capture import example_inputs as guess_inputs
+from dtrsurgeon.analysis.inputs import example_inputs as guess_inputs
 from dtrsurgeon.analysis.residuals import (
     PROJECTIONS,
     SHAPE_OPS,

@@ -35,7 +35,7 @@ from dtrsurgeon.emit.edits import (
     unrouted_instances,
     unwrapped,
 )
-from dtrsurgeon.emit.runtime import (
+from dtrsurgeon.runtime import (
     dtr_bind_task,
     dtr_channel_mask,
     dtr_masked,
@@ -101,7 +101,7 @@ def _routed_module(globals_: dict) -> types.ModuleType:
 # -- routed classes -------------------------------------------------------------
 
 def _block_forward(self, *args, dtr_task=None, **kwargs):
-    """y = unit(x * m, ...) + x * (1 - m) on the unit's stream x (see dtrsurgeon.emit.runtime)."""
+    """y = unit(x * m, ...) + x * (1 - m) on the unit's stream x (see dtrsurgeon.runtime)."""
     if dtr_task is None:
         raise EmitError(f"routed unit {type(self).__qualname__} was called without dtr_task; call the routed "
                         "model's forward, which computes it from the timestep")

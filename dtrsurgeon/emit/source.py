@@ -36,7 +36,7 @@ import libcst as cst
 from torch import nn
 
 from dtrsurgeon import __version__
-from dtrsurgeon.emit import runtime
+from dtrsurgeon import runtime
 from dtrsurgeon.emit.edits import (
     FunctionEdit,
     RouteFunctions,
@@ -79,7 +79,7 @@ def dtr_attach_masks(model):
 
 
 def runtime_source(plan: Plan, binds_task: bool = False) -> str:
-    """The definitions of :mod:`dtrsurgeon.emit.runtime` this plan's generated code calls, as text
+    """The definitions of :mod:`dtrsurgeon.runtime` this plan's generated code calls, as text
     (``binds_task``: the code passes units to checkpoint functions through ``dtr_bind_task``)."""
     names = [runtime.dtr_mask_table, runtime.dtr_task_index, runtime.dtr_channel_mask]
     if binds_task:
