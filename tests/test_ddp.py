@@ -4,6 +4,8 @@ same step as one process on the whole batch."""
 import os
 import socket
 
+import pytest
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -45,6 +47,7 @@ def _worker(rank, port, out):
     exit_now()
 
 
+@pytest.mark.slow
 def test_ddp_step_matches_single_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

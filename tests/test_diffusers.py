@@ -229,6 +229,7 @@ def test_pre_output_mode_places_a_site_in_every_unet2d_unit():
     assert inert_units(r, m, "unet2d") == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_compile_fullgraph_aot_eager_without_recompiling(name):
     r = routed(name)
@@ -241,6 +242,7 @@ def test_compile_fullgraph_aot_eager_without_recompiling(name):
     assert counter.frame_count == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dit", "unet2d_condition"])
 def test_compile_a_step_that_calls_the_routed_model(name):
     """The routed forward inlined into a compiled training step, not the top frame (UNet2DConditionModel's

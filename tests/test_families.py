@@ -134,6 +134,7 @@ def test_zero_dim_and_continuous_timesteps(adm, vit):
     assert torch.allclose(out[:1], routed(x[:1], sigma[:1], **{k: v[:1] for k, v in kwargs.items()}), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["adm", "vit"])
 def test_compile_fullgraph_no_recompiles(family, adm, vit):
     model = adm if family == "adm" else vit

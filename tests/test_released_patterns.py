@@ -238,6 +238,7 @@ def test_edm_pre_output_routes_every_block(edm):
         ("dec.in0", 16, "input of conv1, proj"), ("dec.up", 16, "input of conv1"), ("dec.block0", 8, "input of conv1")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch", "pre_output"])
 def test_edm_routed_per_sample_identity_and_source_equal(edm, mode, tmp_path):
     """transform() routes per sample and is the identity at ratio 1; the file apply writes gives the same
@@ -267,6 +268,7 @@ def test_edm_routed_per_sample_identity_and_source_equal(edm, mode, tmp_path):
         assert torch.equal(generated(x, t), out)
 
 
+@pytest.mark.slow
 def test_edm_branch_compiles_without_graph_breaks(edm):
     x, t = batch(edm)
     with warnings.catch_warnings():
@@ -298,6 +300,7 @@ def test_instances_whose_analysis_differs_from_their_class_are_skipped():
 
 # -- pre_output through a helper the forward hands to checkpoint (guided-diffusion) --------
 
+@pytest.mark.slow
 def test_pre_output_masks_projections_called_in_checkpointed_helpers(unet, tmp_path):
     """guided-diffusion calls out_layers and proj_out in _forward, which forward hands to checkpoint:
     the masks go there, and forward binds the task to the helper, so the recompute in backward

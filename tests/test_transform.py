@@ -230,6 +230,7 @@ def test_compile_fullgraph_matches_eager_without_recompiling(dit):
     assert counter.frame_count == 1
 
 
+@pytest.mark.slow
 def test_compile_with_inductor_on_dit_s():
     from model_zoo.dit import dit as build
 

@@ -204,6 +204,7 @@ def _ddp_worker(rank, world, tmp):
     exit_now()
 
 
+@pytest.mark.slow
 def test_distributed_ranks_agree_with_one_process(tmp_path):
     """PCGrad and Nash on two ranks holding half a batch each give every rank the
     update of one process on the whole batch; UW keeps identical weights, and with

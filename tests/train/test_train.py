@@ -244,6 +244,7 @@ def _ddp_worker(rank: int, port: int, argv: list[str]) -> None:
     exit_now()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ddp_accum, single_accum", [(1, 2), (2, 4)])
 def test_two_processes_take_the_steps_of_one_process_with_the_same_micro_batches(tmp_path, ddp_accum, single_accum):
     """DDP (2 gloo processes, ANT-UW, whose cluster means span both ranks) against one process cut
