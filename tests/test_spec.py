@@ -183,12 +183,12 @@ def test_top_level_must_be_an_object(tmp_path):
 # -- CLI ------------------------------------------------------------------------
 
 def test_cli_validate_ok(capsys):
-    assert main(["validate", str(REPO / "specs" / "dit-paper.json")]) == 0
+    assert main(["validate", "dit-paper"]) == 0
     assert "ok" in capsys.readouterr().out
 
 
 def test_cli_validate_json_prints_resolved_defaults(capsys):
-    assert main(["validate", str(REPO / "specs" / "dit-paper.json"), "--json"]) == 0
+    assert main(["validate", "dit-paper", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["routing"]["channel_ratio"] == 0.8 and doc["timestep"]["num_tasks"] == 1000
 

@@ -23,7 +23,7 @@ from examples import train  # noqa: E402
 
 pytest.importorskip("sklearn")
 
-SPEC = str(ROOT / "specs" / "dit-paper.json")
+SPEC = "dit-paper"
 BASE = ["--model", "tiny_dit", "--data", "digits", "--image-size", "8", "--batch-size", "16",
         "--device", "cpu", "--num-samples", "4", "--sample-steps", "3", "--no-progress", "--log-every", "1"]
 
