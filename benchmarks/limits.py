@@ -9,8 +9,8 @@ seconds and a few hundred MiB on one CPU core:
 * ANT clustering (``dtrsurgeon.mtl.interval_clustering``): ``num_timesteps`` T <= 4096 and
   ``clustering.k`` <= 100, for the SNR cost (both conventions) and the T x T affinity cost.
 
-Each case runs in a fresh process, so its peak resident memory (``ru_maxrss``) is its own; the
-"added by the call" column subtracts what the process held before the call (imports and inputs).
+Each case runs in a fresh process on one thread, so its peak resident memory (``ru_maxrss``) is its
+own; "added by the call" subtracts what the process held before the call (imports and inputs).
 
     python benchmarks/limits.py                     # every case
     python benchmarks/limits.py --only mask         # the mask tables only
@@ -62,7 +62,7 @@ def _table_spec(n: int, shift: str, curve: str, points: int) -> dict:
 def _run_case(case) -> dict:
     """Measure one case in this process; returns seconds and peak RSS (MiB) before and after."""
     import numpy as np
-    import torch  # noqa: F401  (its import is part of the baseline)
+    import torch
 
     import dtrsurgeon
     from dtrsurgeon.mtl import interval_clustering, make_schedule
@@ -79,6 +79,7 @@ def _run_case(case) -> dict:
         else:
             values = make_schedule("linear", t).snr
         run = lambda: interval_clustering(values, k, cost=cost, convention=convention)  # noqa: E731
+    torch.set_num_threads(1)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     run()

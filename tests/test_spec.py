@@ -249,14 +249,14 @@ REJECT_TEXT = [
     ('{"version": 1, "timestep": {"num_tasks": 1e300}}', "/timestep/num_tasks", "<= 10000"),
     ('{"version": 1, "timestep": {"range": [0, 1e10]}}', "/timestep/range/1", "<= 1e+09"),
     ('{"version": 1, "timestep": {"range": [0, 1e-7]}}', "/timestep/range", "t1 - t0 >= 1e-06"),
-    ('{"version": 1, "routing": {"seed": 18446744073709551616}}', "/routing/seed", "<= 1.84467e+19"),
+    ('{"version": 1, "routing": {"seed": 18446744073709551616}}', "/routing/seed", "<= 18446744073709551615"),
     ('{"version": 1, "routing": {"task_weights": {"curve": "table", "points": ['
      + ", ".join(f"[{i / 1000}, {i / 1000}]" for i in range(1001)) + "]}}}", "/routing/task_weights/points", "at most 1000 items"),
     ('{"version": 1, "overrides": [' + ", ".join(['{"match": "a"}'] * 1025) + "]}", "/overrides", "at most 1024 items"),
     ('{"version": 1, "targets": {"include": ["' + "a" * 1001 + '"]}}', "/targets/include/0", "at most 1000 characters"),
     ('{"version": 1, "mtl": {"num_timesteps": 4097}}', "/mtl/num_timesteps", "<= 4096"),
     ('{"version": 1, "mtl": {"clustering": {"k": 101}}}', "/mtl/clustering/k", "<= 100"),
-    ('{"version": 1, "mtl": {"pcgrad": {"seed": 1e30}}}', "/mtl/pcgrad/seed", "<= 1.84467e+19"),
+    ('{"version": 1, "mtl": {"pcgrad": {"seed": 1e30}}}', "/mtl/pcgrad/seed", "<= 18446744073709551615"),
 ]
 
 
@@ -420,3 +420,15 @@ def test_task_index_refuses_what_is_not_a_timestep_map():
         dtrsurgeon.task_index(t, {"num_tasks": 1000})
     with pytest.raises(TypeError, match=r"^task_index: t must be a tensor of timesteps, got str"):
         dtrsurgeon.task_index("500", spec.timestep)
+
+
+def test_the_presets_ship_as_package_data():
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dtrsurgeon"]
+    from dtrsurgeon.spec.document import preset_names
+
+    for name in preset_names():
+        assert any(fnmatch.fnmatch(f"spec/presets/{name}.json", g) for g in globs), (name, globs)
+    assert not (REPO / "specs").exists()  # one copy of each preset: the package's

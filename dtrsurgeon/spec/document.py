@@ -32,7 +32,6 @@ MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; 1 MiB holds thousands
 MAX_DEPTH = 32  # the schema's deepest value is 5 levels down (/overrides/0/task_weights/points/0/0)
 MAX_INT_DIGITS = 40  # wider integers are out of every bound the schema states
 PREVIEW_CHARS = 60
-PRESETS_PACKAGE = "dtrsurgeon.spec.presets"
 
 
 def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
@@ -66,7 +65,7 @@ def pointer(parts) -> str:
 
 def preset_names() -> list[str]:
     """Names of the presets shipped in the package (``dit-paper``, ``adm``, ``uvit``)."""
-    folder = resources.files(PRESETS_PACKAGE)
+    folder = resources.files("dtrsurgeon.spec").joinpath("presets")
     return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
 
 
@@ -75,7 +74,7 @@ def preset_path(name: str) -> Path | None:
     stem = name.removesuffix(".json")
     if stem not in preset_names():
         return None
-    return Path(str(resources.files(PRESETS_PACKAGE).joinpath(f"{stem}.json")))
+    return Path(str(resources.files("dtrsurgeon.spec").joinpath("presets", f"{stem}.json")))
 
 
 # --- sources --------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def _describe(error: ValidationError) -> tuple[str, str]:
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
     if v in bounds:
         kind = "an integer" if error.schema.get("type") == "integer" else "a number"
-        return ptr, f"expected {kind} {bounds[v]} {sch:g}, got {preview(inst)}"
+        bound = sch if isinstance(sch, int) else f"{sch:g}"
+        return ptr, f"expected {kind} {bounds[v]} {bound}, got {preview(inst)}"
     if v in ("minItems", "maxItems"):
         return ptr, f"expected {'at least' if v == 'minItems' else 'at most'} {sch} items, got {len(inst)}"
     if v == "minLength":
