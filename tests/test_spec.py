@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -329,7 +330,14 @@ def test_a_utf8_bom_and_non_ascii_text_are_read(tmp_path):
     assert load_spec(f).description == "β = 0.8, café"
 
 
-@pytest.mark.parametrize("path", ["a\x00b.json", "x" * 5000 + ".json"])
+def test_a_spec_path_that_never_ends_is_cut_at_the_bound():
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    with pytest.raises(SpecError, match="over 1048576 bytes"):
+        load_spec(Path("/dev/zero"))
+
+
+@pytest.mark.parametrize("path", ["a\x00b.json", "x" * 5000 + ".json", "/"])
 def test_unreadable_path_names_are_one_line(path):
     with pytest.raises(SpecError) as info:
         load_spec(Path(path))

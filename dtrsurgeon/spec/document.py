@@ -131,22 +131,24 @@ def source_bytes(source) -> tuple[str, bytes]:
         name, path, text = resolve_source(source)
         if path is not None:
             return name, _read_bytes(path)
-        return name, json.dumps(parse_text(text, name), sort_keys=True).encode()
+        return name, json.dumps(plain(parse_text(text, name)), sort_keys=True).encode()
     if isinstance(source, Spec):
         return "<spec>", source.to_json().encode()
     return "<dict>", json.dumps(plain(source), sort_keys=True).encode()
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, reading at most one byte past the bound (``/dev/zero`` never ends)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError("", f"{path}: {size} bytes; a spec is at most {MAX_SPEC_BYTES} bytes")
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as e:
         raise SpecError("", f"cannot read {preview(str(path))}: {e.strerror or e}") from None
     except ValueError as e:  # a NUL byte in the path
         raise SpecError("", f"cannot read {preview(str(path))}: {e}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError("", f"{preview(str(path))}: over {MAX_SPEC_BYTES} bytes; a spec is at most {MAX_SPEC_BYTES} bytes")
+    return data
 
 
 def _decode(data: bytes, name: str) -> str:
