@@ -28,9 +28,9 @@ from dtrsurgeon.runtime import dtr_mask_table, dtr_task_index
 from dtrsurgeon.spec.document import preview
 from dtrsurgeon.spec.model import MaskParams, Spec, TimestepMap
 
-# N x C cells of one mask table: 2**25 (32 MiB of bool) builds in about a second with sliding
-# windows and ~15 s with "random" on one CPU core (benchmarks/limits.py); 10000 tasks x 3355
-# channels, or 1000 tasks x 33554 channels.
+# N x C cells of one mask table: at 2**25 (32 MiB of bool; 10000 tasks x 3355 channels, or 1000 x
+# 33554) a table builds in 0.5-5 s on one loaded CPU core, 110 MiB above the inputs at its peak
+# (benchmarks/results/limits-cpu.txt).
 MAX_TABLE_CELLS = 1 << 25
 
 
