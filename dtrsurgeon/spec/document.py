@@ -250,10 +250,10 @@ def _plain_object(value: Mapping, path: tuple, depth: int) -> dict:
     return out
 
 
-def read_document(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """``(document, name)``: the source as a plain JSON object, or a one-line SpecError."""
+def read_document(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """The source as a plain JSON object, or a one-line SpecError."""
     if isinstance(source, Mapping):
-        doc, name = plain(source), "<dict>"
+        doc = plain(source)
     else:
         name, path, text = resolve_source(source)
         if path is not None:
@@ -261,7 +261,7 @@ def read_document(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[s
         doc = plain(parse_text(text, name))
     if not isinstance(doc, dict):
         raise SpecError("", f"expected a JSON object, got {_json_type(doc)}")
-    return doc, name
+    return doc
 
 
 def _json_type(value: Any) -> str:

@@ -87,6 +87,7 @@ def _describe(error: ValidationError) -> tuple[str, str]:
 
 
 def _timestep_map(ts: Mapping[str, Any]) -> TimestepMap:
+    """The ``timestep`` section, with the range rules the schema cannot state."""
     n = int(ts.get("num_tasks", DEFAULT_NUM_TASKS))
     t0, t1 = (float(v) for v in ts.get("range", [0, n - 1]))
     if not t0 < t1:
@@ -114,7 +115,6 @@ def _task_weights(d: Mapping[str, Any] | None, base: TaskWeights, ptr: str) -> T
     return TaskWeights(curve=d["curve"], alpha=float(d.get("alpha", DEFAULT_ALPHA)))
 
 
-
 def load_spec(source: str | os.PathLike | Mapping[str, Any] | Spec) -> Spec:
     """Validate ``source`` into a :class:`Spec`.
 
@@ -130,7 +130,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any] | Spec) -> Spec:
     if not isinstance(source, (str, os.PathLike, Mapping)):
         raise TypeError(f"load_spec: spec must be a path, a preset name, a JSON string, a dict or a Spec, "
                         f"got {type(source).__name__}")
-    doc, _ = read_document(source)
+    doc = read_document(source)
     error = best_match(_validator().iter_errors(doc))
     if error is not None:
         raise SpecError(*_describe(error))
