@@ -49,9 +49,9 @@ ANT_UW = {"clustering": {"cost": "uniform", "k": 8}, "weighting": "uw", "uw": {"
 
 BACKBONES = {
     # DiT-S with 4x4 patches on 32x32 MNIST: 64 tokens, 12 blocks of width 384.
-    "dit": {"model": "dit:S/4", "model_kwargs": {}, "spec": "specs/dit-paper.json"},
+    "dit": {"model": "dit:S/4", "model_kwargs": {}, "spec": "dit-paper"},
     # A small ADM U-Net: 64 base channels, 3 levels (32, 16, 8 px), attention at 8 px.
-    "unet": {"model": "adm_unet:tiny", "spec": "specs/adm.json",
+    "unet": {"model": "adm_unet:tiny", "spec": "adm",
              "model_kwargs": {"model_channels": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2,
                               "attention_resolutions": [8], "num_head_channels": 32}},
 }

@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--model", default="dit:S/4")
-    p.add_argument("--spec", default="specs/dit-paper.json")
+    p.add_argument("--spec", default="dit-paper")
     p.add_argument("--data", default="mnist")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=400)

@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--models", default="B/2:64,XL/2:32", help="comma list of DiT CONFIG:BATCH")
     p.add_argument("--modes", default="eager,compile", help="eager and/or compile")
     p.add_argument("--kinds", default="train,forward", help="train and/or forward")
-    p.add_argument("--spec", default="specs/dit-paper.json")
+    p.add_argument("--spec", default="dit-paper")
     p.add_argument("--generated", default="auto",
                    help="'auto': write a routed model_zoo/dit.py per config with `dtrsurgeon apply` (if that verb "
                         "exists) and time it as the 'generated' variant; 'none': skip; or a FILE to import")

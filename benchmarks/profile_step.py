@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="B/2")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--spec", default="specs/dit-paper.json")
+    p.add_argument("--spec", default="dit-paper")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--top", type=int, default=25)

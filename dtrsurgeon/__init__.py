@@ -1,7 +1,7 @@
 """dtrsurgeon: a declarative model-surgery compiler for Denoising Task Routing.
 
     >>> import dtrsurgeon
-    >>> routed = dtrsurgeon.transform(model, "specs/dit-paper.json")   # doctest: +SKIP
+    >>> routed = dtrsurgeon.transform(model, "dit-paper")   # doctest: +SKIP
 
 Pipeline: spec (validated JSON) -> analysis (graph capture, residual chains)
 -> plan (JSON-serialisable IR) -> emitters (live module | generated source).

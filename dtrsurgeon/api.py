@@ -29,7 +29,7 @@ def transform(model: nn.Module, spec, example_inputs=None, inplace: bool = False
     input is left untouched unless ``inplace``.  Each sample's timestep picks
     its own mask row.  The result carries ``dtr_spec`` and ``dtr_plan``.
 
-        >>> routed = dtrsurgeon.transform(DiT_S_2(), "specs/dit-paper.json")   # doctest: +SKIP
+        >>> routed = dtrsurgeon.transform(DiT_S_2(), "dit-paper")   # doctest: +SKIP
         >>> routed(x, t, y).shape == model(x, t, y).shape                       # doctest: +SKIP
     """
     spec = load_spec(spec)

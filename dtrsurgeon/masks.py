@@ -19,10 +19,19 @@ spec's settings onto it.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
+from dtrsurgeon.errors import SpecError
 from dtrsurgeon.runtime import dtr_mask_table, dtr_task_index
-from dtrsurgeon.spec.model import MaskParams, TimestepMap
+from dtrsurgeon.spec.document import preview
+from dtrsurgeon.spec.model import MaskParams, Spec, TimestepMap
+
+# N x C cells of one mask table: at 2**25 (32 MiB of bool; 10000 tasks x 3355 channels, or 1000 x
+# 33554) a table builds in 0.5-5 s on one loaded CPU core, 110 MiB above the inputs at its peak
+# (benchmarks/results/limits-cpu.txt).
+MAX_TABLE_CELLS = 1 << 25
 
 
 def active_channels(channels: int, channel_ratio: float) -> int:
@@ -44,10 +53,39 @@ def mask_settings(params: MaskParams) -> dict:
     return settings
 
 
+def check_channels(channels, argument: str = "channels") -> int:
+    """``channels`` as an int, or a one-line TypeError / ValueError naming ``argument``.
+
+    ``mask_table(spec, 2.5)`` is refused: a width is a count, not a measure.
+    """
+    try:
+        if isinstance(channels, bool):
+            raise TypeError
+        channels = operator.index(channels)
+    except TypeError:
+        raise TypeError(f"{argument} must be a positive int, got {type(channels).__name__} {preview(channels)}") from None
+    if channels < 1:
+        raise ValueError(f"{argument} must be a positive int, got {channels}")
+    return channels
+
+
+def check_table_size(params: MaskParams, channels: int, where: str = "") -> None:
+    """Refuse a table of more than :data:`MAX_TABLE_CELLS` cells before building it.
+
+    The bound is the spec's ``num_tasks`` against a width the model decides, so the
+    error points at ``/timestep/num_tasks`` and says which N would fit.
+    """
+    cells = params.num_tasks * channels
+    if cells > MAX_TABLE_CELLS:
+        unit = f"unit {where} has" if where else "a unit of"
+        raise SpecError("/timestep/num_tasks", f"{params.num_tasks} tasks x {channels} channels = {cells} mask cells; "
+                        f"at most {MAX_TABLE_CELLS} ({unit} width {channels}: num_tasks <= {MAX_TABLE_CELLS // channels})")
+
+
 def mask_table_for(params: MaskParams, channels: int) -> torch.Tensor:
     """The [N, C] boolean mask table of one unit."""
-    if channels < 1:
-        raise ValueError(f"channels must be >= 1, got {channels}")
+    channels = check_channels(channels)
+    check_table_size(params, channels)
     return dtr_mask_table(channels, **mask_settings(params))
 
 
@@ -59,6 +97,9 @@ def mask_table(spec, channels: int, module_path: str | None = None) -> torch.Ten
     """
     from dtrsurgeon.spec import load_spec
 
+    channels = check_channels(channels)
+    if module_path is not None and not isinstance(module_path, str):
+        raise TypeError(f"module_path must be a str (a named_modules() name), got {type(module_path).__name__}")
     spec = load_spec(spec)
     params = spec.routing if module_path is None else spec.mask_params_for(module_path)
     return mask_table_for(params, channels)
@@ -71,4 +112,14 @@ def task_index(t: torch.Tensor, tmap: TimestepMap) -> torch.Tensor:
     when ``tmap.reverse``.  Pure tensor ops: no host sync, no data-dependent
     Python, so ``torch.compile`` sees one graph for every t.
     """
+    if isinstance(tmap, Spec):
+        tmap = tmap.timestep
+    if not isinstance(tmap, TimestepMap):
+        raise TypeError(f"task_index: tmap must be a TimestepMap (spec.timestep) or a Spec, got {type(tmap).__name__}")
+    try:
+        t = torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"task_index: t must be a tensor of timesteps, got {type(t).__name__} {preview(t)}") from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"task_index: t must hold real timesteps, got dtype {t.dtype}")
     return dtr_task_index(t, tmap.t0, tmap.t1, tmap.num_tasks, tmap.reverse)

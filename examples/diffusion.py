@@ -1,7 +1,7 @@
 """DDPM noise schedules, epsilon-prediction loss, and a DDIM sampler that writes an image grid.
 
 Timesteps are integers ``0 .. T-1`` (0 = least noise), the convention of the DiT and ADM code
-and of ``specs/dit-paper.json`` (``timestep.range = [0, 999]``).
+and of ``dit-paper`` (``timestep.range = [0, 999]``).
 
     >>> s = Schedule.make("linear", 1000)
     >>> round(float(s.alphas_cumprod[-1]), 6) < 1e-4

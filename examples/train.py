@@ -6,8 +6,8 @@ Epsilon prediction, linear or cosine schedule, AdamW, EMA, bf16 autocast, option
 (DistributedDataParallel), a progress bar, a loss plot and a DDIM image grid::
 
     python examples/train.py --model tiny_dit --data digits --steps 200 --device cpu
-    python examples/train.py --model dit:S/4 --data mnist --spec specs/dit-paper.json --steps 5000
-    torchrun --nproc_per_node=2 examples/train.py --model dit:S/4 --data mnist --spec specs/dit-paper.json
+    python examples/train.py --model dit:S/4 --data mnist --spec dit-paper --steps 5000
+    torchrun --nproc_per_node=2 examples/train.py --model dit:S/4 --data mnist --spec dit-paper
 
 ``--spec`` routes the model through ``dtrsurgeon.transform``; its ``mtl`` section (or that of
 ``--mtl FILE``) switches on ANT. ``--generated FILE --entry NAME`` trains a model imported from a
@@ -326,8 +326,10 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     if not args.generated:
         check_name(args.model)
     _json_arg(args.model_kwargs, "--model-kwargs")
-    if args.spec and not Path(args.spec).is_file():
-        raise TrainError(f"--spec {args.spec}: no such file")
+    from dtrsurgeon.spec.document import preset_names, preset_path
+
+    if args.spec and not Path(args.spec).is_file() and preset_path(args.spec) is None:
+        raise TrainError(f"--spec {args.spec}: no such file or preset ({', '.join(preset_names())})")
     out = Path(args.out)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ def test_dit_xl_2_is_28_units_of_width_1152():
     with torch.device("meta"):
         model = DiT(depth=28, hidden_size=1152, num_heads=16, input_size=4)
     args, kwargs = model.example_inputs()
-    p = dtrsurgeon.plan(model, "specs/dit-paper.json", (tuple(a.to("meta") for a in args), kwargs))
+    p = dtrsurgeon.plan(model, "dit-paper", (tuple(a.to("meta") for a in args), kwargs))
     assert len(p.units) == 28 and {u.channels for u in p.units} == {1152} and {u.active for u in p.units} == {921}
 
 

@@ -9,7 +9,7 @@ from dtrsurgeon.cli import main
 
 def test_inspect_table_shows_units_widths_and_placement(capsys):
     assert main(["inspect", "model_zoo/adm_unet.py", "--entry", "adm_unet", "--kwargs", '{"name": "tiny"}',
-                 "--spec", "specs/adm.json"]) == 0
+                 "--spec", "adm"]) == 0
     out = capsys.readouterr().out
     assert "input_blocks.1.0" in out and "input of out_layers.3" in out and "input of proj_out" in out
     assert "widths: C=32 x4, C=64 x10" in out
@@ -42,9 +42,9 @@ def _spec_file(doc=None):
     (["inspect", "model_zoo/dit.py", "--entry", "Nope"], "no 'Nope' in this file"),
     (["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--kwargs", '{"depth": "two"}'], "failed"),
     (["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--kwargs", "[1]"], "expected a JSON object"),
-    (["plot", "specs/dit-paper.json", "--channels", "0"], "expected positive widths"),
-    (["plot", "specs/dit-paper.json"], "give either --channels"),
-    (["plot", "specs/dit-paper.json", "--model", "model_zoo/dit.py"], "--model needs --entry"),
+    (["plot", "dit-paper", "--channels", "0"], "expected positive widths"),
+    (["plot", "dit-paper"], "give either --channels"),
+    (["plot", "dit-paper", "--model", "model_zoo/dit.py"], "--model needs --entry"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, needle, capsys):
     assert main(argv) == 2
@@ -54,14 +54,14 @@ def test_bad_input_is_one_line_exit_2(argv, needle, capsys):
 
 def test_plot_writes_one_png(tmp_path, capsys):
     out = tmp_path / "masks.png"
-    assert main(["plot", "specs/dit-paper.json", "--channels", "64", "96", "-o", str(out)]) == 0
+    assert main(["plot", "dit-paper", "--channels", "64", "96", "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.png"]
 
 
 def test_plot_takes_widths_from_a_model(tmp_path):
     out = tmp_path / "adm.png"
-    assert main(["plot", "specs/adm.json", "--model", "model_zoo/adm_unet.py", "--entry", "adm_unet",
+    assert main(["plot", "adm", "--model", "model_zoo/adm_unet.py", "--entry", "adm_unet",
                  "--kwargs", '{"name": "tiny"}', "-o", str(out)]) == 0
     import matplotlib.image
 
@@ -107,5 +107,5 @@ def test_model_files_inside_a_package_keep_their_relative_imports(tmp_path, caps
         "        return (torch.randn(batch_size, 4, 8), torch.arange(batch_size)), {}\n")
     assert main(["inspect", str(pkg / "net.py"), "--entry", "Net"]) == 0
     assert "blocks.1" in capsys.readouterr().out
-    assert main(["apply", "specs/dit-paper.json", str(pkg / "net.py"), "--entry", "Net"]) == 0
+    assert main(["apply", "dit-paper", str(pkg / "net.py"), "--entry", "Net"]) == 0
     assert "from .layers import linear" in (pkg / "net_dtr.py").read_text()

@@ -26,7 +26,7 @@ def _batch():
 
 def _model():
     torch.manual_seed(0)
-    return dtrsurgeon.transform(randomize_(tiny_dit(class_dropout_prob=0.0)), "specs/dit-paper.json")
+    return dtrsurgeon.transform(randomize_(tiny_dit(class_dropout_prob=0.0)), "dit-paper")
 
 
 def _step(model, x, t, y):

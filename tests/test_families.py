@@ -35,7 +35,7 @@ def inputs(model, t):
 
 
 def test_adm_units_axes_and_widths(adm):
-    plan = dtrsurgeon.plan(adm, "specs/adm.json")
+    plan = dtrsurgeon.plan(adm, "adm")
     assert [u.path for u in plan.units] == ADM_UNITS
     assert {u.channel_axis for u in plan.units} == {1}
     assert {u.mode for u in plan.units} == {"pre_output"}
@@ -59,7 +59,7 @@ def test_adm_block_mode_falls_back_where_the_skip_is_a_projection(adm):
 
 
 def test_uvit_units_and_merged_stream(vit):
-    plan = dtrsurgeon.plan(vit, "specs/uvit.json")
+    plan = dtrsurgeon.plan(vit, "uvit")
     assert [u.path for u in plan.units] == ["in_blocks.0", "in_blocks.1", "mid_block", "out_blocks.0", "out_blocks.1"]
     assert {(u.mode, u.channel_axis, u.channels) for u in plan.units} == {("block", 2, 64)}
     out = plan.unit("out_blocks.0")
@@ -67,9 +67,9 @@ def test_uvit_units_and_merged_stream(vit):
     assert plan.unit("in_blocks.0").stream_line is None
 
 
-@pytest.mark.parametrize("family,spec", [("adm", "specs/adm.json"), ("adm", {"version": 1}),
+@pytest.mark.parametrize("family,spec", [("adm", "adm"), ("adm", {"version": 1}),
                                          ("adm", {"version": 1, "routing": {"mode": "branch"}}),
-                                         ("vit", "specs/uvit.json"), ("vit", {"version": 1, "routing": {"mode": "branch"}})])
+                                         ("vit", "uvit"), ("vit", {"version": 1, "routing": {"mode": "branch"}})])
 def test_identity_at_beta_one_and_keys(family, spec, adm, vit, request):
     model = adm if family == "adm" else vit
     spec = dtrsurgeon.load_spec(spec).to_dict()
@@ -81,12 +81,12 @@ def test_identity_at_beta_one_and_keys(family, spec, adm, vit, request):
 
 
 def test_adm_pre_output_semantics_on_one_resblock(adm):
-    routed = dtrsurgeon.transform(adm, "specs/adm.json")
+    routed = dtrsurgeon.transform(adm, "adm")
     block, ref = routed.input_blocks[1][0], adm.input_blocks[1][0]
     x = torch.randn(2, 32, 16, 16)
     emb = torch.randn(2, 128)
     task = torch.tensor([3, 990])
-    m = mask_table("specs/adm.json", 32)[task].float()[:, :, None, None]
+    m = mask_table("adm", 32)[task].float()[:, :, None, None]
     h = ref.in_layers(x)
     scale, shift = torch.chunk(ref.emb_layers(emb)[..., None, None], 2, dim=1)
     h = ref.out_layers[0](h) * (1 + scale) + shift
@@ -95,11 +95,11 @@ def test_adm_pre_output_semantics_on_one_resblock(adm):
 
 
 def test_uvit_out_block_masks_the_merged_stream(vit):
-    routed = dtrsurgeon.transform(vit, "specs/uvit.json")
+    routed = dtrsurgeon.transform(vit, "uvit")
     block, ref = routed.out_blocks[0], vit.out_blocks[0]
     x, skip = torch.randn(2, 17, 64), torch.randn(2, 17, 64)
     task = torch.tensor([0, 999])
-    m = mask_table("specs/uvit.json", 64)[task].float()[:, None, :]
+    m = mask_table("uvit", 64)[task].float()[:, None, :]
     merged = ref.skip_linear(torch.cat([x, skip], dim=-1))
     h = merged * m
     h = h + ref.attn(ref.norm1(h))
@@ -112,7 +112,7 @@ def test_uvit_every_unit_is_routed_once(vit, monkeypatch):
     so they are not wrapped as well: one route per unit and step."""
     from dtrsurgeon import runtime
 
-    routed = dtrsurgeon.transform(vit, "specs/uvit.json")
+    routed = dtrsurgeon.transform(vit, "uvit")
     calls = []
     apply = runtime.DTRRoute.apply
     monkeypatch.setattr(runtime.DTRRoute, "apply", lambda *a: calls.append(1) or apply(*a))
@@ -122,7 +122,7 @@ def test_uvit_every_unit_is_routed_once(vit, monkeypatch):
 
 
 def test_zero_dim_and_continuous_timesteps(adm, vit):
-    routed = dtrsurgeon.transform(adm, "specs/adm.json")
+    routed = dtrsurgeon.transform(adm, "adm")
     (x, _), kwargs = adm.example_inputs(2)
     assert torch.allclose(routed(x, torch.tensor(700), **kwargs), routed(x, torch.tensor([700, 700]), **kwargs), atol=1e-5)
     edm = {"version": 1, "timestep": {"range": [0.002, 80.0]}}
@@ -138,7 +138,7 @@ def test_zero_dim_and_continuous_timesteps(adm, vit):
 @pytest.mark.parametrize("family", ["adm", "vit"])
 def test_compile_fullgraph_no_recompiles(family, adm, vit):
     model = adm if family == "adm" else vit
-    routed = dtrsurgeon.transform(model, "specs/adm.json" if family == "adm" else "specs/uvit.json")
+    routed = dtrsurgeon.transform(model, "adm" if family == "adm" else "uvit")
     counter = CompileCounter()
     compiled = torch.compile(routed, backend=counter, fullgraph=True)
     for t in ([1, 900], [450, 3]):
@@ -154,12 +154,12 @@ PARTIAL = {  # targets that leave out instances of the routed classes, called on
 }
 
 
-@pytest.mark.parametrize("family,spec", [("adm", "specs/adm.json"), ("adm", "specs/dit-paper.json"),
-                                         ("adm", "branch"), ("vit", "specs/uvit.json"), ("vit", "branch"),
+@pytest.mark.parametrize("family,spec", [("adm", "adm"), ("adm", "dit-paper"),
+                                         ("adm", "branch"), ("vit", "uvit"), ("vit", "branch"),
                                          ("adm", "in-only"), ("adm", "middle-branch"), ("vit", "out-only")])
 def test_generated_source_equals_the_module(family, spec, adm, vit, tmp_path):
     model, file, entry = (adm, "model_zoo/adm_unet.py", "adm_unet") if family == "adm" else (vit, "model_zoo/uvit.py", "uvit")
-    if spec == "specs/dit-paper.json":
+    if spec == "dit-paper":
         spec_doc = {"version": 1}
     elif spec == "branch":
         spec_doc = {"version": 1, "routing": {"mode": "branch"}}

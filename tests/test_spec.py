@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,12 +184,12 @@ def test_top_level_must_be_an_object(tmp_path):
 # -- CLI ------------------------------------------------------------------------
 
 def test_cli_validate_ok(capsys):
-    assert main(["validate", str(REPO / "specs" / "dit-paper.json")]) == 0
+    assert main(["validate", "dit-paper"]) == 0
     assert "ok" in capsys.readouterr().out
 
 
 def test_cli_validate_json_prints_resolved_defaults(capsys):
-    assert main(["validate", str(REPO / "specs" / "dit-paper.json"), "--json"]) == 0
+    assert main(["validate", "dit-paper", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["routing"]["channel_ratio"] == 0.8 and doc["timestep"]["num_tasks"] == 1000
 
@@ -222,3 +223,220 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and dtrsurgeon.__version__ in capsys.readouterr().out
+
+
+# -- what Python's json lets through, and sizes the tool cannot build ---------------------------
+
+REJECT_TEXT = [
+    ('{"version": 1, "routing": {"channel_ratio": NaN}}', "/routing/channel_ratio", "expected a finite number, got NaN"),
+    ('{"version": 1, "routing": {"task_weights": {"curve": "power", "alpha": Infinity}}}',
+     "/routing/task_weights/alpha", "got Infinity"),
+    ('{"version": 1, "timestep": {"range": [-Infinity, 1]}}', "/timestep/range/0", "got -Infinity"),
+    ('{"version": 1, "timestep": {"range": [0, 1e400]}}', "/timestep/range/1", "got 1e400"),
+    ('{"version": 1, "routing": {"seed": ' + "9" * 50 + "}}", "/routing/seed", "an integer of at most 40 digits"),
+    ('{"version": 1, "routing": {"seed": ' + "9" * 5000 + "}}", "/routing/seed", "(5000 chars)"),
+    ('{"version": 1, "mtl": {"min_snr_gamma": NaN}}', "/mtl/min_snr_gamma", "finite"),
+    ('{"version": 1, "version": 1}', "/version", "duplicate key 'version'"),
+    ('{"version": 1, "routing": {"mode": "block", "mode": "branch"}}', "/routing/mode", "duplicate key 'mode'"),
+    ('{"version": 1, "overrides": [{"match": "a", "match": "b"}]}', "/overrides/0/match", "duplicate key"),
+    ('{"version": 1, "description": ' + "[" * 40 + "]" * 40 + "}", "/description" + "/0" * 32, "nested too deeply"),
+    ("[" * 10000 + "]" * 10000, "/", "nested too deeply"),
+    ("[1, 2]", "/", "expected a JSON object, got an array"),
+    ('"version"', "/", "expected a JSON object, got a string"),
+    ("null", "/", "expected a JSON object, got null"),
+    ("3", "/", "expected a JSON object, got a number"),
+    ('{"version": 1, "timestep": {"num_tasks": 10001}}', "/timestep/num_tasks", "<= 10000"),
+    ('{"version": 1, "timestep": {"num_tasks": 1000000000}}', "/timestep/num_tasks", "<= 10000"),
+    ('{"version": 1, "timestep": {"num_tasks": 1e300}}', "/timestep/num_tasks", "<= 10000"),
+    ('{"version": 1, "timestep": {"range": [0, 1e10]}}', "/timestep/range/1", "<= 1e+09"),
+    ('{"version": 1, "timestep": {"range": [0, 1e-7]}}', "/timestep/range", "t1 - t0 >= 1e-06"),
+    ('{"version": 1, "routing": {"seed": 18446744073709551616}}', "/routing/seed", "<= 18446744073709551615"),
+    ('{"version": 1, "routing": {"task_weights": {"curve": "table", "points": ['
+     + ", ".join(f"[{i / 1000}, {i / 1000}]" for i in range(1001)) + "]}}}", "/routing/task_weights/points", "at most 1000 items"),
+    ('{"version": 1, "overrides": [' + ", ".join(['{"match": "a"}'] * 1025) + "]}", "/overrides", "at most 1024 items"),
+    ('{"version": 1, "targets": {"include": ["' + "a" * 1001 + '"]}}', "/targets/include/0", "at most 1000 characters"),
+    ('{"version": 1, "mtl": {"num_timesteps": 4097}}', "/mtl/num_timesteps", "<= 4096"),
+    ('{"version": 1, "mtl": {"clustering": {"k": 101}}}', "/mtl/clustering/k", "<= 100"),
+    ('{"version": 1, "mtl": {"pcgrad": {"seed": 1e30}}}', "/mtl/pcgrad/seed", "<= 18446744073709551615"),
+]
+
+
+@pytest.mark.parametrize("text,pointer,expected", REJECT_TEXT, ids=[f"{r[1]}:{r[2][:30]}" for r in REJECT_TEXT])
+def test_json_text_is_rejected_at_its_pointer_on_one_short_line(tmp_path, text, pointer, expected):
+    f = tmp_path / "spec.json"
+    f.write_text(text)
+    sources = [f, text] if text[:1] in "{[" else [f]  # other JSON text is taken as a file or preset name
+    for source in sources:
+        with pytest.raises(SpecError) as info:
+            load_spec(source)
+        message = str(info.value)
+        assert info.value.pointer == ("" if pointer == "/" else pointer), message
+        assert expected in message and "\n" not in message and len(message) < 300
+
+
+@pytest.mark.parametrize("value,expected", [
+    (float("nan"), "expected a finite number, got nan"),
+    (float("inf"), "expected a finite number, got inf"),
+    (object(), "expected a JSON value, got a object"),
+    ({1: 2}, "expected a string key, got a int"),
+])
+def test_dict_specs_hold_plain_finite_json(value, expected):
+    with pytest.raises(SpecError, match=f"^spec /routing/channel_ratio(/1)?: {expected}"):
+        load_spec({"version": 1, "routing": {"channel_ratio": value}})
+
+
+def test_a_cyclic_dict_is_a_depth_error_not_a_recursion_error():
+    doc = {"version": 1, "description": []}
+    doc["description"].append(doc)
+    with pytest.raises(SpecError, match="nested too deeply"):
+        load_spec(doc)
+
+
+def test_tuples_and_numpy_numbers_are_json_values():
+    np = pytest.importorskip("numpy")
+    spec = load_spec({"version": 1, "timestep": {"range": (np.float32(0.5), 10), "num_tasks": np.int64(11)}})
+    assert (spec.timestep.t0, spec.timestep.t1, spec.timestep.num_tasks) == (0.5, 10.0, 11)
+
+
+@pytest.mark.parametrize("doc", [
+    {"version": 1, "routing": {"channel_ratio": "x" * 10_000_000}},
+    {"version": 1, "y" * 10_000_000: 1},
+    {"version": 1, "routing": {"mode": ["block"] * 1_000_000}},
+])
+def test_huge_invalid_values_are_echoed_as_a_short_preview(doc):
+    with pytest.raises(SpecError) as info:
+        load_spec(doc)
+    assert len(str(info.value)) < 300 and "chars)" in str(info.value)
+
+
+@pytest.mark.parametrize("data,expected", [
+    (b'{"version": 1, "description": "caf\xe9"}', r"not UTF-8 at byte 34 \(b'\\xe9'\)"),
+    (b'\xff\xfe{"version": 1}', "not UTF-8 at byte 0"),
+    (b'{"version": 1, "description": "a\x00b"}', "malformed JSON: Invalid control character"),
+    (b'{"version": 1}\x00', "malformed JSON: Extra data"),
+    (b'{"version": 1, "description": "' + b"a" * (1 << 20) + b'"}', "a spec is at most 1048576 bytes"),
+])
+def test_bad_bytes_in_a_spec_file_are_one_line(tmp_path, data, expected):
+    f = tmp_path / "spec.json"
+    f.write_bytes(data)
+    with pytest.raises(SpecError, match=expected) as info:
+        load_spec(f)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_a_utf8_bom_and_non_ascii_text_are_read(tmp_path):
+    f = tmp_path / "spec.json"
+    f.write_bytes('\ufeff{"version": 1, "description": "β = 0.8, café"}'.encode())
+    assert load_spec(f).description == "β = 0.8, café"
+
+
+def test_a_spec_path_that_never_ends_is_cut_at_the_bound():
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    with pytest.raises(SpecError, match="over 1048576 bytes"):
+        load_spec(Path("/dev/zero"))
+
+
+@pytest.mark.parametrize("path", ["a\x00b.json", "x" * 5000 + ".json", "/"])
+def test_unreadable_path_names_are_one_line(path):
+    with pytest.raises(SpecError) as info:
+        load_spec(Path(path))
+    assert "cannot read" in str(info.value) and len(str(info.value)) < 300
+
+
+# -- sources: a JSON string, a preset name, the wrong type -------------------------------------
+
+@pytest.mark.parametrize("doc", ACCEPT + ["dit-paper", "adm", "uvit"])
+def test_a_specs_json_round_trips_through_load_spec(doc):
+    spec = load_spec(doc)
+    assert load_spec(spec.to_json()) == spec
+    assert load_spec(json.dumps(spec.to_dict(), indent=2)) == spec
+
+
+def test_presets_are_addressed_by_name_and_are_the_shipped_files():
+    from dtrsurgeon.spec.document import preset_names, preset_path
+
+    assert preset_names() == ["adm", "dit-paper", "uvit"]
+    for name in preset_names():
+        path = preset_path(name)
+        assert path.parent.name == "presets" and path.parent.parent == REPO / "dtrsurgeon" / "spec"
+        assert load_spec(name) == load_spec(path) == load_spec(f"{name}.json") == load_spec(json.loads(path.read_text()))
+    assert load_spec("adm").mode == "pre_output" and load_spec("dit-paper").include == ("blocks.*",)
+
+
+def test_a_file_in_the_working_directory_wins_over_a_preset(tmp_path, monkeypatch):
+    (tmp_path / "adm").write_text('{"version": 1, "routing": {"channel_ratio": 0.5}}')
+    monkeypatch.chdir(tmp_path)
+    assert load_spec("adm").routing.channel_ratio == 0.5
+
+
+def test_an_unknown_name_lists_the_presets():
+    with pytest.raises(SpecError, match=r"^spec /: no spec file or preset named \"dit\"; presets: adm, dit-paper, uvit$"):
+        load_spec("dit")
+
+
+@pytest.mark.parametrize("bad", [None, 3, b'{"version": 1}', ["dit-paper"]])
+def test_load_spec_refuses_other_types_naming_the_argument(bad):
+    with pytest.raises(TypeError, match=r"^load_spec: spec must be a path, a preset name, a JSON string, a dict or a Spec"):
+        load_spec(bad)
+
+
+def test_cli_takes_a_preset_name_and_an_unknown_one_is_exit_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "uvit"]) == 0
+    assert "uvit: ok" in capsys.readouterr().out
+    assert main(["validate", "dit_paper"]) == 2
+    err = capsys.readouterr().err
+    assert err == 'dtrsurgeon validate: error: spec /: no spec file or preset named "dit_paper"; presets: adm, dit-paper, uvit\n'
+
+
+# -- mask_table and task_index check their arguments ---------------------------------------------
+
+@pytest.mark.parametrize("channels,error,needle", [
+    (2.5, TypeError, "channels must be a positive int, got float 2.5"),
+    (True, TypeError, "channels must be a positive int, got bool"),
+    ("64", TypeError, "channels must be a positive int, got str"),
+    (0, ValueError, "channels must be a positive int, got 0"),
+    (-3, ValueError, "channels must be a positive int, got -3"),
+])
+def test_mask_table_refuses_a_width_that_is_not_a_positive_int(channels, error, needle):
+    with pytest.raises(error, match=f"^{needle}"):
+        dtrsurgeon.mask_table("dit-paper", channels)
+
+
+def test_mask_table_takes_integer_like_widths():
+    np = pytest.importorskip("numpy")
+    assert dtrsurgeon.mask_table("dit-paper", np.int64(12)).shape == (1000, 12)
+
+
+def test_mask_table_refuses_more_cells_than_the_bound_naming_the_largest_n():
+    from dtrsurgeon.masks import MAX_TABLE_CELLS
+
+    spec = {"version": 1, "timestep": {"num_tasks": 10000}}
+    assert dtrsurgeon.mask_table(spec, MAX_TABLE_CELLS // 10000).shape == (10000, MAX_TABLE_CELLS // 10000)
+    with pytest.raises(SpecError, match=rf"^spec /timestep/num_tasks: 10000 tasks x 4000 channels .* num_tasks <= {MAX_TABLE_CELLS // 4000}\)$"):
+        dtrsurgeon.mask_table(spec, 4000)
+
+
+def test_task_index_refuses_what_is_not_a_timestep_map():
+    import torch
+
+    spec = load_spec("dit-paper")
+    t = torch.tensor([0, 999])
+    assert dtrsurgeon.task_index(t, spec).tolist() == dtrsurgeon.task_index(t, spec.timestep).tolist() == [0, 999]
+    with pytest.raises(TypeError, match=r"^task_index: tmap must be a TimestepMap \(spec.timestep\) or a Spec, got dict$"):
+        dtrsurgeon.task_index(t, {"num_tasks": 1000})
+    with pytest.raises(TypeError, match=r"^task_index: t must be a tensor of timesteps, got str"):
+        dtrsurgeon.task_index("500", spec.timestep)
+
+
+def test_the_presets_ship_as_package_data():
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dtrsurgeon"]
+    from dtrsurgeon.spec.document import preset_names
+
+    for name in preset_names():
+        assert any(fnmatch.fnmatch(f"spec/presets/{name}.json", g) for g in globs), (name, globs)
+    assert not (REPO / "specs").exists()  # one copy of each preset: the package's

@@ -236,7 +236,7 @@ def test_compile_with_inductor_on_dit_s():
 
     torch.manual_seed(0)
     model = randomize_(build("S/2", input_size=8, num_classes=10)).eval()
-    routed = dtrsurgeon.transform(model, "specs/dit-paper.json")
+    routed = dtrsurgeon.transform(model, "dit-paper")
     compiled = torch.compile(routed, fullgraph=True)
     (x, t, y), _ = model.example_inputs(2)
     assert torch.allclose(compiled(x, t, y), routed(x, t, y), atol=1e-4)

@@ -47,7 +47,7 @@ from dtrsurgeon.analysis.residuals import (
 )
 from dtrsurgeon.analysis.targets import check_overrides, select_units
 from dtrsurgeon.errors import CaptureError, EmitError
-from dtrsurgeon.masks import active_channels
+from dtrsurgeon.masks import active_channels, check_table_size
 from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine
 from dtrsurgeon.spec import Spec, load_spec
 
@@ -547,7 +547,7 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model, force_bra
     else:
         masked_at = f"unit input ({stream_var})" if stream_line is None else f"{stream_var} after line {stream_line.line}"
     channels = sites[0].channels if sites else int(val.shape[axis])
-
+    check_table_size(mask, channels, path)
     return RoutedUnit(
         path=path, cls=_qualname(type(module)), mode=mode, mode_note=note, channel_axis=axis,
         rank=val.dim(),

@@ -1,6 +1,6 @@
 """``dtrsurgeon apply SPEC MODEL_PY``: write a routed copy of a model file.
 
-    $ dtrsurgeon apply specs/dit-paper.json model_zoo/dit.py --entry DiT_S_2
+    $ dtrsurgeon apply dit-paper model_zoo/dit.py --entry DiT_S_2
     wrote model_zoo/dit_dtr.py (12 units routed; 4 functions edited)
 
 ``--diff`` prints a unified diff and writes nothing.  Without ``--force`` an

@@ -1,7 +1,7 @@
 """``dtrsurgeon inspect MODEL_PY --entry NAME``: print the plan (a dry run).
 
-    $ dtrsurgeon inspect model_zoo/dit.py --entry DiT_S_2 --spec specs/dit-paper.json
-    routed units of DiT (12), spec specs/dit-paper.json
+    $ dtrsurgeon inspect model_zoo/dit.py --entry DiT_S_2 --spec dit-paper
+    routed units of DiT (12), spec dit-paper
     path      class     mode   axis  C    K    mask                     called at
     blocks.0  DiTBlock  block  2     384  307  sliding power a=4 b=0.8  dit.py:243 DiT.forward
     ...

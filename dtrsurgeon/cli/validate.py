@@ -1,7 +1,7 @@
 """``dtrsurgeon validate SPEC``: check a spec; print the resolved document.
 
-    $ dtrsurgeon validate specs/dit-paper.json
-    specs/dit-paper.json: ok (1 override, mode block, beta 0.8)
+    $ dtrsurgeon validate dit-paper
+    dit-paper: ok (1 override, mode block, beta 0.8)
     $ dtrsurgeon validate bad.json
     dtrsurgeon validate: error: spec /routing/channel_ratio: expected a number <= 1, got 1.5
     (exit 2)

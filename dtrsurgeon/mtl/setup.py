@@ -6,7 +6,7 @@ changes in three places (draw t, hand the unreduced loss over, step UW)::
 
     import dtrsurgeon, dtrsurgeon.mtl
 
-    spec = dtrsurgeon.load_spec("specs/dit-ant.json")   # {"version": 1, "mtl": {"clustering": {"k": 5}, "weighting": "uw"}}
+    spec = dtrsurgeon.load_spec("dit-ant.json")   # {"version": 1, "mtl": {"clustering": {"k": 5}, "weighting": "uw"}}
     ant = dtrsurgeon.mtl.from_spec(spec, model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for x, y in loader:
@@ -47,6 +47,7 @@ from dtrsurgeon.mtl.sampler import ClusterBalancedSampler, UniformTimestepSample
 from dtrsurgeon.mtl.schedules import NoiseSchedule, load_alphas_cumprod, make_schedule
 from dtrsurgeon.mtl.weighting import MinSNRWeighting, UncertaintyWeighting
 
+MAX_TIMESTEPS = 4096  # mtl.schema.json's bound on num_timesteps, for custom schedules too
 WEIGHTINGS = ("uw", "pcgrad", "nash", "min_snr", "none")
 _GRADIENT_WEIGHTINGS = ("pcgrad", "nash")
 
@@ -203,6 +204,9 @@ def build_schedule(config: MtlConfig, base_dir: Path) -> NoiseSchedule:
                 f"num_timesteps is {config.num_timesteps} but {config.alphas_cumprod_file} holds {sched.num_timesteps} values; "
                 "drop num_timesteps or make them agree",
             )
+        if sched.num_timesteps > MAX_TIMESTEPS:
+            raise SpecError("/mtl/alphas_cumprod_file", f"{config.alphas_cumprod_file} holds {sched.num_timesteps} values; "
+                            f"ANT clusters at most {MAX_TIMESTEPS} timesteps")
         return sched
     return make_schedule(config.schedule, 1000 if config.num_timesteps is None else config.num_timesteps)
 
@@ -236,9 +240,10 @@ def from_spec(
     log-variances live on ``device`` (default: the parameters' device).
     """
     from dtrsurgeon.spec import load_spec
+    from dtrsurgeon.spec.document import source_folder
 
     if base_dir is None:
-        base_dir = Path(spec).parent if isinstance(spec, (str, os.PathLike)) else Path.cwd()
+        base_dir = source_folder(spec)
     spec = load_spec(spec)
     if spec.mtl is None:
         raise MtlError('the spec has no "mtl" section; add e.g. "mtl": {"clustering": {"k": 5}, "weighting": "uw"}')

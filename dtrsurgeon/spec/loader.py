@@ -1,8 +1,10 @@
 """Load and validate a spec document.
 
-Validation is jsonschema against ``routing.schema.json`` (and, for the ``mtl``
-section, ``dtrsurgeon/mtl/mtl.schema.json``), then the rules a schema cannot
-express (``t0 < t1``, a monotone ``table`` curve).  Every failure is a
+A spec is read into plain JSON by :mod:`dtrsurgeon.spec.document` (finite
+numbers, unique keys, bounded depth), then checked by jsonschema against
+``routing.schema.json`` (and, for the ``mtl`` section,
+``dtrsurgeon/mtl/mtl.schema.json``), then by the rules a schema cannot express
+(``t0 < t1``, a monotone ``table`` curve).  Every failure is one line, a
 :class:`~dtrsurgeon.errors.SpecError` naming the JSON pointer::
 
     >>> load_spec({"version": 1, "routing": {"channel_ratio": 1.5}})
@@ -16,13 +18,13 @@ import functools
 import json
 import os
 from importlib import resources
-from pathlib import Path
 from typing import Any, Mapping
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from dtrsurgeon.errors import SpecError
+from dtrsurgeon.spec.document import pointer, preview, quote_key, read_document
 from dtrsurgeon.spec.model import (
     DEFAULT_ALPHA,
     DEFAULT_CHANNEL_RATIO,
@@ -33,6 +35,9 @@ from dtrsurgeon.spec.model import (
     TaskWeights,
     TimestepMap,
 )
+
+# t1 - t0 below this cannot be told apart in float32 timesteps, and (N-1)/(t1-t0) must stay finite.
+MIN_RANGE_WIDTH = 1e-6
 
 
 @functools.cache
@@ -45,53 +50,51 @@ def spec_schema() -> dict[str, Any]:
     return schema
 
 
-def _pointer(path) -> str:
-    return "".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in path)
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(spec_schema())
 
 
 def _describe(error: ValidationError) -> tuple[str, str]:
-    """(pointer, message) for a jsonschema error, in the user's words."""
-    ptr = _pointer(error.absolute_path)
+    """(pointer, message) for a jsonschema error, in the user's words, echoing at most a short preview."""
+    ptr = pointer(error.absolute_path)
     v, inst, sch = error.validator, error.instance, error.validator_value
     if v == "additionalProperties" and isinstance(inst, dict):
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(k for k in inst if k not in allowed)
-        return f"{ptr}/{extra[0]}", f"unknown key {extra[0]!r}; expected one of: {', '.join(allowed)}"
+        return pointer((*error.absolute_path, extra[0])), f"unknown key {quote_key(extra[0])}; expected one of: {', '.join(allowed)}"
     if v == "required":
         missing = [k for k in sch if k not in inst]
         return ptr, f"missing required key {missing[0]!r}"
     if v == "enum":
-        return ptr, f"expected one of {', '.join(map(json.dumps, sch))}, got {json.dumps(inst)}"
+        return ptr, f"expected one of {', '.join(map(json.dumps, sch))}, got {preview(inst)}"
     if v == "const":
-        return ptr, f"expected {json.dumps(sch)}, got {json.dumps(inst)}"
+        return ptr, f"expected {json.dumps(sch)}, got {preview(inst)}"
     if v == "type":
-        return ptr, f"expected {sch if isinstance(sch, str) else ' or '.join(sch)}, got {json.dumps(inst)}"
+        return ptr, f"expected {sch if isinstance(sch, str) else ' or '.join(sch)}, got {preview(inst)}"
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
     if v in bounds:
         kind = "an integer" if error.schema.get("type") == "integer" else "a number"
-        return ptr, f"expected {kind} {bounds[v]} {sch}, got {json.dumps(inst)}"
+        bound = sch if isinstance(sch, int) else f"{sch:g}"
+        return ptr, f"expected {kind} {bounds[v]} {bound}, got {preview(inst)}"
     if v in ("minItems", "maxItems"):
         return ptr, f"expected {'at least' if v == 'minItems' else 'at most'} {sch} items, got {len(inst)}"
     if v == "minLength":
         return ptr, "expected a non-empty string"
-    return ptr, error.message
+    if v == "maxLength":
+        return ptr, f"expected a string of at most {sch} characters, got {len(inst)}"
+    return ptr, preview(error.message, 200)
 
 
-def _read(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(source, Mapping):
-        return json.loads(json.dumps(source))  # deep copy; also rejects non-JSON values
-    path = Path(source)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SpecError("", f"cannot read {path}: {e.strerror}") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpecError("", f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
-    if not isinstance(doc, dict):
-        raise SpecError("", f"expected a JSON object, got {type(doc).__name__}")
-    return doc
+def _timestep_map(ts: Mapping[str, Any]) -> TimestepMap:
+    """The ``timestep`` section, with the range rules the schema cannot state."""
+    n = int(ts.get("num_tasks", DEFAULT_NUM_TASKS))
+    t0, t1 = (float(v) for v in ts.get("range", [0, n - 1]))
+    if not t0 < t1:
+        raise SpecError("/timestep/range", f"expected t0 < t1, got [{t0:g}, {t1:g}]")
+    if t1 - t0 < MIN_RANGE_WIDTH:
+        raise SpecError("/timestep/range", f"expected t1 - t0 >= {MIN_RANGE_WIDTH:g}, got [{t0:g}, {t1:g}]")
+    return TimestepMap(arg=ts.get("arg"), num_tasks=n, t0=t0, t1=t1, reverse=bool(ts.get("reverse", False)))
 
 
 def _task_weights(d: Mapping[str, Any] | None, base: TaskWeights, ptr: str) -> TaskWeights:
@@ -113,31 +116,36 @@ def _task_weights(d: Mapping[str, Any] | None, base: TaskWeights, ptr: str) -> T
 
 
 def load_spec(source: str | os.PathLike | Mapping[str, Any] | Spec) -> Spec:
-    """Validate ``source`` (a path to a JSON file, or a dict) into a :class:`Spec`.
+    """Validate ``source`` into a :class:`Spec`.
 
-    Omitted values take the paper's DiT setting: ``channel_ratio`` 0.8, power
-    curve with ``alpha`` 4, sliding windows, ``num_tasks`` 1000, ``range``
-    [0, 999], ``arg`` "t", mode "block".
+    ``source`` is a path to a JSON file, a preset name (``"dit-paper"``,
+    ``"adm"``, ``"uvit"``: the files in ``dtrsurgeon/spec/presets``), a JSON
+    string (``load_spec(spec.to_json()) == spec``), a dict, or a Spec (returned
+    as is).  Omitted values take the paper's DiT setting: ``channel_ratio`` 0.8,
+    power curve with ``alpha`` 4, sliding windows, ``num_tasks`` 1000, ``range``
+    [0, 999], ``arg`` found among the usual names, mode "block".
     """
     if isinstance(source, Spec):
         return source
-    doc = _read(source)
-    error = best_match(jsonschema.Draft202012Validator(spec_schema()).iter_errors(doc))
+    if not isinstance(source, (str, os.PathLike, Mapping)):
+        raise TypeError(f"load_spec: spec must be a path, a preset name, a JSON string, a dict or a Spec, "
+                        f"got {type(source).__name__}")
+    doc = read_document(source)
+    error = best_match(_validator().iter_errors(doc))
     if error is not None:
         raise SpecError(*_describe(error))
+    return _build(doc)
 
-    ts = doc.get("timestep", {})
-    n = int(ts.get("num_tasks", DEFAULT_NUM_TASKS))
-    t0, t1 = (float(v) for v in ts.get("range", [0, n - 1]))
-    if not t0 < t1:
-        raise SpecError("/timestep/range", f"expected t0 < t1, got [{t0:g}, {t1:g}]")
 
+def _build(doc: Mapping[str, Any]) -> Spec:
+    """The Spec of a schema-valid document, defaults filled in."""
+    timestep = _timestep_map(doc.get("timestep", {}))
     r = doc.get("routing", {})
     base = MaskParams(
         channel_ratio=float(r.get("channel_ratio", DEFAULT_CHANNEL_RATIO)),
         window_shift=r.get("window_shift", "sliding"),
         task_weights=_task_weights(r.get("task_weights"), TaskWeights(), "/routing/task_weights"),
-        num_tasks=n,
+        num_tasks=timestep.num_tasks,
         seed=int(r.get("seed", 0)),
     )
     overrides = tuple(
@@ -151,9 +159,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any] | Spec) -> Spec:
     )
     targets = doc.get("targets", {})
     return Spec(
-        timestep=TimestepMap(
-            arg=ts.get("arg"), num_tasks=n, t0=t0, t1=t1, reverse=bool(ts.get("reverse", False))
-        ),
+        timestep=timestep,
         routing=base,
         mode=r.get("mode", "block"),
         include=tuple(targets.get("include", ())),

@@ -81,6 +81,13 @@ def test_accepts(mtl):
         ({"nash": {"update_every": 0}}, "/mtl/nash/update_every", ">= 1"),
         ({"pcgrad": {"reduction": "max"}}, "/mtl/pcgrad/reduction", "max"),
         ({"gamma": 5}, "/mtl/gamma", "unknown key"),
+        ({"num_timesteps": 4097}, "/mtl/num_timesteps", "<= 4096"),
+        ({"clustering": {"k": 101}}, "/mtl/clustering/k", "<= 100"),
+        ({"pcgrad": {"seed": 2**64}}, "/mtl/pcgrad/seed", "<= 18446744073709551615"),
+        ({"min_snr_gamma": float("nan")}, "/mtl/min_snr_gamma", "expected a finite number, got nan"),
+        ({"uw": {"lr": float("inf")}}, "/mtl/uw/lr", "expected a finite number, got inf"),
+        ({"uw": {"betas": [0.9, float("-inf")]}}, "/mtl/uw/betas/1", "expected a finite number, got -inf"),
+        ({"alphas_cumprod_file": "a" * 5000, "schedule": "custom"}, "/mtl/alphas_cumprod_file", "at most 4096 characters"),
     ],
 )
 def test_rejects_with_pointer(mtl, pointer, words):
@@ -132,6 +139,19 @@ def test_from_spec_files_resolve_next_to_the_spec(tmp_path):
     with pytest.raises(MtlError, match="cannot read"):
         from_spec(doc)  # in memory: relative to the working directory, where there is no ac.npy
     assert from_spec(doc, base_dir=tmp_path).intervals == ant.intervals
+
+
+def test_a_custom_schedule_longer_than_the_bound_is_refused_at_its_file(tmp_path):
+    np.save(tmp_path / "ac.npy", np.linspace(0.999, 0.001, 4097))
+    with pytest.raises(SpecError, match=r"^spec /mtl/alphas_cumprod_file: ac.npy holds 4097 values; ANT clusters at most 4096"):
+        from_spec(spec({"schedule": "custom", "alphas_cumprod_file": "ac.npy"}), base_dir=tmp_path)
+
+
+def test_a_json_string_spec_resolves_files_against_the_working_directory(tmp_path, monkeypatch):
+    np.save(tmp_path / "ac.npy", np.array(make_schedule("linear", 64).alphas_cumprod))
+    text = json.dumps({"version": 1, "mtl": {"schedule": "custom", "alphas_cumprod_file": "ac.npy", "clustering": {"k": 3}}})
+    monkeypatch.chdir(tmp_path)
+    assert from_spec(text).schedule.num_timesteps == 64
 
 
 def test_from_spec_semantic_errors(tmp_path):

@@ -19,11 +19,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from dtrsurgeon.spec.document import preset_path  # noqa: E402
 from examples import train  # noqa: E402
 
 pytest.importorskip("sklearn")
 
-SPEC = str(ROOT / "specs" / "dit-paper.json")
+SPEC = "dit-paper"
 BASE = ["--model", "tiny_dit", "--data", "digits", "--image-size", "8", "--batch-size", "16",
         "--device", "cpu", "--num-samples", "4", "--sample-steps", "3", "--no-progress", "--log-every", "1"]
 
@@ -117,7 +118,7 @@ def test_command_line_error_through_a_subprocess(tmp_path):
 
 
 def _write_ant_spec(tmp_path: Path) -> Path:
-    doc = json.loads(Path(SPEC).read_text())
+    doc = json.loads(preset_path(SPEC).read_text())
     doc["mtl"] = {"clustering": {"cost": "uniform", "k": 4}, "weighting": "uw"}
     path = tmp_path / "dit-ant.json"
     path.write_text(json.dumps(doc))
@@ -192,7 +193,7 @@ def test_gradient_accumulation_takes_the_one_pass_step(tmp_path, ant):
 
 
 def test_pcgrad_refuses_gradient_accumulation(tmp_path, capsys):
-    doc = json.loads(Path(SPEC).read_text())
+    doc = json.loads(preset_path(SPEC).read_text())
     doc["mtl"] = {"clustering": {"cost": "uniform", "k": 2}, "weighting": "pcgrad"}
     spec = tmp_path / "pcgrad.json"
     spec.write_text(json.dumps(doc))
