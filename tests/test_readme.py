@@ -1,0 +1,53 @@
+"""README's Python blocks run as written, from a folder outside the repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def python_blocks() -> list[tuple[int, str]]:
+    text = README.read_text(encoding="utf-8")
+    return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in BLOCK.finditer(text)]
+
+
+def test_readme_has_python_blocks():
+    assert python_blocks(), "README.md lost its Python examples"
+
+
+@pytest.mark.parametrize("line,code", python_blocks(), ids=lambda v: f"README.md:{v}" if isinstance(v, int) else "")
+def test_readme_block_runs(line, code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{README}:{line}", "exec"), {"__name__": f"readme_block_{line}"})
+
+
+def setup_commands() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"^```bash\n(.*?)^```", text, re.DOTALL | re.MULTILINE).group(1)
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_setup_block_installs_runs_and_tests():
+    install, main, tests = setup_commands()
+    assert install.startswith("python -m pip install") and tests.startswith("python -m pytest")
+    assert main.startswith("dtrsurgeon apply ")
+
+
+@pytest.mark.slow
+def test_setup_main_command_runs_as_written(tmp_path):
+    """The README's main command, from the repository root, writing into a temporary folder."""
+    main = setup_commands()[1].split()
+    out = main.index("-o") + 1
+    main[out] = str(tmp_path / Path(main[out]).name)
+    done = subprocess.run([sys.executable, "-m", "dtrsurgeon", *main[1:]], cwd=README.parent,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    generated = Path(main[out]).read_text(encoding="utf-8")
+    assert "dtr_task_index(" in generated and "class DiT(" in generated
