@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,28 @@ def test_setup_main_command_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stderr
     generated = Path(main[out]).read_text(encoding="utf-8")
     assert "dtr_task_index(" in generated and "class DiT(" in generated
+
+
+SHOWN_OUTPUT = re.compile(r"^`(dtrsurgeon inspect [^`]+)`:\n\n```\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.parametrize("command,shown", SHOWN_OUTPUT.findall(README.read_text(encoding="utf-8")),
+                         ids=lambda v: v.split(" --spec")[0] if v.startswith("dtrsurgeon") else "")
+def test_shown_inspect_output_is_what_the_command_prints(command, shown, monkeypatch, capsys):
+    """Every line README shows under an `inspect` command is a line that command prints."""
+    from dtrsurgeon.cli import main
+
+    monkeypatch.chdir(README.parent)
+    assert main(shlex.split(command)[1:]) == 0
+    printed = {line.rstrip() for line in capsys.readouterr().out.splitlines()}
+    missing = [line for line in shown.splitlines() if line != "..." and line.rstrip() not in printed]
+    assert not missing, missing
+
+
+def test_shown_apply_edits_are_in_the_golden_files():
+    """The `+` lines of README's diffs are lines `apply` writes (tests/golden holds its output)."""
+    goldens = "\n".join(p.read_text(encoding="utf-8") for p in (README.parent / "tests" / "golden").glob("*.py"))
+    written = {line.strip() for line in goldens.splitlines()}
+    diffs = re.findall(r"^```diff\n(.*?)^```", README.read_text(encoding="utf-8"), re.DOTALL | re.MULTILINE)
+    added = [line[1:].strip() for diff in diffs for line in diff.splitlines() if line.startswith("+")]
+    assert added and not [line for line in added if line not in written]
