@@ -94,4 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before a verb runs (while the verbs' modules are imported)
+        print("dtrsurgeon: interrupted (SIGINT)", file=sys.stderr)
+        code = 130
+    sys.exit(code)
