@@ -38,7 +38,7 @@ def _importable_name(file: Path) -> str | None:
             break
         try:
             found = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
+        except Exception:  # find_spec imports the parents: a broken package on the way is not this file
             continue
         if found is not None and found.origin and Path(found.origin).resolve() == file:
             return name
