@@ -21,8 +21,8 @@ import signal
 import stat
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from dtrsurgeon.errors import DtrSurgeonError
 
@@ -130,7 +130,7 @@ class _SignalGuard:
         if self.pending is not None:
             raise Interrupted(self.pending)
 
-    def interruptible(self) -> "_Interruptible":
+    def interruptible(self) -> _Interruptible:
         return _Interruptible(self)
 
 
