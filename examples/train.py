@@ -11,8 +11,11 @@ Epsilon prediction, linear or cosine schedule, AdamW, EMA, bf16 autocast, option
 
 ``--spec`` routes the model through ``dtrsurgeon.transform``; its ``mtl`` section (or that of
 ``--mtl FILE``) switches on ANT. ``--generated FILE --entry NAME`` trains a model imported from a
-file that ``dtrsurgeon apply`` wrote. The output folder gets ``ckpt.pt``, ``spec.json``,
-``plan.json``, ``metrics.json``, ``loss.png`` and ``samples.png``. See docs/training.md.
+file that ``dtrsurgeon apply`` wrote (its input channels and image size are checked against the
+data's). The output folder gets ``ckpt.pt``, ``spec.json``, ``plan.json``, ``metrics.json``,
+``loss.png`` and ``samples.png``, each written whole or not at all (dtrsurgeon's CLI writer; Ctrl-C
+exits 130 and leaves the last checkpoint intact). The run prints the routed units first and the
+files it wrote last. See docs/training.md.
 
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
