@@ -11,8 +11,11 @@ Epsilon prediction, linear or cosine schedule, AdamW, EMA, bf16 autocast, option
 
 ``--spec`` routes the model through ``dtrsurgeon.transform``; its ``mtl`` section (or that of
 ``--mtl FILE``) switches on ANT. ``--generated FILE --entry NAME`` trains a model imported from a
-file that ``dtrsurgeon apply`` wrote. The output folder gets ``ckpt.pt``, ``spec.json``,
-``plan.json``, ``metrics.json``, ``loss.png`` and ``samples.png``. See docs/training.md.
+file that ``dtrsurgeon apply`` wrote (its input channels and image size are checked against the
+data's). The output folder gets ``ckpt.pt``, ``spec.json``, ``plan.json``, ``metrics.json``,
+``loss.png`` and ``samples.png``, each written whole or not at all (dtrsurgeon's CLI writer; Ctrl-C
+exits 130 and leaves the last checkpoint intact). The run prints the routed units first and the
+files it wrote last. See docs/training.md.
 
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
@@ -25,6 +28,7 @@ import copy
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +41,7 @@ if __package__ in (None, ""):
 import torch
 import torch.distributed as dist
 
+from dtrsurgeon.cli._output import check_output, write_output, write_text
 from examples.data import DATASETS, DataError, EpochStream, load_dataset
 from examples.diffusion import SCHEDULES, Schedule, ddim_sample, model_eps, per_sample_mse, save_grid
 from examples.models import ModelError, build_model, check_name, is_conditional
@@ -201,8 +206,37 @@ def prepare_model(args, data):
         model = build_model(args.model, data.image_size, data.channels, num_classes, kwargs)
         if spec is not None:
             model = dtrsurgeon.transform(model, spec)
+    check_fits_data(model, data, f"--generated {args.generated}" if args.generated else f"--model {args.model}")
     plan = getattr(model, "dtr_plan", None)
     return model, spec, (plan.to_dict() if plan is not None else None)
+
+
+_CHANNEL_ATTRS = ("in_channels", "in_chans", "img_channels")
+_SIZE_ATTRS = ("input_size", "img_size", "image_size", "sample_size", "img_resolution")
+
+
+def check_fits_data(model: torch.nn.Module, data, source: str) -> None:
+    """The model's declared input channels and image size against the data's, before training
+    (else the first step fails deep inside the model with a shape error)."""
+    for attrs, want, what in ((_CHANNEL_ATTRS, data.channels, "input channels"),
+                              (_SIZE_ATTRS, data.image_size, "image size")):
+        name = next((a for a in attrs if isinstance(getattr(model, a, None), int)), None)
+        if name is not None and getattr(model, name) != want:
+            raise TrainError(f"{source}: the model's {what} {name}={getattr(model, name)} do not match the "
+                             f"{data.name} images ({want}); build it with {name}={want}")
+
+
+def routed_units(model: torch.nn.Module) -> list[str]:
+    """The module paths that carry a mask table: what `transform` or a generated file routed."""
+    return [name for name, module in model.named_modules() if getattr(module, "dtr_mask", None) is not None]
+
+
+def describe_routing(model: torch.nn.Module) -> str:
+    units = routed_units(model)
+    if not units:
+        return f"{type(model).__name__} is not routed"
+    shown = ", ".join(units[:6]) + (f", ... ({len(units) - 6} more)" if len(units) > 6 else "")
+    return f"{type(model).__name__}: {len(units)} routed unit{'s' if len(units) != 1 else ''} ({shown})"
 
 
 def deepcopy_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -215,9 +249,20 @@ def deepcopy_model(model: torch.nn.Module) -> torch.nn.Module:
 # -- checkpoints -------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_output(path, lambda tmp: torch.save(state, tmp), flag="--out")
+
+
+def write_json(path: Path, value) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n", flag="--out")
+
+
+def prepare_out(out: Path) -> None:
+    """Create the output folder and check it takes files, before any training."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"--out {out}: cannot create it: {e.strerror}") from None
+    check_output(out / "metrics.json", flag="--out", formats=(".json",), replace_existing=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -258,6 +303,11 @@ class _Progress:
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=start, info="")
 
+    def advance(self, step: int) -> None:
+        """Every step: the bar moves (plain output waits for the next log line)."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step)
+
     def update(self, step: int, info: str) -> None:
         if not self.enabled:
             return
@@ -297,8 +347,10 @@ def plot_losses(steps: list[int], losses: list[float], path: Path, title: str) -
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        write_output(path, lambda tmp: fig.savefig(tmp, format="png"), flag="--out")
+    finally:
+        plt.close(fig)
 
 
 def run(args, callback=None, callback_every: int = 0) -> TrainResult:
@@ -314,6 +366,7 @@ def run(args, callback=None, callback_every: int = 0) -> TrainResult:
 
 
 def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
+    wall_start = time.time()
     if args.steps < 0 or args.batch_size < 1:
         raise TrainError("--steps must be >= 0 and --batch-size >= 1")
     if args.grad_accum < 1:
@@ -332,7 +385,7 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
         raise TrainError(f"--spec {args.spec}: no such file or preset ({', '.join(preset_names())})")
     out = Path(args.out)
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(out)
 
     data = load_dataset(args.data, args.image_size, args.mnist_wheel)
     schedule = Schedule.make(args.schedule, args.timesteps)
@@ -341,10 +394,11 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     mtl, mtl_dir = load_mtl_section(args, spec)
     conditional = is_conditional(model) and not args.unconditional
     if d.main:
+        print(f"{PROG}: {describe_routing(model)}", flush=True)
         if spec is not None:
-            (out / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True) + "\n")
+            write_json(out / "spec.json", spec.to_dict())
         if plan is not None:
-            (out / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
+            write_json(out / "plan.json", plan)
 
     device = d.device
     use_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
@@ -467,6 +521,7 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
                 eb.copy_(mb)
         pending.append(torch.stack(step_losses).mean())
         done = step + 1
+        progress.advance(done)
         if done % args.log_every == 0 or done == args.steps:
             flush()
             info = f"loss {hist_loss[-1]:.4f}"
@@ -493,7 +548,7 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
         "precision": "bf16" if use_bf16 else "fp32", "compile": bool(args.compile),
     }
     if d.main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n", flag="--out")
         if hist_loss:
             title = f"{metrics['model']}{' + DTR' if plan else ''} on {data.name}"
             plot_losses(hist_steps, hist_loss, out / "loss.png", title)
@@ -504,7 +559,10 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
             imgs = ddim_sample(ema, schedule, (n, data.channels, data.image_size, data.image_size), labels,
                                steps=args.sample_steps, eta=args.sample_eta, generator=gen, device=device,
                                autocast_dtype=torch.bfloat16 if use_bf16 else None)
-            save_grid(imgs, out / "samples.png", nrow=int(math.ceil(math.sqrt(n))) if not conditional else 10)
+            nrow = int(math.ceil(math.sqrt(n))) if not conditional else 10
+            write_output(out / "samples.png", lambda tmp: save_grid(imgs, tmp, nrow=nrow), flag="--out")
+        written = sorted(p.name for p in out.iterdir() if p.is_file() and p.stat().st_mtime >= wall_start)
+        print(f"{PROG}: wrote {', '.join(written)} in {out}", flush=True)
     return TrainResult(out, model, ema, hist_steps, hist_loss, metrics, spec, objective, data, schedule)
 
 
@@ -518,6 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(e).split())
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # the writer has removed its temporary file; the last ckpt.pt is whole
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"{PROG}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

@@ -1,14 +1,22 @@
 """Build a model from a Python file: ``--entry NAME [--kwargs JSON]``.
 
-The file is imported under its own name with its folder on ``sys.path`` (so
-its sibling imports work).  ``NAME`` is a class or a factory function.
+A file that is importable already (``model_zoo/dit.py``, a module of a package) is
+imported under its dotted name, so its classes keep one identity.  Any other file
+is imported under a private name (``_dtrsurgeon_model_<stem>_<hash>``: a file called
+``json.py`` must not replace :mod:`json`) with its folder on ``sys.path`` (so its
+sibling imports work).  ``NAME`` is a class or a factory function.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
 import json
+import re
 import sys
+import tokenize
+import traceback
 from pathlib import Path
 
 from torch import nn
@@ -30,7 +38,7 @@ def _importable_name(file: Path) -> str | None:
             break
         try:
             found = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
+        except Exception:  # find_spec imports the parents: a broken package on the way is not this file
             continue
         if found is not None and found.origin and Path(found.origin).resolve() == file:
             return name
@@ -53,38 +61,110 @@ def _package_name(file: Path) -> str | None:
     return ".".join(parts)
 
 
+def _line_at(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _check_source(file: Path, shown: str) -> None:
+    """Refuse bytes Python would choke on with a traceback, naming the byte offset.
+
+    ``model.py: line 3, byte offset 57: not valid utf-8 (invalid start byte); save the file as UTF-8``
+    """
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"{shown}: cannot read it: {e.strerror}") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ModelFileError(f"{shown}: line {_line_at(data, nul)}, byte offset {nul}: a NUL byte; "
+                             "not a Python source file")
+    try:
+        encoding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+        data.decode(encoding)
+    except SyntaxError as e:  # an unknown `# coding:` cookie
+        raise ModelFileError(f"{shown}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{shown}: line {_line_at(data, e.start)}, byte offset {e.start}: not valid "
+                             f"{e.encoding} ({e.reason}); save the file as UTF-8") from None
+
+
+def _private_name(file: Path) -> str:
+    """A module name no other module has: a model file called json.py or torch.py must not
+    replace the real one in ``sys.modules``."""
+    stem = re.sub(r"\W", "_", file.stem)
+    return f"_dtrsurgeon_model_{stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
+
+
+def _exec_file(file: Path, shown: str):
+    name = _private_name(file)
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None:
+        raise ModelFileError(f"{shown}: not a Python source file (expected NAME.py)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(file.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        sys.path.remove(str(file.parent))
+    return module
+
+
+def _where(file: Path, shown: str, error: BaseException) -> str:
+    """``shown:LINE``: the deepest line of ``file`` in the error's traceback (``shown`` if none)."""
+    line = None
+    for frame, lineno in traceback.walk_tb(error.__traceback__):
+        if Path(frame.f_code.co_filename).resolve() == file:
+            line = lineno
+    return shown if line is None else f"{shown}:{line}"
+
+
+def _describe(error: BaseException) -> str:
+    """``KeyError: 'x'``, ``sys.exit(3)``: the exception on one line, cut to a readable length."""
+    if isinstance(error, SystemExit):
+        return f"it called sys.exit({error.code!r})"
+    text = " ".join(str(error).split())
+    if len(text) > 300:
+        text = text[:300] + " ..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def import_file(path: str):
+    """The module of a model file, imported under a name that shadows nothing.
+
+    Any exception the file raises while it is imported (``SyntaxError``, an ``assert``,
+    ``sys.exit``) becomes one :class:`ModelFileError` naming the file and line; the original
+    stays chained for ``--traceback``.  KeyboardInterrupt passes through.
+    """
     file = Path(path).resolve()
     if not file.is_file():
         raise ModelFileError(f"{path}: no such file")
+    if file.suffix != ".py":
+        raise ModelFileError(f"{path}: not a Python source file (expected NAME.py)")
+    _check_source(file, path)
     name = _importable_name(file) or _package_name(file)
     try:
-        if name is not None:
-            return importlib.import_module(name)
-        name = file.stem
-        spec = importlib.util.spec_from_file_location(name, file)
-        if spec is None:
-            raise ModelFileError(f"{path}: not a Python source file (expected NAME.py)")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        sys.path.insert(0, str(file.parent))
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-        finally:
-            sys.path.remove(str(file.parent))
-        return module
+        if name is None:
+            return _exec_file(file, path)
+        module = importlib.import_module(name)
     except ModelFileError:
         raise
     except SyntaxError as e:
-        raise ModelFileError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from None
-    except Exception as e:
-        raise ModelFileError(f"{path}: importing it failed: {type(e).__name__}: {e}") from None
+        raise ModelFileError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from e
+    except (Exception, SystemExit) as e:
+        raise ModelFileError(f"{_where(file, path, e)}: importing it failed: {_describe(e)}") from e
+    if Path(module.__file__ or "").resolve() != file:
+        raise ModelFileError(f"{path}: importing it as {name} gives {module.__file__}: another module of that name "
+                             "comes first on sys.path; rename the package")
+    return module
 
 
 def build_model(path: str, entry: str, kwargs_json: str | None) -> nn.Module:
+    """``entry(**kwargs)`` from the file at ``path``; whatever the factory raises becomes one
+    :class:`ModelFileError` line naming the file, the entry and the exception."""
     module = import_file(path)
     factory = getattr(module, entry, None)
     if factory is None:
@@ -97,10 +177,13 @@ def build_model(path: str, entry: str, kwargs_json: str | None) -> nn.Module:
         raise ModelFileError(f"--kwargs: malformed JSON at column {e.colno}: {e.msg}") from None
     if not isinstance(kwargs, dict):
         raise ModelFileError("--kwargs: expected a JSON object of keyword arguments")
+    if not callable(factory):
+        raise ModelFileError(f"{path}: {entry} is a {type(factory).__name__}, not a class or function")
     try:
         model = factory(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ModelFileError(f"{path}: {entry}(**{kwargs_json or '{}'}) failed: {e}") from None
+    except (Exception, SystemExit) as e:
+        where = _where(Path(path).resolve(), path, e)
+        raise ModelFileError(f"{where}: {entry}(**{kwargs_json or '{}'}) failed: {_describe(e)}") from e
     if not isinstance(model, nn.Module):
         raise ModelFileError(f"{path}: {entry}(...) returned {type(model).__name__}, not an nn.Module")
     return model

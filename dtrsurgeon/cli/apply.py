@@ -4,8 +4,9 @@
     wrote model_zoo/dit_dtr.py (12 units routed; 4 functions edited)
 
 ``--diff`` prints a unified diff and writes nothing.  Without ``--force`` an
-existing output is never overwritten; writes are atomic (a temporary file,
-then a rename); the input changes only with ``--in-place``.
+existing or read-only output is never overwritten; the input changes only with
+``--in-place`` (which keeps its mode).  The target is checked before any work and
+written atomically (cli/_output.py): an error or Ctrl-C leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 import difflib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from dtrsurgeon.errors import EmitError
@@ -55,11 +55,15 @@ def default_entry(module, timestep_arg: str | None) -> str:
     return found[0]
 
 
-def generate(spec_path, model_py: str, entry: str | None, kwargs_json: str | None, example_inputs=None) -> str:
-    """The routed source text (what ``apply`` writes and ``check`` compares)."""
+def generate(spec_path, model_py: str, entry: str | None, kwargs_json: str | None,
+             example_inputs: str | None = None) -> str:
+    """The routed source text (what ``apply`` writes and ``check`` compares); ``example_inputs``:
+    the path of a ``.pt`` file of ``(args, kwargs)``, recorded in the header by name and sha256."""
     from dtrsurgeon.analysis.units import build_plan
     from dtrsurgeon.cli._model import build_model, import_file
+    from dtrsurgeon.cli.inspect import load_example_inputs
     from dtrsurgeon.emit.source import (
+        GUESSED,
         Header,
         emit_source,
         is_generated,
@@ -75,23 +79,14 @@ def generate(spec_path, model_py: str, entry: str | None, kwargs_json: str | Non
     if entry is None:
         entry = default_entry(import_file(model_py), spec.timestep.arg)
     model = build_model(model_py, entry, kwargs_json)
-    plan = build_plan(model, spec, example_inputs)
+    plan = build_plan(model, spec, load_example_inputs(example_inputs))
     spec_name, spec_data = spec_bytes(spec_path)
     kwargs = json.dumps(json.loads(kwargs_json) if kwargs_json else {}, sort_keys=True)
-    header = Header(os.path.basename(model_py), sha256_of(source), spec_name, sha256_of(spec_data), entry, kwargs)
+    inputs = GUESSED if example_inputs is None else \
+        f"{os.path.basename(example_inputs)} sha256={sha256_of(Path(example_inputs).read_bytes())}"
+    header = Header(os.path.basename(model_py), sha256_of(source), spec_name, sha256_of(spec_data), entry, kwargs,
+                    inputs)
     return emit_source(model, plan, model_py, header)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:
@@ -99,20 +94,20 @@ def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:
 
 
 def run(args) -> int:
-    from dtrsurgeon.cli.inspect import load_example_inputs
+    from dtrsurgeon.cli._output import PYTHON, check_output, write_text
 
     model_py = Path(args.model_py)
     if args.in_place and args.output:
         raise EmitError("--in-place and -o/--output exclude each other")
     out = model_py if args.in_place else Path(args.output) if args.output else model_py.with_name(f"{model_py.stem}_dtr.py")
-    text = generate(args.spec, str(model_py), args.entry, args.kwargs, load_example_inputs(args.example_inputs))
+    flag = "--in-place" if args.in_place else "-o"
+    if not args.diff:
+        inputs = [("model file", model_py), ("spec", args.spec), ("example inputs", args.example_inputs)]
+        check_output(out, flag=flag, formats=PYTHON, kind="source format", inputs=inputs, force=args.force, in_place=args.in_place)
+    text = generate(args.spec, str(model_py), args.entry, args.kwargs, args.example_inputs)
     if args.diff:
         print(unified_diff(model_py.read_text(), text, str(model_py), str(out)), end="")
         return 0
-    if not out.parent.is_dir():
-        raise EmitError(f"{out}: the folder {out.parent} does not exist")
-    if out.exists() and not (args.force or args.in_place):
-        raise EmitError(f"{out} exists; pass --force to overwrite it (or --diff to see the change)")
-    atomic_write(out, text)
+    write_text(out, text, flag=flag)
     print(f"wrote {out}")
     return 0

@@ -1,13 +1,16 @@
 """``dtrsurgeon check SPEC MODEL_PY GENERATED_PY``: is a generated file up to date?
 
 Regenerates in memory with the entry and arguments recorded in GENERATED_PY's
-header and compares.  Exit 0: fresh.  Exit 1: stale, the diff is printed.
+header and compares.  A file made with ``--example-inputs FILE`` is checked with the
+same flag (its header records the file's name and sha256; a different file is a
+change like any other).  Exit 0: fresh.  Exit 1: stale, the diff is printed.
 Exit 2: bad input.  For downstream CI, like ``ruff --check``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 
@@ -17,7 +20,18 @@ def register(sub) -> None:
     p.add_argument("spec")
     p.add_argument("model_py")
     p.add_argument("generated_py")
+    p.add_argument("--example-inputs", default=None, metavar="FILE.pt",
+                   help="the example inputs GENERATED_PY was made with (its header names the file)")
     p.set_defaults(run=run)
+
+
+def _regenerate_command(args, header) -> str:
+    parts = ["dtrsurgeon", "apply", args.spec, args.model_py, "--entry", header.entry]
+    if header.kwargs != "{}":
+        parts += ["--kwargs", header.kwargs]
+    if args.example_inputs:
+        parts += ["--example-inputs", args.example_inputs]
+    return shlex.join(parts + ["-o", args.generated_py, "--force"])
 
 
 def run(args) -> int:
@@ -28,14 +42,21 @@ def run(args) -> int:
     generated = Path(args.generated_py)
     if not generated.is_file():
         raise ModelFileError(f"{generated}: no such file")
-    current = generated.read_text()
+    try:
+        current = generated.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{generated}: byte offset {e.start}: not valid UTF-8; not a file dtrsurgeon wrote") from None
     header = Header.parse(current, str(generated))
+    recorded = header.inputs_file
+    if recorded is not None and args.example_inputs is None:
+        name, sha = recorded
+        raise ModelFileError(f"{generated}: made with --example-inputs {name} (sha256 {sha[:12]}...); "
+                             f"pass --example-inputs {shlex.quote(name)} to check it")
     kwargs = None if header.kwargs == "{}" else header.kwargs
-    expected = generate(args.spec, args.model_py, header.entry, kwargs)
+    expected = generate(args.spec, args.model_py, header.entry, kwargs, args.example_inputs)
     if expected == current:
         print(f"{generated}: up to date")
         return 0
     print(unified_diff(current, expected, str(generated), f"{generated} (regenerated)"), end="")
-    print(f"{generated}: stale; run `dtrsurgeon apply {args.spec} {args.model_py} --entry {header.entry} "
-          f"-o {generated} --force`")
+    print(f"{generated}: stale; run `{_regenerate_command(args, header)}`")
     return 1

@@ -48,6 +48,7 @@ def register(sub) -> None:
     p.add_argument("--affinity", metavar="FILE.npy", help="T x T task-affinity matrix for --cost affinity")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="OUT.png", help="also write a plot of log-SNR over t with the clusters shaded")
+    p.add_argument("--force", action="store_true", help="with --plot: replace a read-only image")
     p.set_defaults(run=run)
 
 
@@ -66,19 +67,12 @@ def _schedule(args, default_timesteps: int):
     return make_schedule(args.schedule or "linear", args.timesteps or default_timesteps)
 
 
-def _check_plot_path(path: str) -> None:
-    import matplotlib
+def _check_plot_path(args) -> None:
+    """Before any work or output: a bad --plot target must not come after a printed table."""
+    from dtrsurgeon.cli._output import check_output, image_formats
 
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise MtlError(f"--plot {path}: folder {parent} does not exist")
-    ext = Path(path).suffix.lstrip(".").lower()
-    supported = Figure().canvas.get_supported_filetypes()
-    if ext not in supported:
-        raise MtlError(f"--plot {path}: unknown image format {ext!r}; use one of: {', '.join(sorted(supported))}")
+    check_output(args.plot, flag="--plot", formats=image_formats(), force=args.force, replace_existing=True,
+                 inputs=[("affinity matrix", args.affinity), ("alphas_cumprod", args.alphas_cumprod)])
 
 
 def _finite(x: float) -> float | None:
@@ -174,6 +168,8 @@ def _table(result: dict) -> None:
 def _plot(result: dict, log_snr: np.ndarray, path: str) -> None:
     from matplotlib.figure import Figure
 
+    from dtrsurgeon.cli._output import write_output
+
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.add_subplot()
     t = np.arange(log_snr.shape[0])
@@ -188,12 +184,12 @@ def _plot(result: dict, log_snr: np.ndarray, path: str) -> None:
     ax.set_xlim(-0.5, log_snr.shape[0] - 0.5)
     ax.set_title(f"{result['k']} clusters, {result['schedule']} schedule, cost {result['cost']}")
     ax.legend(loc="upper right")
-    fig.savefig(path)
+    write_output(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:].lower()), flag="--plot")
 
 
 def run(args) -> int:
     if args.plot:
-        _check_plot_path(args.plot)
+        _check_plot_path(args)
     result, sched = compute(args)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))

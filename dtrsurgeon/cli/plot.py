@@ -4,7 +4,8 @@ Draws mask tables, one panel per distinct channel width (with ``--model``:
 the widths of the units the spec routes in that model, e.g. one per U-Net
 level): tasks (timesteps) down, channels across, active channels dark.  The
 window's drift and its speed-up at high noise (the task-weight curve) are
-visible at a glance.
+visible at a glance.  The output's suffix names its format (``.png``, ``.pdf``,
+``.svg``, ...); an existing output is replaced, a read-only one only with ``--force``.
 """
 
 from __future__ import annotations
@@ -20,15 +21,20 @@ def register(sub) -> None:
     p.add_argument("--entry", default=None, help="with --model: class or factory in MODEL_PY")
     p.add_argument("--kwargs", default=None, help="with --model: JSON object of arguments for ENTRY")
     p.add_argument("--match", default=None, help="module path whose overrides apply (default: the global routing)")
-    p.add_argument("-o", "--output", default="masks.png", help="PNG file to write (default masks.png)")
+    p.add_argument("-o", "--output", default="masks.png",
+                   help="image to write; its suffix names the format: .png, .pdf, .svg, ... (default masks.png)")
+    p.add_argument("--force", action="store_true", help="replace a read-only output file")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from dtrsurgeon.cli._model import ModelFileError
+    from dtrsurgeon.cli._output import check_output, image_formats, write_output
     from dtrsurgeon.masks import mask_table
     from dtrsurgeon.spec import load_spec
 
+    out = check_output(args.output, formats=image_formats(), inputs=[("spec", args.spec), ("model file", args.model)],
+                       force=args.force, replace_existing=True)
     spec = load_spec(args.spec)
     if (args.channels is None) == (args.model is None):
         raise ModelFileError("give either --channels C [C ...] or --model MODEL_PY --entry NAME")
@@ -65,9 +71,9 @@ def run(args) -> int:
     fig.suptitle(f"{os.path.basename(args.spec)}: {params.window_shift}, {params.task_weights.curve}, "
                  f"beta={params.channel_ratio:g}, N={params.num_tasks}")
     fig.tight_layout()
-    tmp = args.output + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, args.output)
-    print(f"wrote {args.output}")
+    try:
+        write_output(out, lambda tmp: fig.savefig(tmp, dpi=110, format=out.suffix[1:].lower()))
+    finally:
+        plt.close(fig)
+    print(f"wrote {out}")
     return 0

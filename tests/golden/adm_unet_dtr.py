@@ -4,6 +4,7 @@
 # dtrsurgeon: spec adm.json sha256=bd76590a62faf9adcdd050df421dd9e1e0b98a81661d0a931b2db4135676d772
 # dtrsurgeon: entry adm_unet
 # dtrsurgeon: kwargs {"name": "tiny"}
+# dtrsurgeon: inputs guessed
 """ADM U-Net: the "ablated diffusion model" backbone of Dhariwal & Nichol.
 
 Reference: P. Dhariwal, A. Nichol, "Diffusion Models Beat GANs on Image Synthesis", NeurIPS 2021

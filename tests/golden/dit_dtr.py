@@ -4,6 +4,7 @@
 # dtrsurgeon: spec dit-paper.json sha256=77a39b3b1ce6f2dda0172fd962060357640fef6761f811c2ca2f358ea346dfbd
 # dtrsurgeon: entry DiT_S_2
 # dtrsurgeon: kwargs {}
+# dtrsurgeon: inputs guessed
 """DiT: Diffusion Transformer (Peebles & Xie, 2023), class-conditional with adaLN-Zero.
 
 Parameter names and shapes follow the reference release (facebookresearch/DiT,

@@ -4,6 +4,7 @@
 # dtrsurgeon: spec uvit.json sha256=ad6c76fad38db2d55405d77a74089998e9ecacf89e81e280982da189123a08c7
 # dtrsurgeon: entry uvit
 # dtrsurgeon: kwargs {"name": "tiny"}
+# dtrsurgeon: inputs guessed
 """U-ViT: a ViT backbone for diffusion models with U-Net-style long skip connections.
 
 Reference: F. Bao, S. Nie, K. Xue, Y. Cao, C. Li, H. Su, J. Zhu, "All are Worth Words: A ViT Backbone for

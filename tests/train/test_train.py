@@ -273,3 +273,53 @@ def test_two_processes_take_the_steps_of_one_process_with_the_same_micro_batches
             assert torch.equal(a, b), name
         else:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_run_reports_its_routing_and_outputs_and_the_bar_moves_every_step(tmp_path, capsys, monkeypatch):
+    moved = []
+    monkeypatch.setattr(train._Progress, "advance", lambda self, step: moved.append(step))
+    out = tmp_path / "routed"
+    old = os.umask(0o022)
+    try:
+        assert train.main(BASE + ["--steps", "3", "--log-every", "100", "--spec", SPEC, "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert moved == [1, 2, 3]
+    stdout = capsys.readouterr().out
+    assert "train.py: DiT: 2 routed units (blocks.0, blocks.1)" in stdout
+    assert f"train.py: wrote ckpt.pt, loss.png, metrics.json, plan.json, samples.png, spec.json in {out}" in stdout
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "loss.png", "metrics.json", "plan.json", "samples.png", "spec.json"]
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {p.name: 0o644 for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("generated-channels", "the model's input channels in_channels=4 do not match the digits images (1)"),
+    ("model-channels", "--model tiny_dit: the model's input channels in_channels=3 do not match the digits images (1)"),
+    ("read-only-out", "the folder {out} is read-only"),
+    ("out-is-a-file", "--out {out}: cannot create it"),
+])
+def test_model_and_output_folder_are_checked_before_training(case, needle, tmp_path, capsys):
+    from dtrsurgeon.cli import main as cli
+
+    out = tmp_path / "o"
+    extra = []
+    if case == "generated-channels":
+        gen = tmp_path / "dit_dtr.py"
+        assert cli(["apply", SPEC, str(ROOT / "model_zoo" / "dit.py"), "--entry", "tiny_dit", "-o", str(gen)]) == 0
+        extra = ["--generated", str(gen), "--entry", "tiny_dit", "--kwargs", '{"input_size": 8}']
+    elif case == "model-channels":
+        extra = ["--model-kwargs", '{"in_channels": 3}']
+    elif case == "read-only-out":
+        out.mkdir(mode=0o555)
+    else:
+        out.write_text("a file")
+    capsys.readouterr()
+    try:
+        rc = train.main(BASE + ["--steps", "1", "--out", str(out)] + extra)
+    finally:
+        if out.is_dir():
+            out.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert needle.format(out=out) in err, err
+    assert not out.is_dir() or os.listdir(out) == []
