@@ -19,7 +19,7 @@ import pytest
 from dtrsurgeon.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC = str(REPO / "specs" / "dit-paper.json")
+SPEC = str(REPO / "dtrsurgeon" / "spec" / "presets" / "dit-paper.json")
 
 NET = '''import torch
 import torch.nn as nn

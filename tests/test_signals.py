@@ -103,7 +103,7 @@ def _folder(root: Path, name: str) -> Path:
     folder = root / name
     folder.mkdir()
     (folder / "model.py").write_text(NET)
-    shutil.copy(REPO / "specs" / "dit-paper.json", folder / "spec.json")
+    shutil.copy(REPO / "dtrsurgeon" / "spec" / "presets" / "dit-paper.json", folder / "spec.json")
     return folder
 
 
