@@ -371,8 +371,10 @@ def main(argv=None) -> int:
     for name, update in json.loads(args.backbone_config or "{}").items():
         BACKBONES[name] = {**BACKBONES[name], **update}
     if args.study:
-        from benchmarks.convergence_study import study
+        from benchmarks.convergence_study import resummarize, study
 
+        if args.plot_only:
+            return resummarize(sys.modules[__name__], args)
         return study(sys.modules[__name__], args, argv)
     args.variants = args.variants or ",".join(VARIANTS)
     if args.plot_only:

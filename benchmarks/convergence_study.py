@@ -257,6 +257,19 @@ def study(conv, args, argv) -> int:
     return 1 if any(not f.endswith("stopped at the deadline") for f in failed) else 0
 
 
+def resummarize(conv, args) -> int:
+    """``--study --plot-only``: recompute the summary, the plots and the table from the runs in
+    ``--out-dir``'s ``convergence-study-TAG.json`` (no training, no GPU)."""
+    path = Path(args.out_dir) / f"convergence-study-{args.tag}.json"
+    doc = json.loads(path.read_text())
+    doc["summary"] = summarize(doc["runs"])
+    _write_json(path, doc)
+    for backbone in doc["summary"]:
+        plot_backbone(doc, backbone, path.with_name(f"{path.stem}-{backbone}.png"))
+    print(table(doc))
+    return 0
+
+
 # -- summary -----------------------------------------------------------------------------------
 
 def mean_std(values: list[float]) -> dict:
@@ -300,12 +313,30 @@ def summarize(records: list[dict]) -> dict:
         for v, s in summary.items():
             if target is not None and s["final"]:
                 steps = [steps_to_reach(r["checkpoints"], target, s["final"]["step"]) for r in groups[v]]
-                s["steps_to_vanilla_final_fd"] = {**mean_std(steps), "per_seed": steps, "target_fd": target}
-            if base and base["final"] and s["final"] and v != "vanilla":
-                s["vs_vanilla"] = {m: separation(s["final"][m], base["final"][m]) for m in METRICS}
-                bands = zip(s["final"]["band_mse_ema"], base["final"]["band_mse_ema"])
-                s["vs_vanilla"]["band_mse_ema"] = [separation(a, b) for a, b in bands]
+                s["steps_to_vanilla_final_fd"] = {**mean_std(steps), "per_seed": steps, "target_fd": target,
+                                                  "searched_up_to": s["final"]["step"]}
+            if base and v != "vanilla":
+                s["vs_vanilla"] = _compare_at_steps(s, base)
         out[backbone] = summary
+    return out
+
+
+def _compare_at_steps(s: dict, base: dict) -> dict:
+    """Per checkpoint step that the variant and vanilla both have (every seed), each metric's
+    difference from vanilla at that same step; ``"final"`` is the variant's last such step."""
+    per_step = {}
+    for i, step in enumerate(s["steps"]):
+        if step not in base["steps"]:
+            continue
+        j = base["steps"].index(step)
+        per_step[str(step)] = {m: separation(s["curves"][m][i], base["curves"][m][j]) for m in METRICS}
+    out = {"per_step": per_step, "final": None}
+    if per_step:
+        last = max(per_step, key=int)
+        out["final"] = {"step": int(last), **per_step[last]}
+        i, j = s["steps"].index(int(last)), base["steps"].index(int(last))
+        out["final"]["band_mse_ema"] = [separation(mean_std(a), mean_std(b))
+                                        for a, b in zip(s["band_curves"][i], base["band_curves"][j])]
     return out
 
 
@@ -320,36 +351,50 @@ def _summarize_variant(rs: list[dict]) -> dict:
         final = {"step": last, **{m: curves[m][-1] for m in METRICS},
                  "band_mse_ema": [mean_std([b[last]["band_mse_ema"][i] for b in by_step])
                                   for i in range(len(by_step[0][last]["band_mse_ema"]))]}
+    # per step, per band: the seeds' values (vanilla's are compared at other variants' last steps)
+    band_curves = [[[b[s]["band_mse_ema"][i] for b in by_step] for i in range(len(by_step[0][s]["band_mse_ema"]))]
+                   for s in steps]
     return {"seeds": [r["seed"] for r in rs], "done": [r["status"] == "done" for r in rs], "steps": steps,
-            "curves": curves, "final": final}
+            "curves": curves, "final": final, "band_curves": band_curves}
 
 
 def table(doc: dict) -> str:
-    """A markdown table of the final values (mean +- std over seeds), a star where a variant
-    separates from vanilla."""
-    rows = ["| backbone | variant | step | seeds | held-out MSE (EMA) | FD | label acc | steps to vanilla's final FD |",
-            "|---|---|---|---|---|---|---|---|"]
+    """A markdown table: every variant at its last checkpoint that all its seeds reached (mean
+    +- std over seeds) and its difference from vanilla at that same step (+- the standard error
+    of the difference; a star where it exceeds twice that)."""
+    rows = ["| backbone | variant | step | seeds | held-out MSE (EMA) | vs vanilla, same step | FD | vs vanilla, same step "
+            "| label acc | steps to vanilla's final FD |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for backbone, summary in doc["summary"].items():
         for v, s in summary.items():
             f = s["final"]
             if not f:
                 continue
-            vs = s.get("vs_vanilla", {})
-
-            def cell(m, digits):
-                x = f[m]
-                if x["mean"] is None:
-                    return "-"
-                star = " *" if vs.get(m, {}).get("separates") else ""
-                return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}{star}"
-
-            reach = s.get("steps_to_vanilla_final_fd")
-            reach_cell = "-" if not reach else (
-                f"{reach['mean']:.0f} ± {reach['std']:.0f} ({reach['n']}/{len(reach['per_seed'])})" if reach["n"]
-                else f"not reached (0/{len(reach['per_seed'])})")
-            rows.append(f"| {backbone} | {v} | {f['step']} | {f['fd']['n']} | {cell('mse_ema', 5)} | {cell('fd', 2)} | "
-                        f"{cell('label_acc', 3)} | {reach_cell} |")
+            vs = (s.get("vs_vanilla") or {}).get("final") or {}
+            vs = vs if vs.get("step") == f["step"] else {}
+            rows.append(f"| {backbone} | {v} | {f['step']} | {f['fd']['n']} | {_cell(f['mse_ema'], 5)} | "
+                        f"{_diff_cell(vs.get('mse_ema'), 5)} | {_cell(f['fd'], 1)} | {_diff_cell(vs.get('fd'), 1)} | "
+                        f"{_cell(f['label_acc'], 3)} | {_reach_cell(s.get('steps_to_vanilla_final_fd'))} |")
     return "\n".join(rows)
+
+
+def _cell(x: dict, digits: int) -> str:
+    return "-" if x["mean"] is None else f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}"
+
+
+def _diff_cell(sep: dict | None, digits: int) -> str:
+    if not sep or sep["diff"] is None:
+        return "-"
+    return f"{sep['diff']:+.{digits}f} ± {sep['se']:.{digits}f}{' *' if sep['separates'] else ''}"
+
+
+def _reach_cell(reach: dict | None) -> str:
+    if not reach:
+        return "-"
+    total = len(reach["per_seed"])
+    if not reach["n"]:
+        return f"not by step {reach['searched_up_to']} (0/{total})"
+    return f"{reach['mean']:.0f} ± {reach['std']:.0f} ({reach['n']}/{total})"
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -377,7 +422,7 @@ def plot_backbone(doc: dict, backbone: str, path: Path) -> None:
             if not pts:
                 continue
             x, mu, sd = map(np.array, zip(*pts))
-            ax.plot(x, mu, color=COLORS.get(v), label=v, lw=1.2)
+            ax.plot(x, mu, color=COLORS.get(v), label=v, lw=1.2, marker="o", ms=3)
             ax.fill_between(x, mu - sd, mu + sd, color=COLORS.get(v), alpha=0.15)
         if m != "label_acc":
             ax.set_yscale("log")
@@ -385,14 +430,16 @@ def plot_backbone(doc: dict, backbone: str, path: Path) -> None:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     ax = fig.add_subplot(grid[0, 3])
-    base = summary.get("vanilla", {}).get("final")
+    base = summary.get("vanilla")
     for v, s in summary.items():
-        if not (s["final"] and base):
+        if not (s["final"] and base) or s["final"]["step"] not in base["steps"]:
             continue
-        ratio = [a["mean"] / b["mean"] for a, b in zip(s["final"]["band_mse_ema"], base["band_mse_ema"])]
-        ax.plot(np.arange(len(ratio)) * 100 + 50, ratio, marker="o", ms=3, color=COLORS.get(v), label=v)
+        base_bands = base["band_curves"][base["steps"].index(s["final"]["step"])]
+        ratio = [a["mean"] / np.mean(b) for a, b in zip(s["final"]["band_mse_ema"], base_bands)]
+        ax.plot(np.arange(len(ratio)) * 100 + 50, ratio, marker="o", ms=3, color=COLORS.get(v),
+                label=f"{v} (step {s['final']['step']})")
     ax.axhline(1.0, color="grey", lw=0.5)
-    ax.set_title("final held-out MSE per t band / vanilla's", fontsize=9)
+    ax.set_title("last held-out MSE per t band / vanilla's at that step", fontsize=9)
     ax.set_xlabel("timestep band (centre)")
     ax.legend(fontsize=7)
     ax = fig.add_subplot(grid[1, :])
