@@ -21,6 +21,12 @@ initial weights, data order, learning rate and step budget; only the routing spe
 
 Writes ``convergence-TAG-BACKBONE.json`` after every variant; ``--plot-only`` draws
 ``convergence-TAG-curves.png``, ``-bands.png`` and ``-samples.png`` from those files.
+
+``--study`` runs every variant for several seeds, resumably, with the metrics at every checkpoint and
+the summary over seeds (``benchmarks/convergence_study.py``)::
+
+    python benchmarks/convergence.py --study --jobs 30 --seeds 0,1,2 --steps-per-backbone dit:1000,unet:2000 \
+        --work /tmp/study --out-dir benchmarks/results --tag h200
 """
 
 from __future__ import annotations

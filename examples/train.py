@@ -232,6 +232,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise TrainError(f"--resume {path}: cannot read it: {type(e).__name__}: {e}") from None
 
 
+def check_spec(ck: dict[str, Any], spec, resume: str) -> None:
+    if spec is not None and ck.get("spec_sha256") not in (None, spec.sha256):
+        raise TrainError(f"--resume {resume}: the checkpoint was trained with another spec "
+                         f"(sha256 {ck['spec_sha256'][:12]}..., this run's is {spec.sha256[:12]}...)")
+
+
+def load_sharded(sharding, folder: Path, opt, spec) -> dict[str, Any]:
+    """``--fsdp --resume FOLDER``: the loop's extras, after model, EMA and optimiser are restored."""
+    if not (folder / "extras.pt").is_file():
+        raise TrainError(f"--resume {folder}: not a sharded checkpoint folder (--fsdp writes OUT/ckpt/)")
+    check_spec(torch.load(folder / "extras.pt", map_location="cpu", weights_only=False), spec, str(folder))
+    return sharding.load(folder, opt)
+
+
 # -- the loop ----------------------------------------------------------------------------------
 
 @dataclass
@@ -368,23 +382,19 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     if resume == "auto":
         found = out / ("ckpt" if sharding is not None else "ckpt.pt")
         resume = str(found) if found.exists() else None
-    if resume and sharding is not None:
-        ck = sharding.load(Path(resume), opt)
-        objective.load_state_dict(ck.get("objective", {}))
-        start, elapsed = int(ck["step"]), float(ck.get("elapsed_s", 0.0))
-        hist_steps, hist_loss = list(ck["history"]["step"]), list(ck["history"]["loss"])
-    elif resume:
-        ck = load_checkpoint(Path(resume))
-        if spec is not None and ck.get("spec_sha256") not in (None, spec.sha256):
-            raise TrainError(f"--resume {resume}: the checkpoint was trained with another spec "
-                             f"(sha256 {ck['spec_sha256'][:12]}..., this run's is {spec.sha256[:12]}...)")
-        try:
-            model.load_state_dict(ck["model"])
-            ema.load_state_dict(ck["ema"])
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise TrainError(f"--resume {resume}: the checkpoint does not fit this model: {first}") from None
-        opt.load_state_dict(ck["opt"])
+    if resume:
+        if sharding is not None:
+            ck = load_sharded(sharding, Path(resume), opt, spec)
+        else:
+            ck = load_checkpoint(Path(resume))
+            check_spec(ck, spec, resume)
+            try:
+                model.load_state_dict(ck["model"])
+                ema.load_state_dict(ck["ema"])
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise TrainError(f"--resume {resume}: the checkpoint does not fit this model: {first}") from None
+            opt.load_state_dict(ck["opt"])
         objective.load_state_dict(ck.get("objective", {}))
         start, elapsed = int(ck["step"]), float(ck.get("elapsed_s", 0.0))
         hist_steps, hist_loss = list(ck["history"]["step"]), list(ck["history"]["loss"])
@@ -434,7 +444,8 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
         flush()
         if sharding is not None:
             extras = {"step": step, "objective": objective.state_dict(), "history": {"step": hist_steps, "loss": hist_loss},
-                      "args": vars(args), "world_size": d.world, "elapsed_s": elapsed + time.perf_counter() - t_start}
+                      "args": vars(args), "world_size": d.world, "elapsed_s": elapsed + time.perf_counter() - t_start,
+                      "spec_sha256": spec.sha256 if spec is not None else None}
             sharding.save(out / "ckpt", opt, extras, spec, plan)
             return
         if not d.main:

@@ -125,3 +125,16 @@ def test_dtr_config_holds_the_spec_and_the_plan():
     spec = dtrsurgeon.load_spec(SPEC)
     assert dtr_config(spec, {"units": []}) == {"spec": spec.to_dict(), "plan": {"units": []}}
     assert dtr_config(None, None) == {"spec": None, "plan": None}
+
+
+def test_sharded_resume_refuses_a_missing_folder_and_another_spec(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(ARGV + ["--fsdp", "--steps", "1", "--resume", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "not a sharded checkpoint folder" in capsys.readouterr().err
+    assert train.main(ARGV + ["--fsdp", "--steps", "1", "--out", str(out)]) == 0
+    other = json.loads(Path(SPEC).read_text())
+    other["routing"]["channel_ratio"] = 0.5
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    argv = ARGV[:-1] + [str(tmp_path / "other.json"), "--fsdp", "--steps", "2", "--resume", "auto", "--out", str(out)]
+    assert train.main(argv) == 2
+    assert "trained with another spec" in capsys.readouterr().err
