@@ -167,13 +167,15 @@ def run_one(conv, args, backbone: str, variant: str, seed: int, evaluator: Evalu
     return record
 
 
-def spawn_runs(args, runs, argv) -> list[str]:
+def spawn_runs(conv, args, runs, argv) -> list[str]:
     """One process per run on the one GPU; those still going at ``--deadline`` are killed
     (they continue from their checkpoints next time). Returns the runs that did not finish."""
     logs = Path(args.work) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    base = _drop(_drop(_drop(_drop(list(argv), "--jobs"), "--backbones"), "--variants"), "--seeds")
+    base = list(argv)
+    for option in ("--jobs", "--backbones", "--variants", "--seeds"):
+        base = conv._drop_option(base, option)
     procs = {}
     for b, v, s in runs:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), *base, "--jobs", "1", "--no-merge",
@@ -199,18 +201,6 @@ def spawn_runs(args, runs, argv) -> list[str]:
     return unfinished
 
 
-def _drop(argv: list[str], name: str) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == name:
-            skip = True
-        elif not a.startswith(name + "="):
-            out.append(a)
-    return out
-
-
 def study(conv, args, argv) -> int:
     """``--study``: the classifier first, then every run (in this process with ``--jobs 1``,
     else one process each), then the summary, the JSON and the plots."""
@@ -227,7 +217,7 @@ def study(conv, args, argv) -> int:
     failed: list[str] = []
     if args.jobs > 1:
         argv = list(sys.argv[1:] if argv is None else argv) + ["--classifier", str(clf_path)]
-        failed = spawn_runs(args, runs, argv)
+        failed = spawn_runs(conv, args, runs, argv)
     else:
         real_feats = conv.features(classifier, data.test_x, device)
         evaluator = Evaluator(conv, args, data, classifier, real_feats)
@@ -277,7 +267,7 @@ def mean_std(values: list[float]) -> dict:
     v = np.array([x for x in values if x is not None], dtype=float)
     if len(v) == 0:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
 
 
 def separation(a: dict, b: dict) -> dict:
@@ -362,8 +352,8 @@ def table(doc: dict) -> str:
     """A markdown table: every variant at its last checkpoint that all its seeds reached (mean
     +- std over seeds) and its difference from vanilla at that same step (+- the standard error
     of the difference; a star where it exceeds twice that)."""
-    rows = ["| backbone | variant | step | seeds | held-out MSE (EMA) | vs vanilla, same step | FD | vs vanilla, same step "
-            "| label acc | steps to vanilla's final FD |",
+    rows = [("| backbone | variant | step | seeds | held-out MSE (EMA) | vs vanilla, same step | FD "
+             "| vs vanilla, same step | label acc | steps to vanilla's final FD |"),
             "|---|---|---|---|---|---|---|---|---|---|"]
     for backbone, summary in doc["summary"].items():
         for v, s in summary.items():

@@ -5,9 +5,9 @@ non-persistent buffer, left whole on every rank, and each unit is its own ``full
 so a unit's parameters are gathered just for its forward and backward::
 
     model = dtrsurgeon.transform(DiT(...), spec)      # or a model from a generated file
-    sharding = Sharding(model, ema, bf16=True)          # fully_shard(blocks.0), ..., fully_shard(model)
-    loss.backward(); opt.step()                         # gradients reduce-scattered in float32
-    sharding.save(out / "ckpt", extras, spec, plan)     # torch.distributed.checkpoint + dtr_config.json
+    sharding = Sharding(model, ema, bf16=True, device=device)  # fully_shard(blocks.0), ..., fully_shard(model)
+    loss.backward(); opt.step()                                # gradients reduce-scattered in float32
+    sharding.save(out / "ckpt", opt, extras, spec, plan)       # torch.distributed.checkpoint + dtr_config.json
 
 Which modules become groups (``shard_units``): every module that owns a routing mask
 (``dtr_mask``: the units of ``transform()`` and of generated files alike) and every element of a
@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
+from torch import nn
 
 MASK_BUFFER = "dtr_mask"
-CKPT_DIR = "ckpt"  # OUT/ckpt/: the sharded checkpoint, its extras and dtr_config.json
 
 
 def shard_units(model: nn.Module) -> list[str]:
@@ -77,7 +76,10 @@ class Sharding:
     # -- checkpoints -------------------------------------------------------------------------
 
     def _state(self, opt) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         return {"model": get_model_state_dict(self.model), "ema": get_model_state_dict(self.ema),
                 "opt": get_optimizer_state_dict(self.model, opt)}
@@ -98,7 +100,10 @@ class Sharding:
     def load(self, folder: Path, opt) -> dict[str, Any]:
         """Restore model, EMA and optimiser in place from ``save``'s folder; returns the extras."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         state = self._state(opt)
         dcp.load(state, checkpoint_id=str(folder / "state"))
@@ -111,7 +116,10 @@ class Sharding:
 
     def full_state_dict(self, net: nn.Module) -> dict[str, torch.Tensor]:
         """The whole state dict on rank 0's CPU (other ranks get an empty dict)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
 
         return get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 

@@ -138,3 +138,22 @@ def test_sharded_resume_refuses_a_missing_folder_and_another_spec(tmp_path, caps
     argv = ARGV[:-1] + [str(tmp_path / "other.json"), "--fsdp", "--steps", "2", "--resume", "auto", "--out", str(out)]
     assert train.main(argv) == 2
     assert "trained with another spec" in capsys.readouterr().err
+
+
+def test_a_generated_file_is_sharded_by_its_units(tmp_path):
+    from dtrsurgeon.cli import main as cli
+    from dtrsurgeon.cli._model import build_model as build_from_file
+
+    kwargs = json.dumps({"input_size": 8, "in_channels": 1, "num_classes": 10, "learn_sigma": False,
+                         "class_dropout_prob": 0})
+    gen = tmp_path / "dit_dtr.py"
+    assert cli(["apply", SPEC, str(ROOT / "model_zoo" / "dit.py"), "--entry", "tiny_dit", "--kwargs", kwargs,
+                "-o", str(gen)]) == 0
+    model = build_from_file(str(gen), "tiny_dit", kwargs)
+    assert shard_units(model) == [f"blocks.{i}" for i in range(len(model.blocks))]
+    argv = ARGV[:ARGV.index("--model")] + ARGV[ARGV.index("--model") + 2:]
+    argv += ["--steps", "2", "--generated", str(gen), "--entry", "tiny_dit", "--kwargs", kwargs]
+    plain = _train(argv + ["--out", str(tmp_path / "plain")])
+    sharded = _train(argv + ["--fsdp", "--out", str(tmp_path / "fsdp")])
+    assert sharded.losses == pytest.approx(plain.losses, rel=1e-6)
+    assert json.loads((tmp_path / "fsdp" / "ckpt" / "dtr_config.json").read_text())["spec"]["version"] == 1
