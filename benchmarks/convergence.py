@@ -21,6 +21,12 @@ initial weights, data order, learning rate and step budget; only the routing spe
 
 Writes ``convergence-TAG-BACKBONE.json`` after every variant; ``--plot-only`` draws
 ``convergence-TAG-curves.png``, ``-bands.png`` and ``-samples.png`` from those files.
+
+``--study`` runs every variant for several seeds, resumably, with the metrics at every checkpoint and
+the summary over seeds (``benchmarks/convergence_study.py``)::
+
+    python benchmarks/convergence.py --study --jobs 30 --seeds 0,1,2 --steps-per-backbone dit:1000,unet:2000 \
+        --work /tmp/study --out-dir benchmarks/results --tag h200
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ VARIANTS = ("vanilla", "dtr", "ant-uw", "ant-uw+dtr")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", default="dit,unet")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=None, help="default: all of the mode's variants")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -87,6 +93,13 @@ def parse_args(argv=None):
     p.add_argument("--runs", default=None, help="--parallel: BACKBONE:VARIANT,... instead of all backbones x variants")
     p.add_argument("--deadline", type=float, default=None, help="--parallel: kill runs still going after this many seconds")
     p.add_argument("--no-merge", action="store_true", help=argparse.SUPPRESS)
+    g = p.add_argument_group("study (benchmarks/convergence_study.py)")
+    g.add_argument("--study", action="store_true",
+                   help="every variant x --seeds, resumable from --work, summarised over seeds")
+    g.add_argument("--seeds", default="0,1,2")
+    g.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each (1: in this process)")
+    g.add_argument("--steps-per-backbone", default=None, help="e.g. dit:1000,unet:2000 (default --steps)")
+    g.add_argument("--fd-samples", type=int, default=2000, help="DDIM samples for FD at every checkpoint")
     p.add_argument("--backbone-config", default=None,
                    help='JSON updates of the backbone table, e.g. {"dit": {"model": "tiny_dit", "model_kwargs": {}}} (smoke tests)')
     return p.parse_args(argv)
@@ -363,6 +376,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     for name, update in json.loads(args.backbone_config or "{}").items():
         BACKBONES[name] = {**BACKBONES[name], **update}
+    if args.study:
+        from benchmarks.convergence_study import resummarize, study
+
+        if args.plot_only:
+            return resummarize(sys.modules[__name__], args)
+        return study(sys.modules[__name__], args, argv)
+    args.variants = args.variants or ",".join(VARIANTS)
     if args.plot_only:
         merge(args)
         plot(args)

@@ -21,6 +21,14 @@ pair's ``passed`` and the exit status are judged on the control when there is on
 (``passed_vs_one_pass`` keeps the other verdict).
 
     python benchmarks/ddp_match.py --nproc 2 --out benchmarks/results/ddp-h200x2.json
+
+``--fsdp`` runs the N processes with ``examples/train.py --fsdp`` (FSDP2, ``fully_shard`` per
+routed unit, bf16 parameters and float32 gradient reduction on CUDA) instead of DDP; their final
+weights are read from the sharded checkpoint (``torch.distributed.checkpoint``). The one-process
+runs stay plain (bf16 autocast over float32 weights), so in bf16 the comparison includes FSDP's
+bf16 parameters; in fp32 it is FSDP alone::
+
+    python benchmarks/ddp_match.py --fsdp --nproc 2 --steps 400 --out benchmarks/results/fsdp-h200x2.json
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--model-kwargs", default="{}")
     p.add_argument("--control", default="accum", choices=("accum", "none"),
                    help="also run one process with --grad-accum NPROC and judge DDP against it")
+    p.add_argument("--fsdp", action="store_true", help="the N processes shard with FSDP2 (train.py --fsdp)")
     p.add_argument("--window", type=int, default=50)
     p.add_argument("--tol-window", type=float, default=0.01, help="max relative difference of window means")
     p.add_argument("--tol-median", type=float, default=0.01, help="max median per-step relative difference")
@@ -90,14 +99,25 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def final_weights(run_dir: Path) -> dict:
+    """The trained model's state dict: ``ckpt.pt``'s, or rebuilt whole from the sharded
+    checkpoint ``ckpt/state`` that ``--fsdp`` writes."""
+    if (run_dir / "ckpt.pt").is_file():
+        return torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)["model"]
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    whole = run_dir / "ckpt" / "whole.pt"
+    dcp_to_torch_save(run_dir / "ckpt" / "state", whole)
+    return torch.load(whole, map_location="cpu", weights_only=False)["model"]
+
+
 def compare(single: Path, ddp: Path, window: int) -> dict:
     a = np.array(json.loads((single / "metrics.json").read_text())["loss"])
     b = np.array(json.loads((ddp / "metrics.json").read_text())["loss"])
     rel = np.abs(a - b) / np.abs(a)
     n = len(a) // window * window
     wa, wb = a[:n].reshape(-1, window).mean(1), b[:n].reshape(-1, window).mean(1)
-    ca = torch.load(single / "ckpt.pt", map_location="cpu", weights_only=False)["model"]
-    cb = torch.load(ddp / "ckpt.pt", map_location="cpu", weights_only=False)["model"]
+    ca, cb = final_weights(single), final_weights(ddp)
     num = sum(float((ca[k].float() - cb[k].float()).pow(2).sum()) for k in ca)
     den = sum(float(ca[k].float().pow(2).sum()) for k in ca)
     return {
@@ -131,21 +151,23 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"meta": {"command": "python benchmarks/ddp_match.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                       "nproc": args.nproc, "model": args.model, "spec": args.spec, "data": args.data,
+                       "nproc": args.nproc, "sharding": "fsdp2" if args.fsdp else "ddp", "model": args.model,
+                       "spec": args.spec, "data": args.data,
                        "steps": args.steps, "global_batch": args.batch_size, "lr": args.lr, "ant_uw": ANT_UW,
                        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                        "gpus": torch.cuda.device_count(), "torch": torch.__version__,
                        "tolerance": {"max_window_rel_diff": args.tol_window, "median_step_rel_diff": args.tol_median}},
               "pairs": []}
     for pair in args.pairs.split(","):
-        s_dir, d_dir = work / f"{pair}-single", work / f"{pair}-ddp{args.nproc}"
+        kind = "fsdp" if args.fsdp else "ddp"
+        s_dir, d_dir = work / f"{pair}-single", work / f"{pair}-{kind}{args.nproc}"
         t_single = run([sys.executable] + train_argv(args, pair, s_dir, mtl_file))
         t_ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-                    + train_argv(args, pair, d_dir, mtl_file))
+                    + train_argv(args, pair, d_dir, mtl_file) + (["--fsdp"] if args.fsdp else []))
         c = compare(s_dir, d_dir, args.window)
         c.update(name=pair, wall_s_single=t_single, wall_s_ddp=t_ddp, passed=within(c, args))
         summary(f"{pair}, 1 process vs {args.nproc}", c, args)
-        if args.control == "accum":
+        if args.control == "accum" and args.nproc > 1:
             a_dir = work / f"{pair}-single-accum{args.nproc}"
             t_accum = run([sys.executable] + train_argv(args, pair, a_dir, mtl_file, accum=args.nproc))
             control = compare(a_dir, d_dir, args.window)
@@ -173,7 +195,7 @@ def plot(result, path: Path) -> None:
         if "accum_control" in p:
             ax.plot(steps, p["accum_control"]["loss_single"], lw=0.8, ls=":",
                     label=f"1 process, --grad-accum {result['meta']['nproc']}")
-        ax.plot(steps, p["loss_ddp"], lw=0.8, ls="--", label=f"{result['meta']['nproc']} processes (DDP)")
+        ax.plot(steps, p["loss_ddp"], lw=0.8, ls="--", label=f"{result['meta']['nproc']} processes ({result['meta'].get('sharding', 'ddp').upper()})")
         ax.set_yscale("log")
         ax.set_title(f"{result['meta']['model']} {p['name']}: train loss, global batch {result['meta']['global_batch']}",
                      fontsize=8)

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard with FSDP2 instead of DDP: fully_shard per routed unit / block, then the root; "
+                        "checkpoints in OUT/ckpt/ (torch.distributed.checkpoint) (examples/fsdp.py)")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
@@ -274,6 +277,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise TrainError(f"--resume {path}: cannot read it: {type(e).__name__}: {e}") from None
 
 
+def check_spec(ck: dict[str, Any], spec, resume: str) -> None:
+    if spec is not None and ck.get("spec_sha256") not in (None, spec.sha256):
+        raise TrainError(f"--resume {resume}: the checkpoint was trained with another spec "
+                         f"(sha256 {ck['spec_sha256'][:12]}..., this run's is {spec.sha256[:12]}...)")
+
+
+def load_sharded(sharding, folder: Path, opt, spec) -> dict[str, Any]:
+    """``--fsdp --resume FOLDER``: the loop's extras, after model, EMA and optimiser are restored."""
+    if not (folder / "extras.pt").is_file():
+        raise TrainError(f"--resume {folder}: not a sharded checkpoint folder (--fsdp writes OUT/ckpt/)")
+    check_spec(torch.load(folder / "extras.pt", map_location="cpu", weights_only=False), spec, str(folder))
+    return sharding.load(folder, opt)
+
+
 # -- the loop ----------------------------------------------------------------------------------
 
 @dataclass
@@ -361,7 +378,7 @@ def run(args, callback=None, callback_every: int = 0) -> TrainResult:
     try:
         return _run(args, d, callback, callback_every)
     finally:
-        if d.world > 1 and dist.is_initialized():
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -404,6 +421,13 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     use_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     model.to(device)
     ema = deepcopy_model(model).eval().requires_grad_(False)
+    sharding = None
+    if args.fsdp:
+        from examples.fsdp import Sharding
+
+        if callback is not None and d.world > 1:
+            raise TrainError("--fsdp with several processes: a rank-0 evaluation callback cannot run on sharded weights")
+        sharding = Sharding(model, ema, bf16=use_bf16, device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999),
                             fused=device.type == "cuda")
@@ -412,25 +436,27 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     start, hist_steps, hist_loss, elapsed = 0, [], [], 0.0
     resume = args.resume
     if resume == "auto":
-        resume = str(out / "ckpt.pt") if (out / "ckpt.pt").is_file() else None
+        found = out / ("ckpt" if sharding is not None else "ckpt.pt")
+        resume = str(found) if found.exists() else None
     if resume:
-        ck = load_checkpoint(Path(resume))
-        if spec is not None and ck.get("spec_sha256") not in (None, spec.sha256):
-            raise TrainError(f"--resume {resume}: the checkpoint was trained with another spec "
-                             f"(sha256 {ck['spec_sha256'][:12]}..., this run's is {spec.sha256[:12]}...)")
-        try:
-            model.load_state_dict(ck["model"])
-            ema.load_state_dict(ck["ema"])
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise TrainError(f"--resume {resume}: the checkpoint does not fit this model: {first}") from None
-        opt.load_state_dict(ck["opt"])
+        if sharding is not None:
+            ck = load_sharded(sharding, Path(resume), opt, spec)
+        else:
+            ck = load_checkpoint(Path(resume))
+            check_spec(ck, spec, resume)
+            try:
+                model.load_state_dict(ck["model"])
+                ema.load_state_dict(ck["ema"])
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise TrainError(f"--resume {resume}: the checkpoint does not fit this model: {first}") from None
+            opt.load_state_dict(ck["opt"])
         objective.load_state_dict(ck.get("objective", {}))
         start, elapsed = int(ck["step"]), float(ck.get("elapsed_s", 0.0))
         hist_steps, hist_loss = list(ck["history"]["step"]), list(ck["history"]["loss"])
 
     train_model = model
-    if d.world > 1:
+    if d.world > 1 and sharding is None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # broadcast_buffers=False: the only buffers are the routing masks, identical on every rank.
@@ -472,6 +498,12 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
 
     def checkpoint(step: int) -> None:
         flush()
+        if sharding is not None:
+            extras = {"step": step, "objective": objective.state_dict(), "history": {"step": hist_steps, "loss": hist_loss},
+                      "args": vars(args), "world_size": d.world, "elapsed_s": elapsed + time.perf_counter() - t_start,
+                      "spec_sha256": spec.sha256 if spec is not None else None}
+            sharding.save(out / "ckpt", opt, extras, spec, plan)
+            return
         if not d.main:
             return
         state = {
@@ -496,6 +528,8 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
         noise_all = torch.randn((args.batch_size, *train_x.shape[1:]), generator=gen)
         step_losses = []
         for j, part in enumerate(parts):
+            if sharding is not None:
+                sharding.gradient_sync(j == accum - 1)
             lo, hi = part * micro, (part + 1) * micro
             idx, t, noise = _to_device((idx_all[lo:hi], t_all[lo:hi], noise_all[lo:hi]), device)
             x0 = train_x[idx]
@@ -537,6 +571,8 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
     final = max(start, args.steps)
     run_time = time.perf_counter() - t_start
     checkpoint(final)
+    if sharding is not None:  # plain full-weight copies on rank 0, for sampling and the caller
+        model, ema = sharding.unsharded(device)
 
     metrics = {
         "model": args.generated or args.model, "data": data.name, "image_size": data.image_size,
@@ -545,7 +581,7 @@ def _run(args, d: Dist, callback=None, callback_every: int = 0) -> TrainResult:
         "objective": objective.describe(),
         "train_seconds_this_run": run_time, "steps_this_run": final - start,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16" if use_bf16 else "fp32", "compile": bool(args.compile),
+        "precision": "bf16" if use_bf16 else "fp32", "compile": bool(args.compile), "fsdp": bool(args.fsdp),
     }
     if d.main:
         write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n", flag="--out")
