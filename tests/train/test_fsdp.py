@@ -24,7 +24,7 @@ from examples.fsdp import dtr_config, shard_units  # noqa: E402
 
 pytest.importorskip("sklearn")
 
-SPEC = str(ROOT / "specs" / "dit-paper.json")
+SPEC = str(ROOT / "dtrsurgeon" / "spec" / "presets" / "dit-paper.json")
 ARGV = ["--model", "tiny_dit", "--data", "digits", "--image-size", "8", "--batch-size", "16", "--device", "cpu",
         "--num-samples", "0", "--no-progress", "--log-every", "1", "--precision", "fp32",
         "--model-kwargs", '{"class_dropout_prob": 0}', "--spec", SPEC]
@@ -47,7 +47,7 @@ def test_shard_units_are_the_routed_units_and_list_elements_innermost_first():
     assert shard_units(dit) == [f"blocks.{i}" for i in range(len(dit.blocks))]
     unet = adm_unet("tiny", image_size=8, in_channels=1, model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
                     attention_resolutions=[4], num_head_channels=16)
-    routed = dtrsurgeon.transform(unet, dtrsurgeon.load_spec(str(ROOT / "specs" / "adm.json")))
+    routed = dtrsurgeon.transform(unet, dtrsurgeon.load_spec("adm"))
     units = shard_units(routed)
     masked = [n for n, _ in routed.named_buffers() if n.endswith("dtr_mask")]
     assert masked and all(n.rsplit(".", 1)[0] in units for n in masked)
