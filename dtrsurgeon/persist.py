@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Mapping, Union
 
 from torch import nn
 
@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 # take ("The config attributes {'dtrsurgeon_routing': ...} were passed to UNet2DModel, but are not expected")
 CONFIG_KEY = "dtrsurgeon_routing"
 CONFIG_NOTE = ("this model was saved routed by dtrsurgeon; loaded without dtrsurgeon it is NOT routed: "
-               "load it with dtrsurgeon.from_pretrained(ModelClass, directory)")
+               "load it with dtrsurgeon.from_pretrained({cls}, directory)")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -86,7 +86,7 @@ def write_routing(model: nn.Module, directory: PathLike) -> None:
     if library_config.is_file():
         config = json.loads(library_config.read_text())
         if isinstance(config, dict):
-            config[CONFIG_KEY] = CONFIG_NOTE
+            config[CONFIG_KEY] = CONFIG_NOTE.format(cls=plan.model.rsplit(".", 1)[-1])
             library_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -124,26 +124,31 @@ def from_pretrained(model_or_class: nn.Module | Callable[..., nn.Module], direct
     if doc is None and default is None:
         raise CheckpointError(f"{directory}: no {CONFIG_NAME}; it was not saved by dtrsurgeon.save_pretrained "
                               "(a vanilla checkpoint: load it, then dtrsurgeon.transform(model, spec))")
-    model = _load_weights(model_or_class, directory, kwargs)
+    model, loaded = _model(model_or_class, directory, kwargs)
     if doc is None:
         plan, spec = default
     else:
         plan = Plan.from_dict(doc["plan"])
         spec = load_spec(doc["spec"]) if doc["spec"] is not None else None
         check_architecture(model, plan, doc["shapes"], directory)
-        if any(_sha256(file) != digest for file, digest in doc["sources"].items()):
-            plan = _replan(model, plan, spec, example_inputs, directory)
+    if not loaded:
+        _load_safetensors(model, directory)
+    if doc is not None and any(_sha256(file) != digest for file, digest in doc["sources"].items()):
+        plan = _replan(model, plan, spec, example_inputs, directory)
     return apply_plan(model, plan, spec, inplace=True)
 
 
-def _load_weights(model_or_class, directory: PathLike, kwargs: dict) -> nn.Module:
+def _model(model_or_class, directory: PathLike, kwargs: dict) -> tuple[nn.Module, bool]:
+    """(the unrouted model, whether its weights are loaded): a library class loads them itself."""
     if isinstance(model_or_class, type):  # a routed class loads as its original, then is routed
         model_or_class = getattr(model_or_class, "_dtr_base", model_or_class)
     if isinstance(model_or_class, nn.Module):
         model = model_or_class
     elif isinstance(model_or_class, type) and callable(getattr(model_or_class, "from_pretrained", None)):
         with _without_marker_warning():
-            return model_or_class.from_pretrained(directory, **kwargs)
+            model = model_or_class.from_pretrained(directory, **kwargs)
+        _drop_marker(model)
+        return model, True
     elif callable(model_or_class):
         model = model_or_class(**kwargs)
         if not isinstance(model, nn.Module):
@@ -153,14 +158,17 @@ def _load_weights(model_or_class, directory: PathLike, kwargs: dict) -> nn.Modul
         raise TypeError("from_pretrained(): model_or_class must be a torch.nn.Module, a module class or a "
                         f"factory, got {type(model_or_class).__name__}")
     refuse_routed(model)
+    return model, False
+
+
+def _load_safetensors(model: nn.Module, directory: PathLike) -> None:
+    from safetensors.torch import load_model
+
     weights = Path(directory, WEIGHTS_NAME)
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}; a directory saved by a library's save_pretrained "
                               f"loads through its class: dtrsurgeon.from_pretrained({type(model).__name__}, directory)")
-    from safetensors.torch import load_model
-
     load_model(model, str(weights), strict=True)
-    return model
 
 
 @contextlib.contextmanager
@@ -177,6 +185,14 @@ def _without_marker_warning() -> Iterator[None]:
         yield
     finally:
         target.removeFilter(drop)
+
+
+def _drop_marker(model: nn.Module) -> None:
+    """diffusers keeps unexpected config keys in ``model.config``: drop ours, so that saving the model
+    after ``unroute`` does not mark it routed."""
+    internal = getattr(model, "_internal_dict", None)
+    if isinstance(internal, Mapping) and CONFIG_KEY in internal:
+        model._internal_dict = type(internal)({k: v for k, v in internal.items() if k != CONFIG_KEY})
 
 
 def check_architecture(model: nn.Module, plan: Plan, shapes: dict[str, list[int]], directory: PathLike) -> None:

@@ -146,6 +146,13 @@ def _deepcopy_routed(self, memo):
     return new
 
 
+def _copy_routed(self):
+    """copy.copy: a shallow copy of the same routed class (pickling's reduction would route it again)."""
+    new = type(self).__new__(type(self))
+    new.__setstate__(self.__getstate__())
+    return new
+
+
 def _is_mask_hook(hook) -> bool:
     return getattr(hook, "hook", hook) is _foreign_mask_hook
 
@@ -234,8 +241,8 @@ def _routed_class(cls: type, methods: dict[str, object], role: str, stream: tupl
         return classes[key]
     namespace = dict(methods)
     namespace.update(__module__=cls.__module__, __qualname__=cls.__qualname__, __doc__=cls.__doc__,
-                     _dtr_role=role, _dtr_base=cls, __reduce_ex__=_reduce_routed, __deepcopy__=_deepcopy_routed,
-                     extra_repr=_routed_extra_repr)
+                     _dtr_role=role, _dtr_base=cls, extra_repr=_routed_extra_repr,
+                     __reduce_ex__=_reduce_routed, __deepcopy__=_deepcopy_routed, __copy__=_copy_routed)
     if role in ("block", "pass"):
         inner = methods.get("forward", cls.forward)
         namespace.update(_dtr_inner=inner, _dtr_stream=stream,
@@ -291,9 +298,10 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
             module.__class__ = _routed_class(cls, methods, "thread", None, classes)
             if path in unrouted:  # no unit, yet it runs its class's rewritten forward: no table, nothing masked
                 module.register_buffer("dtr_mask", None, persistent=False)
-                module._dtr_repr = "dtr=off"
         elif path in passthrough:
             module.__class__ = _routed_class(cls, {}, "pass", None, classes)
+        if path in unrouted and "_dtr_base" in vars(type(module)):
+            module._dtr_repr = "dtr=off"  # an instance of a unit class that the plan leaves unrouted
     target.dtr_plan = plan
     target.dtr_spec = spec
     _register_foreign_mask_hook(target)
