@@ -281,8 +281,9 @@ def flux_inputs(batch=2, tokens=16, text=6):
 def test_flux_round_trip_in_a_fresh_process(tmp_path):
     pytest.importorskip("diffusers")
     model = tiny_flux()
-    routed = dtrsurgeon.transform(model, {"version": 1, "timestep": {"arg": "timestep", "range": [0, 1]}})
     args, kwargs = flux_inputs()
+    routed = dtrsurgeon.transform(model, {"version": 1, "timestep": {"arg": "timestep", "range": [0, 1]}},
+                                  example_inputs=(args, kwargs))
     torch.save({"args": args, "kwargs": kwargs, "model": routed(*args, **kwargs)[0],
                 "ema": copy.deepcopy(routed)(*args, **kwargs)[0]}, tmp_path / "ref.pt")
     routed.save_pretrained(tmp_path / "model")
