@@ -85,6 +85,8 @@ def routing_disabled(model: M) -> Iterator[M]:
 
         with dtrsurgeon.routing_disabled(routed):
             baseline = routed(x, t, y)      # == the vanilla model's output
+
+    Leaving restores the tables as they were on entering: call ``set_routing`` outside the block.
     """
     root = routed_root(model, "routing_disabled")
     tables = [m._buffers["dtr_mask"] for m in root.modules() if m._buffers.get("dtr_mask") is not None]

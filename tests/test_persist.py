@@ -245,6 +245,10 @@ def test_the_routed_class_loads_routed_and_runs(tmp_path):
         again = type(routed).from_pretrained(tmp_path / directory)
         assert again.dtr_plan.units and CONFIG_KEY not in again.config
         assert torch.equal(again(*args, **kwargs)[0], routed(*args, **kwargs)[0]), directory
+    built = type(routed).from_config(routed.config)  # how diffusers' training scripts build EMA models
+    built.load_state_dict(routed.state_dict())
+    built.eval()
+    assert built.dtr_plan == routed.dtr_plan and torch.equal(built(*args, **kwargs)[0], routed(*args, **kwargs)[0])
 
 
 def test_pipeline_save_pretrained_writes_the_component_routing(tmp_path):

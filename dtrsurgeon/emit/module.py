@@ -224,12 +224,23 @@ def _from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
     return from_pretrained(cls._dtr_base, pretrained_model_name_or_path, default=cls._dtr_made_for, **kwargs)
 
 
+def _from_config(cls, *args, **kwargs):
+    """The library's from_config (diffusers EMA models are built so), routed as this class's model was."""
+    made = cls._dtr_base.from_config(*args, **kwargs)
+    model = made[0] if isinstance(made, tuple) else made  # (model, unused kwargs) when asked for
+    apply_plan(model, *cls._dtr_made_for, inplace=True)
+    return made
+
+
 def _root_methods(cls: type, plan: Plan, spec) -> dict[str, object]:
+    """The root's routed class also saves and loads routed models through the library's own methods."""
     methods: dict[str, object] = {"_dtr_made_for": (plan, spec)}
     if callable(getattr(cls, "save_pretrained", None)):
         methods["save_pretrained"] = _save_pretrained
     if callable(getattr(cls, "from_pretrained", None)):
         methods["from_pretrained"] = classmethod(_from_pretrained)
+    if callable(getattr(cls, "from_config", None)):
+        methods["from_config"] = classmethod(_from_config)
     return methods
 
 
