@@ -109,6 +109,7 @@ def test_a_directory_without_routing_is_refused(dit, tmp_path):
         dtrsurgeon.from_pretrained(tiny_dit, tmp_path)
 
 
+@pytest.mark.slow
 def test_changed_sources_capture_again_and_must_route_the_same(tmp_path):
     """The model's file changed since saving (another library version): the saved spec is applied to
     the model as it is now, after checking that it routes the same units."""
@@ -198,7 +199,7 @@ diffusers_round_trip = """
 """
 
 
-@pytest.mark.parametrize("name", ["unet2d", "dit"])
+@pytest.mark.parametrize("name", [pytest.param("unet2d", marks=pytest.mark.slow), "dit"])
 def test_diffusers_round_trip_with_an_ema_copy_in_a_fresh_process(name, tmp_path):
     pytest.importorskip("diffusers")
     from tests import diffusers_models as dm
