@@ -9,8 +9,14 @@ Pipeline: spec (validated JSON) -> analysis (graph capture, residual chains)
 
 __version__ = "0.1.0"
 
-from dtrsurgeon.api import plan, transform
-from dtrsurgeon.errors import (
+import logging
+
+# the library logs (progress of long captures, re-captures on loading) and never prints; show it
+# with logging.basicConfig(level=logging.INFO)
+logging.getLogger("dtrsurgeon").addHandler(logging.NullHandler())
+
+from dtrsurgeon.api import plan, transform  # noqa: E402
+from dtrsurgeon.errors import (  # noqa: E402
     CaptureError,
     CheckpointError,
     DtrSurgeonError,
@@ -18,9 +24,11 @@ from dtrsurgeon.errors import (
     NoMatchingUnitError,
     SpecError,
 )
-from dtrsurgeon.masks import mask_table, task_index
-from dtrsurgeon.plan import Plan, RoutedUnit
-from dtrsurgeon.spec import Spec, load_spec
+from dtrsurgeon.lifecycle import routing_disabled, set_routing, unroute  # noqa: E402
+from dtrsurgeon.masks import mask_table, task_index  # noqa: E402
+from dtrsurgeon.persist import from_pretrained, save_pretrained  # noqa: E402
+from dtrsurgeon.plan import Plan, RoutedUnit  # noqa: E402
+from dtrsurgeon.spec import Spec, load_spec  # noqa: E402
 
 __all__ = [
     "CaptureError",
@@ -33,9 +41,14 @@ __all__ = [
     "Spec",
     "SpecError",
     "__version__",
+    "from_pretrained",
     "load_spec",
     "mask_table",
     "plan",
+    "routing_disabled",
+    "save_pretrained",
+    "set_routing",
     "task_index",
     "transform",
+    "unroute",
 ]

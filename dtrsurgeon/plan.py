@@ -155,3 +155,54 @@ class Plan:
 
     def unit(self, path: str) -> RoutedUnit:
         return next(u for u in self.units if u.path == path)
+
+    def summary(self, spec_label: str | None = None) -> str:
+        """The table ``dtrsurgeon inspect`` prints: one row per unit, then widths and notes::
+
+            routed units of DiT (12), spec dit-paper
+            path      class     mode   axis  C    K    mask                     called at
+            blocks.0  DiTBlock  block  2     384  307  sliding power a=4 b=0.8  dit.py:243 DiT.forward
+            ...
+        """
+        return summary_table(self, spec_label if spec_label is not None else f"sha256 {self.spec_sha256[:12]}")
+
+
+def _mask_summary(unit: RoutedUnit) -> str:
+    m = unit.mask
+    tw = m.task_weights
+    curve = f"power a={tw.alpha:g}" if tw.curve == "power" else tw.curve
+    return f"{m.window_shift} {curve} b={m.channel_ratio:g}"
+
+
+def summary_table(plan: Plan, spec_label: str) -> str:
+    """``plan`` as the text table of ``dtrsurgeon inspect`` (rendered by rich, no colours)."""
+    import io
+    import os
+    from collections import Counter
+
+    from rich.console import Console
+    from rich.table import Table
+
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    title = f"routed units of {plan.model.rsplit('.', 1)[-1]} ({len(plan.units)}), spec {spec_label}"
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for col in ("path", "class", "mode", "axis", "C", "K", "mask", "masked at", "called at"):
+        table.add_column(col, no_wrap=True)
+    for u in plan.units:
+        call = u.call_path[-1]
+        mode = u.mode + (" *" if u.mode_note else "")
+        table.add_row(u.path, u.cls.rsplit(".", 1)[1], mode, str(u.channel_axis), str(u.channels), str(u.active),
+                      _mask_summary(u), u.masked_at, f"{os.path.basename(call.file)}:{call.line} {call.function}")
+    console.print(table)
+    widths = Counter(u.channels for u in plan.units)
+    console.print("widths: " + ", ".join(f"C={c} x{n}" for c, n in sorted(widths.items())))
+    left_out = [(path, c) for path, c in plan.unmatched if path not in dict(plan.skipped)]  # skipped ones: below
+    if left_out:
+        console.print("not matched by targets: " + ", ".join(f"{path} (C={c})" for path, c in left_out))
+    for u in plan.units:
+        if u.mode_note:
+            console.print(f"* {u.path}: {u.mode_note}")
+    for path, why in plan.skipped:
+        console.print(f"not routed: {path or '<root>'}: {why}")
+    return out.getvalue()

@@ -11,9 +11,6 @@
 
 from __future__ import annotations
 
-import os
-from collections import Counter
-
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="show which modules a spec routes (dry run)", description=__doc__,
@@ -41,17 +38,7 @@ def load_example_inputs(path: str | None):
     return value
 
 
-def _mask_summary(unit) -> str:
-    m = unit.mask
-    tw = m.task_weights
-    curve = f"power a={tw.alpha:g}" if tw.curve == "power" else tw.curve
-    return f"{m.window_shift} {curve} b={m.channel_ratio:g}"
-
-
 def run(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from dtrsurgeon.api import plan as make_plan
     from dtrsurgeon.cli._model import build_model
 
@@ -61,25 +48,5 @@ def run(args) -> int:
     if args.json:
         print(p.to_json())
         return 0
-    console = Console(width=200)
-    title = f"routed units of {p.model.rsplit('.', 1)[1]} ({len(p.units)}), spec {args.spec or '<paper default>'}"
-    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-    for col in ("path", "class", "mode", "axis", "C", "K", "mask", "masked at", "called at"):
-        table.add_column(col, no_wrap=True)
-    for u in p.units:
-        call = u.call_path[-1]
-        mode = u.mode + (" *" if u.mode_note else "")
-        table.add_row(u.path, u.cls.rsplit(".", 1)[1], mode, str(u.channel_axis), str(u.channels), str(u.active),
-                      _mask_summary(u), u.masked_at, f"{os.path.basename(call.file)}:{call.line} {call.function}")
-    console.print(table)
-    widths = Counter(u.channels for u in p.units)
-    console.print("widths: " + ", ".join(f"C={c} x{n}" for c, n in sorted(widths.items())))
-    left_out = [(path, c) for path, c in p.unmatched if path not in dict(p.skipped)]  # skipped ones: below
-    if left_out:
-        console.print("not matched by targets: " + ", ".join(f"{path} (C={c})" for path, c in left_out))
-    for u in p.units:
-        if u.mode_note:
-            console.print(f"* {u.path}: {u.mode_note}")
-    for path, why in p.skipped:
-        console.print(f"not routed: {path or '<root>'}: {why}")
+    print(p.summary(args.spec or "<paper default>"), end="")
     return 0

@@ -99,6 +99,14 @@ def _routed_module(globals_: dict) -> types.ModuleType:
 
 
 # -- routed classes -------------------------------------------------------------
+#
+# Routed classes are made per apply_plan call and referenced only by the model's instances, so
+# they are freed with the model.  Pickling reduces them to data: a routed module is pickled as
+# an instance of its original class without its routing state, and the root also carries its
+# plan and spec, from which unpickling routes the rebuilt model again (see reroute_unpickled).
+
+ROUTING_ATTRS = ("_dtr_axis", "_dtr_repr", "dtr_plan", "dtr_spec")
+
 
 def _block_forward(self, *args, dtr_task=None, **kwargs):
     """y = unit(x * m, ...) + x * (1 - m) on the unit's stream x (see dtrsurgeon.runtime)."""
@@ -123,23 +131,136 @@ def _pass_through_forward(self, *args, dtr_task=None, **kwargs):
     return type(self)._dtr_inner(self, *args, **kwargs)
 
 
-_CLASS_CACHE: dict[tuple, type] = {}
+def _routed_extra_repr(self) -> str:
+    """The original extra_repr plus the unit's routing: ``..., dtr=block C=1152 K=921``."""
+    own = type(self)._dtr_base.extra_repr(self)
+    routing = self.__dict__.get("_dtr_repr", "")
+    return ", ".join(s for s in (own, routing) if s)
 
 
-def _routed_class(cls: type, methods: dict[str, object], role: str, stream: tuple[str, int] | None) -> type:
+def _deepcopy_routed(self, memo):
+    """copy.deepcopy keeps the routed class (an EMA copy is routed like its model)."""
+    new = type(self).__new__(type(self))
+    memo[id(self)] = new
+    new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+    return new
+
+
+def _copy_routed(self):
+    """copy.copy: a shallow copy of the same routed class (pickling's reduction would route it again)."""
+    new = type(self).__new__(type(self))
+    new.__setstate__(self.__getstate__())
+    return new
+
+
+def _is_mask_hook(hook) -> bool:
+    return getattr(hook, "hook", hook) is _foreign_mask_hook
+
+
+def strip_routing(state: dict) -> None:
+    """Remove the routing from a module's ``__dict__`` (or a state copy whose containers are copies):
+    the mask buffer, the routing attributes and the checkpoint hook."""
+    for name in ROUTING_ATTRS:
+        state.pop(name, None)
+    state["_buffers"].pop("dtr_mask", None)
+    state["_non_persistent_buffers_set"].discard("dtr_mask")
+    hooks = state.get("_load_state_dict_pre_hooks", {})
+    for key in [k for k, hook in hooks.items() if _is_mask_hook(hook)]:
+        del hooks[key]
+
+
+def unrouted_state(module: nn.Module) -> dict:
+    """``module.__getstate__()`` without its routing; ``module`` itself is left as it is."""
+    state = module.__getstate__()
+    for name in ("_buffers", "_non_persistent_buffers_set", "_load_state_dict_pre_hooks"):
+        if name in state:
+            state[name] = copy.copy(state[name])
+    strip_routing(state)
+    return state
+
+
+def _reduce_routed(self, protocol):
+    """Pickle as the original class; the root adds (plan, spec), which route it again on loading::
+
+        torch.save(routed, "m.pt"); torch.load("m.pt", weights_only=False)   # routed, in any process
+    """
+    base = type(self)._dtr_base
+    state = unrouted_state(self)
+    if "dtr_plan" not in self.__dict__:
+        return new_instance, (base,), state
+    spec = self.__dict__.get("dtr_spec")
+    routing = (self.dtr_plan.to_dict(), spec.to_dict() if spec is not None else None)
+    return new_instance, (base,), (state, routing), None, None, reroute_unpickled
+
+
+def new_instance(cls: type) -> nn.Module:
+    """Unpickling's first step: an empty instance of a module's original class."""
+    return cls.__new__(cls)
+
+
+def reroute_unpickled(model: nn.Module, state) -> None:
+    """Unpickling's last step for a routed root: its unrouted state, then the routing from its plan."""
+    from dtrsurgeon.spec import load_spec
+
+    vanilla, (plan, spec) = state
+    model.__setstate__(vanilla)
+    apply_plan(model, Plan.from_dict(plan), load_spec(spec) if spec is not None else None, inplace=True)
+
+
+def _save_pretrained(self, save_directory, *args, **kwargs):
+    """The library's save_pretrained, then dtr_config.json beside it (dtrsurgeon.persist)."""
+    from dtrsurgeon.persist import write_routing
+
+    type(self)._dtr_base.save_pretrained(self, save_directory, *args, **kwargs)
+    if kwargs.get("is_main_process", True):
+        write_routing(self, save_directory)
+
+
+def _from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+    """The library's from_pretrained, routed: by the directory's dtr_config.json, else as this
+    class's model was (a vanilla checkpoint loaded into a routed architecture)."""
+    from dtrsurgeon.persist import from_pretrained
+
+    return from_pretrained(cls._dtr_base, pretrained_model_name_or_path, default=cls._dtr_made_for, **kwargs)
+
+
+def _from_config(cls, *args, **kwargs):
+    """The library's from_config (diffusers EMA models are built so), routed as this class's model was."""
+    made = cls._dtr_base.from_config(*args, **kwargs)
+    model = made[0] if isinstance(made, tuple) else made  # (model, unused kwargs) when asked for
+    apply_plan(model, *cls._dtr_made_for, inplace=True)
+    return made
+
+
+def _root_methods(cls: type, plan: Plan, spec) -> dict[str, object]:
+    """The root's routed class also saves and loads routed models through the library's own methods."""
+    methods: dict[str, object] = {"_dtr_made_for": (plan, spec)}
+    if callable(getattr(cls, "save_pretrained", None)):
+        methods["save_pretrained"] = _save_pretrained
+    if callable(getattr(cls, "from_pretrained", None)):
+        methods["from_pretrained"] = classmethod(_from_pretrained)
+    if callable(getattr(cls, "from_config", None)):
+        methods["from_config"] = classmethod(_from_config)
+    return methods
+
+
+def _routed_class(cls: type, methods: dict[str, object], role: str, stream: tuple[str, int] | None,
+                  classes: dict[tuple, type]) -> type:
+    """The routed subclass of ``cls``, one per (methods, role, stream) within one apply_plan call."""
     key = (cls, tuple(sorted((k, id(v)) for k, v in methods.items())), role, stream)
-    if key in _CLASS_CACHE:
-        return _CLASS_CACHE[key]
+    if key in classes:
+        return classes[key]
     namespace = dict(methods)
     namespace.update(__module__=cls.__module__, __qualname__=cls.__qualname__, __doc__=cls.__doc__,
-                     _dtr_role=role, _dtr_base=cls)
+                     _dtr_role=role, _dtr_base=cls, extra_repr=_routed_extra_repr,
+                     __reduce_ex__=_reduce_routed, __deepcopy__=_deepcopy_routed, __copy__=_copy_routed)
     if role in ("block", "pass"):
         inner = methods.get("forward", cls.forward)
         namespace.update(_dtr_inner=inner, _dtr_stream=stream,
                          _dtr_inner_takes_task=TASK in inspect.signature(inner).parameters,
                          forward=_block_forward if role == "block" else _pass_through_forward)
     routed = type(cls.__name__, (cls,), namespace)
-    _CLASS_CACHE[key] = routed
+    classes[key] = routed
     return routed
 
 
@@ -169,34 +290,51 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
     # long-skip merge) has that forward rewritten to route every instance there; its other units
     # must not be wrapped as well, or they would be routed twice
     routed_inside = {u.cls for u in plan.units if u.mode == "block" and u.stream_line is not None}
+    classes: dict[tuple, type] = {}
 
     for path, module in named.items():
         cls = type(module)
-        methods = {}
-        for base in cls.__mro__:
-            for name, value in vars(base).items():
-                func = unwrapped(value)
-                code = getattr(func, "__code__", None)
-                key = (os.path.abspath(code.co_filename), func.__qualname__) if code else None
-                if key in compiled and name not in methods:
-                    methods[name] = compiled[key]
+        methods = _routed_methods(cls, compiled)
+        if path == "":
+            methods.update(_root_methods(cls, plan, spec))
         if path in units:
             unit = units[path]
             role = "block" if unit.mode == "block" and unit.stream_line is None and unit.cls not in routed_inside else "edited"
             stream = _stream_position(unit, cls) if role == "block" else None
-            module.__class__ = _routed_class(cls, methods, role, stream)
+            module.__class__ = _routed_class(cls, methods, role, stream, classes)
             module.register_buffer("dtr_mask", mask_table_for(unit.mask, unit.channels), persistent=False)
             module._dtr_axis = unit.channel_axis
+            module._dtr_repr = unit_repr(unit)
         elif methods:
-            module.__class__ = _routed_class(cls, methods, "thread", None)
+            module.__class__ = _routed_class(cls, methods, "thread", None, classes)
             if path in unrouted:  # no unit, yet it runs its class's rewritten forward: no table, nothing masked
                 module.register_buffer("dtr_mask", None, persistent=False)
         elif path in passthrough:
-            module.__class__ = _routed_class(cls, {}, "pass", None)
+            module.__class__ = _routed_class(cls, {}, "pass", None, classes)
+        if path in unrouted and "_dtr_base" in vars(type(module)):
+            module._dtr_repr = "dtr=off"  # an instance of a unit class that the plan leaves unrouted
     target.dtr_plan = plan
     target.dtr_spec = spec
-    _register_foreign_mask_hook(target, plan)
+    _register_foreign_mask_hook(target)
     return target
+
+
+def unit_repr(unit: RoutedUnit) -> str:
+    """A unit's routing as its extra_repr shows it: ``dtr=block C=1152 K=921``."""
+    return f"dtr={unit.mode} C={unit.channels} K={unit.active}"
+
+
+def _routed_methods(cls: type, compiled: dict[tuple[str, str], object]) -> dict[str, object]:
+    """name -> rewritten function, for the methods of ``cls`` (and its bases) that the plan edits."""
+    methods: dict[str, object] = {}
+    for base in cls.__mro__:
+        for name, value in vars(base).items():
+            func = unwrapped(value)
+            code = getattr(func, "__code__", None)
+            key = (os.path.abspath(code.co_filename), func.__qualname__) if code else None
+            if key in compiled and name not in methods:
+                methods[name] = compiled[key]
+    return methods
 
 
 # -- checkpoints of the authors' DTR code ----------------------------------------
@@ -204,31 +342,31 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
 FOREIGN_MASK_SUFFIX = "routing._unit_mapping"
 
 
-def _register_foreign_mask_hook(model: nn.Module, plan: Plan) -> None:
+def _foreign_mask_hook(module, state_dict, prefix, *args):
     """Accept checkpoints written by the authors' DTR code: their persistent
     ``<unit>.routing._unit_mapping`` tables are checked against ours and dropped."""
-    units = {u.path: u for u in plan.units}
+    units = {u.path: u for u in module.dtr_plan.units}
+    for key in [k for k in state_dict if k.startswith(prefix) and k.endswith("." + FOREIGN_MASK_SUFFIX)]:
+        path = key[len(prefix): -len(FOREIGN_MASK_SUFFIX) - 1]
+        theirs = state_dict.pop(key)
+        if path not in units:
+            raise CheckpointError(f"checkpoint key {key!r}: {path!r} is not a routed unit of this model "
+                                  f"(routed: {', '.join(list(units)[:4])}, ...)")
+        ours = module.get_submodule(path).dtr_mask
+        theirs = theirs.detach().to("cpu") != 0
+        if theirs.shape != ours.shape:
+            raise CheckpointError(f"checkpoint key {key!r}: mask table of shape {tuple(theirs.shape)}, "
+                                  f"this spec builds {tuple(ours.shape)} for {path!r}")
+        bad = (theirs != ours.cpu()).any(dim=1).nonzero()
+        if len(bad):
+            raise CheckpointError(f"checkpoint key {key!r}: mask table differs from this spec's for {path!r} "
+                                  f"at {len(bad)} task(s), first task {int(bad[0])}; check channel_ratio, "
+                                  "task_weights and num_tasks")
 
-    def hook(module, state_dict, prefix, *args):
-        for key in [k for k in state_dict if k.startswith(prefix) and k.endswith("." + FOREIGN_MASK_SUFFIX)]:
-            path = key[len(prefix): -len(FOREIGN_MASK_SUFFIX) - 1]
-            theirs = state_dict.pop(key)
-            if path not in units:
-                raise CheckpointError(f"checkpoint key {key!r}: {path!r} is not a routed unit of this model "
-                                      f"(routed: {', '.join(list(units)[:4])}, ...)")
-            ours = model.get_submodule(path).dtr_mask
-            theirs = theirs.detach().to("cpu") != 0
-            if theirs.shape != ours.shape:
-                raise CheckpointError(f"checkpoint key {key!r}: mask table of shape {tuple(theirs.shape)}, "
-                                      f"this spec builds {tuple(ours.shape)} for {path!r}")
-            bad = (theirs != ours.cpu()).any(dim=1).nonzero()
-            if len(bad):
-                raise CheckpointError(f"checkpoint key {key!r}: mask table differs from this spec's for {path!r} "
-                                      f"at {len(bad)} task(s), first task {int(bad[0])}; check channel_ratio, "
-                                      "task_weights and num_tasks")
 
+def _register_foreign_mask_hook(model: nn.Module) -> None:
     register = getattr(model, "register_load_state_dict_pre_hook", None)
     if register is not None:
-        register(hook)
+        register(_foreign_mask_hook)
     else:
-        model._register_load_state_dict_pre_hook(hook, with_module=True)
+        model._register_load_state_dict_pre_hook(_foreign_mask_hook, with_module=True)

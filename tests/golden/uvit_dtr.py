@@ -83,9 +83,10 @@ def dtr_mask_table(channels, channel_ratio, num_tasks, window_shift="sliding", c
 
 
 def dtr_task_index(t, t0, t1, num_tasks, reverse):
-    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped); tensor ops only,
-    so torch.compile sees one graph for every t."""
-    task = ((torch.as_tensor(t).to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
+    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped: -inf counts as t0,
+    +inf as t1, NaN as t0); tensor ops only, so torch.compile sees one graph for every t."""
+    t = torch.nan_to_num(torch.as_tensor(t).to(torch.float32), nan=t0, posinf=t1, neginf=t0)
+    task = ((t - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
     return (num_tasks - 1) - task if reverse else task
 
 
