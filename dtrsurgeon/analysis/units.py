@@ -401,8 +401,9 @@ def _threads(units, cap, named, model) -> tuple[tuple[str, tuple[SourceLine, ...
             if not path or path in unit_paths or path in threads or not frames:
                 continue
             cls = type(named[path])
-            forward = getattr(cls.forward, "__code__", None)
-            key = (os.path.abspath(forward.co_filename), cls.forward.__qualname__) if forward else None
+            defined = inspect.unwrap(cls.forward)  # behind decorators (functools.wraps)
+            forward = getattr(defined, "__code__", None)
+            key = (os.path.abspath(forward.co_filename), defined.__qualname__) if forward else None
             if cls in unit_classes or key in takes_task:
                 threads[path] = _call_path(path, cap, named, model)
                 takes_task |= {(os.path.abspath(sl.file), sl.function) for sl in threads[path][1:]}

@@ -84,6 +84,17 @@ def import_file(path: str):
         raise ModelFileError(f"{path}: importing it failed: {type(e).__name__}: {e}") from None
 
 
+def parse_kwargs(kwargs_json: str | None) -> dict:
+    """``--kwargs``: a JSON object of keyword arguments (none: ``{}``)."""
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"--kwargs: malformed JSON at column {e.colno}: {e.msg}") from None
+    if not isinstance(kwargs, dict):
+        raise ModelFileError("--kwargs: expected a JSON object of keyword arguments")
+    return kwargs
+
+
 def build_model(path: str, entry: str, kwargs_json: str | None) -> nn.Module:
     module = import_file(path)
     factory = getattr(module, entry, None)
@@ -91,12 +102,7 @@ def build_model(path: str, entry: str, kwargs_json: str | None) -> nn.Module:
         names = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
                        and v.__module__ == module.__name__)
         raise ModelFileError(f"{path}: no {entry!r} in this file; nn.Module classes here: {', '.join(names) or 'none'}")
-    try:
-        kwargs = json.loads(kwargs_json) if kwargs_json else {}
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"--kwargs: malformed JSON at column {e.colno}: {e.msg}") from None
-    if not isinstance(kwargs, dict):
-        raise ModelFileError("--kwargs: expected a JSON object of keyword arguments")
+    kwargs = parse_kwargs(kwargs_json)
     try:
         model = factory(**kwargs)
     except (TypeError, ValueError) as e:
