@@ -48,7 +48,7 @@ def resolve_target(target: str):
     if obj is None:
         names = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
                        and v.__module__ == module.__name__)
-        raise ModelFileError(f"{target}: {module_name} has no {attr!r}; nn.Module classes there: {', '.join(names) or 'none'}")
+        raise ModelFileError(f"{target}: no {attr!r} in {module_name}; nn.Module classes there: {', '.join(names) or 'none'}")
     return obj
 
 

@@ -38,7 +38,6 @@ from torch import nn
 
 from dtrsurgeon import __version__
 from dtrsurgeon.emit.edits import (
-    FunctionEdit,
     RouteFunctions,
     collect_edits,
     functions_by_qualname,
