@@ -25,7 +25,6 @@ import __future__
 import builtins
 import dis
 import importlib.metadata
-import json
 import os
 import re
 import sys
@@ -33,6 +32,7 @@ import types
 from dataclasses import dataclass, replace
 
 import libcst as cst
+import torch
 from libcst.metadata import GlobalScope, MetadataWrapper, ScopeProvider
 from torch import nn
 
@@ -52,7 +52,7 @@ from dtrsurgeon.plan import Plan
 
 LIBRARY_FIELD = "# dtrsurgeon: library "
 _HEADER_FIELD = re.compile(r"^# dtrsurgeon: (\w+) (.*)$", re.M)
-_TORCH_DIR = os.path.dirname(os.path.abspath(nn.__file__)).rsplit(os.sep, 1)[0]
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 
 # -- the header -------------------------------------------------------------------------------
@@ -399,15 +399,3 @@ def _render(model, plan, header, imports: _Imports, classes, names, class_module
         _import_block(imports, class_modules), "\n\n", helpers, "\n\n", classes_code,
         ROUTE.format(classes=routed, root=type(model).__name__),
     ])
-
-
-def spec_header_fields(spec_source) -> tuple[str, str]:
-    """(name, sha256) of a spec given as a path or a dict."""
-    from dtrsurgeon.emit.source import sha256_of, spec_bytes
-
-    name, data = spec_bytes(spec_source)
-    return name, sha256_of(data)
-
-
-def kwargs_field(kwargs_json: str | None) -> str:
-    return json.dumps(json.loads(kwargs_json) if kwargs_json else {}, sort_keys=True)
