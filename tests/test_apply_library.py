@@ -48,7 +48,8 @@ def case(name, tmp_path_factory):
                                type(model).__name__, "{}")
         out = tmp_path_factory.mktemp("lib") / f"{name}_dtr.py"
         out.write_text(emit_library(model, plan, header))
-        _cases[name] = (plan, routed, import_path(out, f"lib_{name}_dtr"), out.read_text())
+        module = sys.modules[f"lib_{name}_dtr"] = import_path(out, f"lib_{name}_dtr")  # importable: pickles
+        _cases[name] = (plan, routed, module, out.read_text())
     return _cases[name]
 
 
@@ -287,3 +288,25 @@ def test_edm2_style_file_with_a_persistence_wrapper(tmp_path, monkeypatch, capsy
     assert not torch.allclose(reference(*args, **kwargs), out_g, atol=1e-4)
     clone = copy.deepcopy(generated)  # through the wrapper's __reduce__: rebuilt by the generated file's UNet
     assert type(clone) is type(generated) and clone.init_kwargs == {}
+
+
+@pytest.mark.slow
+def test_routed_library_model_compiles_once_and_pickles(tmp_path_factory, tmp_path):
+    """torch.compile(fullgraph=True): one graph for every timestep; torch.save / torch.load keep the routing."""
+    from torch._dynamo.testing import CompileCounter
+
+    module = case("dit", tmp_path_factory)[2]
+    model = module.route(dm.tiny_dit())
+    args, kwargs = mixed_inputs(model)
+    with torch.no_grad():
+        expected = model(*args, **kwargs)[0]
+        counter = CompileCounter()
+        compiled = torch.compile(model, backend=counter, fullgraph=True)
+        for t in ([0, 999, 250, 731], [5, 6, 7, 8], [999, 998, 0, 1]):
+            compiled(*args, **{**kwargs, "timestep": torch.tensor(t)})
+        assert counter.frame_count == 1
+        torch.testing.assert_close(compiled(*args, **kwargs)[0], expected, atol=1e-6, rtol=0)
+        torch.save(model, tmp_path / "routed.pt")
+        loaded = torch.load(tmp_path / "routed.pt", weights_only=False)
+        assert type(loaded) is type(model)
+        torch.testing.assert_close(loaded(*args, **kwargs)[0], expected, atol=0, rtol=0)
