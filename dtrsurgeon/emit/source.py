@@ -255,7 +255,9 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     if others:
         raise EmitError(f"{model_py}: routing {type(model).__qualname__} also rewrites {', '.join(others)}; "
                         "emit_library writes one file of subclasses for such a model")
-    edits = {file: collect_edits(plan, block_in_source=True).get(file, {})}
+    edits = {file: {}}
+    for file_edits in collect_edits(plan, block_in_source=True).values():  # all in `file`: other_files is empty
+        edits[file].update(file_edits)
     edits[file].setdefault(root_init(model).__qualname__, FunctionEdit()).append_stmt = "dtr_attach_masks(self)"
     passthrough_edits(model, plan, edits, lambda cls: defined_in(cls.forward) == file, lambda cls: cls.__name__)
     edits = edits[file]
