@@ -6,14 +6,14 @@ library's classes that override only the methods the routing edits (the methods'
 the same :class:`~dtrsurgeon.emit.edits.RouteFunctions` edits as every emitter), the helper block, and
 ``route(model)``, which swaps the classes of a model the library built and attaches the mask tables::
 
-    class ResnetBlock2D(diffusers.models.resnet.ResnetBlock2D):
-        def forward(self, input_tensor, temb, *args, dtr_task, **kwargs):
-            dtr_keep = dtr_channel_mask(self.dtr_mask, dtr_task, input_tensor, 1)
-            input_tensor, dtr_skip = dtr_route(input_tensor, dtr_keep)
+    class BasicTransformerBlock(diffusers.models.attention.BasicTransformerBlock):
+        def forward(self, hidden_states, attention_mask=None, ..., *, dtr_task):
+            dtr_keep = dtr_channel_mask(self.dtr_mask, dtr_task, hidden_states, 2)
+            hidden_states, dtr_skip = dtr_route(hidden_states, dtr_keep)
             ...                                   # the library's code
-            return dtr_merge(output_tensor, dtr_skip, dtr_keep)
+            return dtr_merge(hidden_states, dtr_skip, dtr_keep)
 
-    model = route(UNet2DModel.from_pretrained("..."))
+    model = route(DiTTransformer2DModel.from_pretrained("...", subfolder="transformer"))
 
 The file imports torch, the library and the standard library only.  Its header names the
 library and its version: ``dtrsurgeon check`` reports a file generated for another version as stale.
@@ -301,8 +301,8 @@ DTR_CLASSES = (  # the routed subclasses, each of the library class it derives f
 
 
 def route(model):
-    """Route ``model``, built by its library ({root} of the configuration this file was generated
-    from), in place: its modules' classes become the routed subclasses above (same parameters,
+    """Route ``model`` in place: a {root} its library built, with the configuration this file was
+    generated from.  Its modules' classes become the routed subclasses above (same parameters,
     buffers and state_dict keys) and the routed units get their mask tables.  Returns ``model``."""
     routed = {{cls.__bases__[0]: cls for cls in DTR_CLASSES}}
     if type(model) not in routed and type(model) not in DTR_CLASSES:
@@ -333,35 +333,39 @@ def emit_library(model: nn.Module, plan: Plan, header: LibraryHeader) -> str:
     refs = {c: _reference(c) for cls, methods in overrides.items() for c in [cls] + [m[0] for m in methods]}
     class_modules = {module for module, _ in refs.values()}
     imports = _Imports({}, {})
-    for name in _defined(render_helpers(plan, unrouted_instances(model, plan), binds_task=True)) | {names[c] for c in overrides}:
+    helpers = render_helpers(plan, unrouted_instances(model, plan), binds_task=True)
+    for name in _defined(helpers) | {names[c] for c in overrides}:
         imports.claim(name, object())
     for module in ("bisect", "math", "torch", *class_modules):
         imports.claim(module.split(".")[0], sys.modules[module.split(".")[0]])
-    classes = []
-    for cls, methods in overrides.items():
-        methods_code = []
-        for owner, name, node in methods:
-            func = unwrapped(vars(owner)[name])
-            where = f"{defined_in(func)}: {owner.__qualname__}.{name}"
-            code = _method_code(node, refs[owner][1], where)
-            renames = {}
-            for read in sorted(_global_reads(code)):
-                if read in func.__globals__:
-                    alias = imports.bind(read, func.__globals__[read], func.__globals__["__name__"])
-                    if alias != read:
-                        renames[read] = alias
-                elif not hasattr(builtins, read) and read not in imports.values:
-                    raise EmitError(f"{where}: reads {read!r}, which its module does not define")
-            methods_code.append(cst.parse_statement(_rename_globals(code, renames)))
-        classes.append((cls, refs[cls][1], methods_code))
+    classes = [(cls, refs[cls][1], [_routed_method(owner, name, node, refs[owner][1], imports)
+                                    for owner, name, node in methods])
+               for cls, methods in overrides.items()]
     header = replace(header, libraries=libraries_of(sorted(class_modules)))
     return _render(model, plan, header, imports, classes, names, class_modules)
 
 
+def _routed_method(owner: type, name: str, node: cst.FunctionDef, owner_ref: str, imports: _Imports) -> cst.FunctionDef:
+    """``owner.name`` as rewritten, for a subclass in the generated file: the globals it reads are
+    imported from its module (``imports``), under an alias where the file binds that name already."""
+    func = unwrapped(vars(owner)[name])
+    where = f"{defined_in(func)}: {owner.__qualname__}.{name}"
+    code = _method_code(node, owner_ref, where)
+    renames = {}
+    for read in sorted(_global_reads(code)):
+        if read in func.__globals__:
+            alias = imports.bind(read, func.__globals__[read], func.__globals__["__name__"])
+            if alias != read:
+                renames[read] = alias
+        elif not hasattr(builtins, read) and read not in imports.values:
+            raise EmitError(f"{where}: reads {read!r}, which its module does not define")
+    return cst.parse_statement(_rename_globals(code, renames))
+
+
 def _defined(helpers: str) -> set[str]:
     """Names the helper block binds (``dtr_mask_table``, ``DTR_UNITS`` ...)."""
-    return {node.name.value for node in cst.parse_module(helpers).body if isinstance(node, (cst.FunctionDef, cst.ClassDef))} | set(
-        re.findall(r"^(\w+) = ", helpers, re.M))
+    defs = {n.name.value for n in cst.parse_module(helpers).body if isinstance(n, (cst.FunctionDef, cst.ClassDef))}
+    return defs | set(re.findall(r"^(\w+) = ", helpers, re.M))
 
 
 def _import_block(imports: _Imports, class_modules: set[str]) -> str:
