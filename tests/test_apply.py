@@ -251,16 +251,30 @@ def test_bad_kwargs_json(capsys):
     assert "--kwargs: malformed JSON" in capsys.readouterr().err
 
 
-def test_units_defined_in_another_file_are_named(tmp_path, capsys):
+def test_units_defined_in_another_file_give_one_file_of_subclasses(tmp_path, capsys):
+    """The root in wrapper.py, the units in model_zoo/dit.py: apply writes one file that subclasses
+    both (tests/test_apply_library.py covers these files in depth) and routes the model's instances."""
     (tmp_path / "wrapper.py").write_text(
         "import torch\nfrom model_zoo.dit import tiny_dit\n\n\nclass Wrapped(torch.nn.Module):\n"
         "    def __init__(self):\n        super().__init__()\n        self.inner = tiny_dit()\n\n"
         "    def forward(self, x, t, y):\n        return self.inner(x, t, y)\n\n"
         "    def example_inputs(self, batch_size=2):\n        return self.inner.example_inputs(batch_size)\n")
     (tmp_path / "spec.json").write_text('{"version": 1, "targets": {"include": ["inner.blocks.*"]}}')
-    assert main(["apply", str(tmp_path / "spec.json"), str(tmp_path / "wrapper.py"), "--entry", "Wrapped", "--diff"]) == 2
-    err = capsys.readouterr().err
-    assert "model_zoo/dit.py" in err and "rewrites one file" in err and err.count("\n") == 1
+    out = tmp_path / "wrapper_dtr.py"
+    assert main(["apply", str(tmp_path / "spec.json"), str(tmp_path / "wrapper.py"), "--entry", "Wrapped"]) == 0
+    text = out.read_text()
+    assert "class Wrapped(wrapper.Wrapped):" in text and "class DiTBlock(model_zoo.dit.DiTBlock):" in text
+    wrapper = sys.modules["wrapper"]
+    torch.manual_seed(0)
+    reference = wrapper.Wrapped().eval()
+    randomize_(reference)
+    routed = dtrsurgeon.transform(reference, str(tmp_path / "spec.json"))
+    generated = import_path(out, "wrapper_dtr").route(copy.deepcopy(reference))
+    (x, t, y), _ = reference.example_inputs(4)
+    with torch.no_grad():
+        torch.testing.assert_close(generated(x, t, y), routed(x, t, y), atol=1e-6, rtol=0)
+    assert main(["apply", str(tmp_path / "spec.json"), str(tmp_path / "wrapper.py"), "--entry", "Wrapped", "--in-place"]) == 2
+    assert "wrapper.py spans several files" in capsys.readouterr().err
 
 
 def test_apply_through_a_subprocess(tmp_path):

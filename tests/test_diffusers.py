@@ -4,9 +4,6 @@ Tiny random-weight configs (tests/diffusers_models.py).  Each test states what a
 """
 
 import copy
-import json
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +13,6 @@ diffusers = pytest.importorskip("diffusers")
 from torch._dynamo.testing import CompileCounterWithBackend  # noqa: E402
 
 import dtrsurgeon  # noqa: E402
-from dtrsurgeon.cli import main  # noqa: E402
 from tests import diffusers_models as dm  # noqa: E402
 
 SPEC = {"version": 1, "timestep": {"arg": "timestep"}}
@@ -334,74 +330,7 @@ def test_unet2d_condition_inner_transformer_blocks_route():
     assert not torch.allclose(run(r, args, kwargs), run(m, args, kwargs), atol=1e-4)
 
 
-# -- dtrsurgeon apply on the installed diffusers files ---------------------------------------------------------
-
-DIFFUSERS = Path(diffusers.__file__).parent / "models"
-APPLY = {
-    "unet2d": ("unets/unet_2d.py", "UNet2DModel", dict(
-        sample_size=16, block_out_channels=[16, 32], layers_per_block=1,
-        down_block_types=["DownBlock2D", "AttnDownBlock2D"],
-        up_block_types=["AttnUpBlock2D", "UpBlock2D"], attention_head_dim=8, norm_num_groups=8)),
-    "unet2d_condition": ("unets/unet_2d_condition.py", "UNet2DConditionModel", dict(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=[16, 32], layers_per_block=1,
-        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-        cross_attention_dim=dm.CROSS_DIM, attention_head_dim=8, norm_num_groups=8)),
-    "dit": ("transformers/dit_transformer_2d.py", "DiTTransformer2DModel", dict(
-        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, num_layers=2, sample_size=8,
-        patch_size=2, num_embeds_ada_norm=dm.NUM_CLASSES)),
-}
-
-
-def files_of(p, path):
-    """The files a unit's routing touches: the frames that call it, its residual and branch lines."""
-    u = p.unit(path)
-    return {s.file for s in u.call_path + u.residual_lines + u.branch_lines}
-
-
-def apply_error(tmp_path, capsys, model_py, entry, kwargs, name):
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(SPEC))
-    ex = tmp_path / "inputs.pt"
-    torch.save(dm.example_inputs(model(name), 2), ex)
-    out = tmp_path / "out.py"
-    argv = ["apply", str(spec), str(model_py), "--entry", entry, "--example-inputs", str(ex), "-o", str(out)]
-    rc = main(argv + (["--kwargs", json.dumps(kwargs)] if kwargs else []))
-    err = capsys.readouterr().err
-    assert rc == 2 and not out.exists(), err
-    assert err.startswith("dtrsurgeon apply: error: ") and err.endswith(
-        ": `dtrsurgeon apply` rewrites one file (use dtrsurgeon.transform for this model)\n"), err
-    found = re.search(r"unit '([^']+)' is reached through (.+), not (\S+):", err)
-    assert found, err
-    unit, others, given = found.groups()
-    others = others.split(", ")
-    assert all(o in files_of(plan(name), unit) for o in others), err  # every file it names is one the unit needs
-    return unit, others[0], given
-
-
-MISPAIRED = ("emit/source.py emit_source pairs the first unit that touches any other file with the "
-             "alphabetically first other file (sorted(others)[0]), so the error names a file that unit does not use")
-
-
-@pytest.mark.parametrize("name", ["unet2d", "unet2d_condition", "dit"])
-def test_apply_on_the_installed_file_names_a_file_the_unit_needs(name, tmp_path, capsys):
-    """apply rewrites one file; every diffusers model spreads a unit's code over several (the blocks in
-    unet_2d_blocks.py, ResnetBlock2D in resnet.py, BasicTransformerBlock in attention.py), so apply must
-    refuse, name the unit and a file its routing needs, and write nothing."""
-    rel, entry, kwargs = APPLY[name]
-    unit, other, given = apply_error(tmp_path, capsys, DIFFUSERS / rel, entry, kwargs, name)
-    assert given == str(DIFFUSERS / rel)
-    assert other in files_of(plan(name), unit) - {given}
-
-
-def test_apply_through_a_wrapper_file_names_the_diffusers_file(tmp_path, capsys):
-    """A factory in the user's own file does not help: the root's forward and the units live in diffusers."""
-    wrapper = tmp_path / "tiny_dit.py"
-    wrapper.write_text("from diffusers import DiTTransformer2DModel\n\n\ndef tiny():\n"
-                       f"    return DiTTransformer2DModel(**{APPLY['dit'][2]!r})\n")
-    unit, other, given = apply_error(tmp_path, capsys, wrapper, "tiny", None, "dit")
-    assert given == str(wrapper) and unit == "transformer_blocks.0"
-    assert other in files_of(plan("dit"), unit)
+# `dtrsurgeon apply` on diffusers models: tests/test_apply_library.py
 
 
 def test_dit_example_inputs_are_guessed():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import sys
 import warnings
 from dataclasses import replace
 
@@ -85,8 +86,12 @@ def channel_axis(node: fx.Node) -> int:
     return 2
 
 
-def _qualname(obj) -> str:
-    return f"{obj.__module__}.{obj.__qualname__}"
+def _qualname(cls: type) -> str:
+    """``package.module.Class``, the name the class is found under: a class a class decorator made
+    (``persistent_class.<locals>.Decorator``, named after the class it wraps) by its module's name for it."""
+    if "<locals>" in cls.__qualname__ and getattr(sys.modules.get(cls.__module__), cls.__name__, None) is cls:
+        return f"{cls.__module__}.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _source_line(frame: Frame, owner: type) -> SourceLine:
@@ -401,8 +406,9 @@ def _threads(units, cap, named, model) -> tuple[tuple[str, tuple[SourceLine, ...
             if not path or path in unit_paths or path in threads or not frames:
                 continue
             cls = type(named[path])
-            forward = getattr(cls.forward, "__code__", None)
-            key = (os.path.abspath(forward.co_filename), cls.forward.__qualname__) if forward else None
+            defined = inspect.unwrap(cls.forward)  # behind decorators (functools.wraps)
+            forward = getattr(defined, "__code__", None)
+            key = (os.path.abspath(forward.co_filename), defined.__qualname__) if forward else None
             if cls in unit_classes or key in takes_task:
                 threads[path] = _call_path(path, cap, named, model)
                 takes_task |= {(os.path.abspath(sl.file), sl.function) for sl in threads[path][1:]}

@@ -162,6 +162,17 @@ def import_file(path: str):
     return module
 
 
+def parse_kwargs(kwargs_json: str | None) -> dict:
+    """``--kwargs``: a JSON object of keyword arguments (none: ``{}``)."""
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"--kwargs: malformed JSON at column {e.colno}: {e.msg}") from None
+    if not isinstance(kwargs, dict):
+        raise ModelFileError("--kwargs: expected a JSON object of keyword arguments")
+    return kwargs
+
+
 def build_model(path: str, entry: str, kwargs_json: str | None) -> nn.Module:
     """``entry(**kwargs)`` from the file at ``path``; whatever the factory raises becomes one
     :class:`ModelFileError` line naming the file, the entry and the exception."""
@@ -171,12 +182,7 @@ def build_model(path: str, entry: str, kwargs_json: str | None) -> nn.Module:
         names = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
                        and v.__module__ == module.__name__)
         raise ModelFileError(f"{path}: no {entry!r} in this file; nn.Module classes here: {', '.join(names) or 'none'}")
-    try:
-        kwargs = json.loads(kwargs_json) if kwargs_json else {}
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"--kwargs: malformed JSON at column {e.colno}: {e.msg}") from None
-    if not isinstance(kwargs, dict):
-        raise ModelFileError("--kwargs: expected a JSON object of keyword arguments")
+    kwargs = parse_kwargs(kwargs_json)
     if not callable(factory):
         raise ModelFileError(f"{path}: {entry} is a {type(factory).__name__}, not a class or function")
     try:

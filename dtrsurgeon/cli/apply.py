@@ -1,7 +1,11 @@
-"""``dtrsurgeon apply SPEC MODEL_PY``: write a routed copy of a model file.
+"""``dtrsurgeon apply SPEC MODEL``: write a routed copy of a model file.
 
     $ dtrsurgeon apply dit-paper model_zoo/dit.py --entry DiT_S_2
     wrote model_zoo/dit_dtr.py (12 units routed; 4 functions edited)
+
+A model whose routed code is installed or spans several files (MODEL ``pkg.module:Class``, e.g.
+``diffusers.models.unets.unet_2d:UNet2DModel --kwargs CONFIG``) gets one file of subclasses
+instead, with ``route(model)`` for a model the library built.
 
 ``--diff`` prints a unified diff and writes nothing.  Without ``--force`` an
 existing or read-only output is never overwritten; the input changes only with
@@ -24,7 +28,8 @@ def register(sub) -> None:
     p = sub.add_parser("apply", help="write a routed copy of a model's source file", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", help="routing spec")
-    p.add_argument("model_py", help="Python file that defines the model")
+    p.add_argument("model_py", metavar="MODEL", help="Python file that defines the model, or pkg.module:Class of an "
+                                                     "installed library (diffusers ...)")
     p.add_argument("--entry", default=None, help="class or factory in MODEL_PY (default: the only class whose "
                                                   "forward takes the spec's timestep argument)")
     p.add_argument("--kwargs", default=None, help="JSON object of arguments for ENTRY")
@@ -59,14 +64,19 @@ def generate(spec_path, model_py: str, entry: str | None, kwargs_json: str | Non
              example_inputs: str | None = None) -> str:
     """The routed source text (what ``apply`` writes and ``check`` compares); ``example_inputs``:
     the path of a ``.pt`` file of ``(args, kwargs)``, recorded in the header by name and sha256."""
+    from dtrsurgeon.cli._target import emit_library_file, generate_library, is_library_target
+    from dtrsurgeon.cli.inspect import load_example_inputs
+
+    if is_library_target(model_py):
+        return generate_library(spec_path, model_py, entry, kwargs_json, load_example_inputs(example_inputs))
     from dtrsurgeon.analysis.units import build_plan
     from dtrsurgeon.cli._model import build_model, import_file
-    from dtrsurgeon.cli.inspect import load_example_inputs
     from dtrsurgeon.emit.source import (
         GUESSED,
         Header,
         emit_source,
         is_generated,
+        other_files,
         sha256_of,
         spec_bytes,
     )
@@ -80,6 +90,8 @@ def generate(spec_path, model_py: str, entry: str | None, kwargs_json: str | Non
         entry = default_entry(import_file(model_py), spec.timestep.arg)
     model = build_model(model_py, entry, kwargs_json)
     plan = build_plan(model, spec, load_example_inputs(example_inputs))
+    if other_files(model, plan, model_py):  # the routed code spans files: one file of subclasses instead
+        return emit_library_file(model, plan, spec_path, os.path.basename(model_py), sha256_of(source), entry, kwargs_json)
     spec_name, spec_data = spec_bytes(spec_path)
     kwargs = json.dumps(json.loads(kwargs_json) if kwargs_json else {}, sort_keys=True)
     inputs = GUESSED if example_inputs is None else \
@@ -95,18 +107,26 @@ def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:
 
 def run(args) -> int:
     from dtrsurgeon.cli._output import PYTHON, check_output, write_text
+    from dtrsurgeon.cli._target import default_output, refuse_in_place
+    from dtrsurgeon.emit.library import is_library_file
 
     model_py = Path(args.model_py)
     if args.in_place and args.output:
         raise EmitError("--in-place and -o/--output exclude each other")
-    out = model_py if args.in_place else Path(args.output) if args.output else model_py.with_name(f"{model_py.stem}_dtr.py")
+    if args.in_place:
+        refuse_in_place(args.model_py)
+    out = model_py if args.in_place else Path(args.output) if args.output else default_output(args.model_py)
     flag = "--in-place" if args.in_place else "-o"
     if not args.diff:
         inputs = [("model file", model_py), ("spec", args.spec), ("example inputs", args.example_inputs)]
         check_output(out, flag=flag, formats=PYTHON, kind="source format", inputs=inputs, force=args.force, in_place=args.in_place)
     text = generate(args.spec, str(model_py), args.entry, args.kwargs, args.example_inputs)
+    library = is_library_file(text)  # a new file of subclasses: nothing in MODEL_PY changes
+    if args.in_place:
+        refuse_in_place(args.model_py, text)
     if args.diff:
-        print(unified_diff(model_py.read_text(), text, str(model_py), str(out)), end="")
+        old, old_name = ((out.read_text() if out.is_file() else "", out) if library else (model_py.read_text(), model_py))
+        print(unified_diff(old, text, str(old_name), str(out)), end="")
         return 0
     write_text(out, text, flag=flag)
     print(f"wrote {out}")

@@ -31,6 +31,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import libcst as cst
 from torch import nn
@@ -40,12 +41,12 @@ from dtrsurgeon import runtime
 from dtrsurgeon.emit.edits import (
     FunctionEdit,
     RouteFunctions,
-    class_forward,
     collect_edits,
     functions_by_qualname,
     parse_file,
     unit_call_filter,
     unrouted_instances,
+    unwrapped,
 )
 from dtrsurgeon.errors import EmitError
 from dtrsurgeon.masks import mask_settings
@@ -224,20 +225,47 @@ def is_generated(text: str) -> bool:
     return text.startswith(HEADER_MARK)
 
 
-def _class_edits(model: nn.Module, plan: Plan, file: str, edits: dict[str, FunctionEdit]) -> None:
-    """Source-only edits: the root's __init__ attaches the masks; modules called on a
-    unit's call line accept dtr_task (in-file classes) or are called without it."""
-    named = dict(model.named_modules())
-    root_init = type(model).__init__
-    code = getattr(root_init, "__code__", None)
-    if code is None or os.path.abspath(code.co_filename) != file:
-        raise EmitError(f"{type(model).__qualname__}.__init__ is not defined in {file}: the root class must be "
-                        "in the file `dtrsurgeon apply` rewrites")
-    edits.setdefault(root_init.__qualname__, FunctionEdit()).append_stmt = "dtr_attach_masks(self)"
+def undecorated(cls: type) -> type:
+    """The class as its file defines it, behind the wrappers class decorators return.
 
-    def in_file(cls) -> bool:
-        fcode = getattr(cls.forward, "__code__", None)
-        return fcode is not None and os.path.abspath(fcode.co_filename) == file
+    A persistence decorator (EDM2's ``@persistent_class``) returns a subclass of the decorated class
+    that takes over its name and module; the file's definition is the base::
+
+        @persistent_class            type(model)             -> persistent_class.<locals>.Decorator
+        class UNet(nn.Module): ...   undecorated(type(model)) -> UNet, as written in the file
+
+    A decorator that returns the class itself leaves nothing to unwrap.
+    """
+    while (len(cls.__bases__) == 1 and cls.__bases__[0].__name__ == cls.__name__
+           and cls.__bases__[0].__module__ == cls.__module__):
+        cls = cls.__bases__[0]
+    return cls
+
+
+def defined_in(func) -> str | None:
+    """The absolute file of a function's definition, behind ``functools.wraps`` wrappers such as
+    diffusers' ``@register_to_config`` on ``__init__`` (None for functions without Python source)."""
+    code = getattr(unwrapped(func), "__code__", None)
+    return os.path.abspath(code.co_filename) if code is not None else None
+
+
+def root_init(model: nn.Module):
+    """The root's ``__init__`` as its source defines it (unwrapped, of the undecorated class)."""
+    return unwrapped(undecorated(type(model)).__init__)
+
+
+def passthrough_edits(model: nn.Module, plan: Plan, edits: dict[str, dict[str, FunctionEdit]],
+                      editable: Callable[[type], bool], class_name: Callable[[type], str]) -> None:
+    """Modules called on a unit's call line: classes whose source is rewritten (``editable``) accept
+    ``dtr_task=None``; the others (``nn.Conv2d``) are called without it, behind an ``isinstance``
+    guard naming the classes that take it (by ``class_name``).  ``edits``: file -> qualname -> edit."""
+    named = dict(model.named_modules())
+
+    def edit_of(func, create=False):
+        file, qual = defined_in(func), unwrapped(func).__qualname__
+        if create:
+            return edits.setdefault(file, {}).setdefault(qual, FunctionEdit())
+        return edits.get(file, {}).get(qual, FunctionEdit())
 
     unit_classes = {type(named[u.path]) for u in plan.units}
     at_line: dict[tuple[str, int], set[type]] = {}  # classes called on each unit call line
@@ -246,10 +274,10 @@ def _class_edits(model: nn.Module, plan: Plan, file: str, edits: dict[str, Funct
     foreign_lines = set()
     for path, pfile, line in plan.passthrough:
         cls = type(named[path])
-        if cls in unit_classes or (in_file(cls) and edits.get(cls.forward.__qualname__, FunctionEdit()).task_param):
+        if cls in unit_classes or (editable(cls) and edit_of(cls.forward).task_param):
             continue  # a unit the targets leave out, or a container on the path: it takes dtr_task already
-        if in_file(cls):
-            edits.setdefault(cls.forward.__qualname__, FunctionEdit()).task_param = "optional"
+        if editable(cls):
+            edit_of(cls.forward, create=True).task_param = "optional"
             at_line.setdefault((os.path.abspath(pfile), line), set()).add(cls)
         else:
             foreign_lines.add((os.path.abspath(pfile), line))
@@ -257,7 +285,7 @@ def _class_edits(model: nn.Module, plan: Plan, file: str, edits: dict[str, Funct
         call = unit.call_path[-1]
         key = (os.path.abspath(call.file), call.line)
         if key in foreign_lines:  # e.g. nn.Conv2d called on the same line: call it without dtr_task
-            edits[call.function].call_guards[call.line] = tuple(sorted(c.__name__ for c in at_line[key]))
+            edits[key[0]][call.function].call_guards[call.line] = tuple(sorted(class_name(c) for c in at_line[key]))
 
 
 def _insert_helpers(module: cst.Module, helpers: str, header: str) -> cst.Module:
@@ -281,6 +309,15 @@ def _insert_helpers(module: cst.Module, helpers: str, header: str) -> cst.Module
     return module.with_changes(body=body[:at] + imports + helper_stmts + body[at:], header=top + list(module.header))
 
 
+def other_files(model: nn.Module, plan: Plan, model_py: str) -> list[str]:
+    """The files besides ``model_py`` whose code routing ``model`` rewrites (the root's ``__init__``,
+    which attaches the masks, included): empty when ``emit_source`` can rewrite ``model_py`` alone."""
+    file = os.path.abspath(model_py)
+    edited = {os.path.abspath(f) for f, fe in collect_edits(plan, block_in_source=True).items() if fe}
+    init_file = defined_in(root_init(model))
+    return sorted((edited | {init_file or "<no Python source>"}) - {file})
+
+
 def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> str:
     """The routed source of ``model_py`` for ``plan`` (``model`` built from that file)."""
     file = os.path.abspath(model_py)
@@ -288,21 +325,17 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     if is_generated(text):
         raise EmitError(f"{model_py}:1: this file was generated by dtrsurgeon; apply the spec to its source "
                         f"({header.input_name if header else 'the original file'}) instead")
-    all_edits = collect_edits(plan, block_in_source=True)
-    for unit in plan.units:
-        # the files of the lines apply rewrites for this unit (the graph may attribute its adds elsewhere,
-        # e.g. guided-diffusion's to the autograd Function in nn.py that runs them)
-        rewritten = ({s.call.file for s in unit.sites} if unit.mode == "pre_output"
-                     else {sl.file for sl in unit.residual_lines} if unit.mode == "branch"
-                     else {unit.stream_line.file} if unit.stream_line is not None
-                     else {class_forward(unit.cls)[0]})
-        foreign = sorted({os.path.abspath(f) for f in {sl.file for sl in unit.call_path} | rewritten} - {file})
-        if foreign:
-            raise EmitError(f"unit {unit.path!r} is reached through {', '.join(foreign)}, not {model_py}: "
-                            "`dtrsurgeon apply` rewrites one file (use dtrsurgeon.transform for this model)")
+    others = other_files(model, plan, model_py)
+    if others:
+        raise EmitError(f"{model_py}: routing {type(model).__qualname__} also rewrites {', '.join(others)}; "
+                        "emit_library writes one file of subclasses for such a model")
+    edits = {file: {}}
+    for file_edits in collect_edits(plan, block_in_source=True).values():  # all in `file`: other_files is empty
+        edits[file].update(file_edits)
+    edits[file].setdefault(root_init(model).__qualname__, FunctionEdit()).append_stmt = "dtr_attach_masks(self)"
+    passthrough_edits(model, plan, edits, lambda cls: defined_in(cls.forward) == file, lambda cls: cls.__name__)
+    edits = edits[file]
     unrouted = unrouted_instances(model, plan)
-    edits = {q: e for f, fe in all_edits.items() for q, e in fe.items()}
-    _class_edits(model, plan, file, edits)
     functions = functions_by_qualname(model)
     is_unit_call = unit_call_filter(functions)
     wrapper = parse_file(file, os.path.getmtime(file))
