@@ -251,7 +251,7 @@ def test_bad_kwargs_json(capsys):
     assert "--kwargs: malformed JSON" in capsys.readouterr().err
 
 
-def test_units_defined_in_another_file_give_one_file_of_subclasses(tmp_path, capsys):
+def test_units_defined_in_another_file_give_one_file_of_subclasses(tmp_path, capsys, monkeypatch):
     """The root in wrapper.py, the units in model_zoo/dit.py: apply writes one file that subclasses
     both (tests/test_apply_library.py covers these files in depth) and routes the model's instances."""
     (tmp_path / "wrapper.py").write_text(
@@ -264,12 +264,14 @@ def test_units_defined_in_another_file_give_one_file_of_subclasses(tmp_path, cap
     assert main(["apply", str(tmp_path / "spec.json"), str(tmp_path / "wrapper.py"), "--entry", "Wrapped"]) == 0
     text = out.read_text()
     assert "class Wrapped(wrapper.Wrapped):" in text and "class DiTBlock(model_zoo.dit.DiTBlock):" in text
+    monkeypatch.syspath_prepend(str(tmp_path))  # the generated file imports wrapper.py beside it
+    route = import_path(out, "wrapper_dtr").route
     wrapper = sys.modules["wrapper"]
     torch.manual_seed(0)
     reference = wrapper.Wrapped().eval()
     randomize_(reference)
     routed = dtrsurgeon.transform(reference, str(tmp_path / "spec.json"))
-    generated = import_path(out, "wrapper_dtr").route(copy.deepcopy(reference))
+    generated = route(copy.deepcopy(reference))
     (x, t, y), _ = reference.example_inputs(4)
     with torch.no_grad():
         torch.testing.assert_close(generated(x, t, y), routed(x, t, y), atol=1e-6, rtol=0)

@@ -22,6 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from dtrsurgeon.errors import DtrSurgeonError
+from dtrsurgeon.emit.library import IMPORT_NAME
 
 
 class ModelFileError(DtrSurgeonError):
@@ -101,6 +102,7 @@ def _exec_file(file: Path, shown: str):
     if spec is None:
         raise ModelFileError(f"{shown}: not a Python source file (expected NAME.py)")
     module = importlib.util.module_from_spec(spec)
+    setattr(module, IMPORT_NAME, file.stem)  # how a generated file beside it imports it
     sys.modules[name] = module
     sys.path.insert(0, str(file.parent))
     try:

@@ -249,6 +249,9 @@ def _global_reads(code: str) -> set[str]:
 
 # -- the file ---------------------------------------------------------------------------------
 
+IMPORT_NAME = "__dtrsurgeon_import_name__"  # set on a module loaded under another name than its users import
+
+
 def _import_of(name: str, value, module: str) -> str:
     if isinstance(value, types.ModuleType):
         return f"import {value.__name__}" if value.__name__ == name else f"import {value.__name__} as {name}"
@@ -258,12 +261,14 @@ def _import_of(name: str, value, module: str) -> str:
 def _reference(cls: type) -> tuple[str, str]:
     """(module, dotted reference) under which the generated file reaches ``cls``."""
     module = sys.modules.get(cls.__module__)
+    # a model file the CLI imported under a private name is imported by its stem beside it
+    name = getattr(module, IMPORT_NAME, cls.__module__)
     for attr in (cls.__qualname__, cls.__name__):
         obj = module
         for part in attr.split("."):
             obj = getattr(obj, part, None)
         if obj is cls:
-            return cls.__module__, f"{cls.__module__}.{attr}"
+            return name, f"{name}.{attr}"
     raise EmitError(f"class {cls.__qualname__} cannot be imported from {cls.__module__}: the generated file "
                     "subclasses it by name")
 
@@ -337,7 +342,7 @@ def emit_library(model: nn.Module, plan: Plan, header: LibraryHeader) -> str:
     for name in _defined(helpers) | {names[c] for c in overrides}:
         imports.claim(name, object())
     for module in ("bisect", "math", "torch", *class_modules):
-        imports.claim(module.split(".")[0], sys.modules[module.split(".")[0]])
+        imports.claim(module.split(".")[0], sys.modules.get(module.split(".")[0], module))
     classes = [(cls, refs[cls][1], [_routed_method(owner, name, node, refs[owner][1], imports)
                                     for owner, name, node in methods])
                for cls, methods in overrides.items()]
