@@ -211,7 +211,8 @@ def merge(out, skip, keep):
     if _tracks_grad(out, skip):
         return FusedMerge.apply(out, skip, keep, shape, in_place)
     if in_place:
-        return _launch(MERGE_INPLACE, out, skip, keep, shape, None)
+        _launch(MERGE_INPLACE, out, skip, keep, shape, None)
+        return out
     y = torch.empty(out.shape, dtype=torch.promote_types(out.dtype, skip.dtype), device=out.device)
     return _launch(MERGE, out, skip, keep, shape, y)
 
