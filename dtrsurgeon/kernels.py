@@ -19,8 +19,8 @@ result does not need in a channel are not read there::
 view), held by nothing else (no view of it, not saved by autograd as an op's input, one Python
 reference above the caller's), and produced by an op whose backward does not need its result.
 Anything else takes ``merge``.  Every function returns None for a layout it does not handle
-(a non-contiguous stream, a mask that is not a per-sample channel row); the runtime then takes the
-plain path.
+(a stream with gaps or the batch not outermost in memory, operands with different strides, a mask
+that is not a per-sample channel row); the runtime then takes the plain path.
 """
 
 from __future__ import annotations
@@ -89,22 +89,42 @@ def _kernel():
 
 
 def layout(x, keep):
-    """(B, R, L, channel_last, keep_stride): contiguous x viewed as [B, R, L] with keep's channel
-    axis last ([B, T, C]: R = T, L = C) or first ([B, C, H, W]: R = C, L = H * W); None otherwise."""
+    """(B, R, L, channel_last, keep_stride): x's memory viewed as [B, R, L] with keep's channel axis
+    innermost ([B, T, C]: R = T, L = C) or outermost after the batch ([B, C, H, W]: R = C, L = H * W);
+    None otherwise.  x may be any dense layout with the batch outermost: DiT's stream, made by a
+    transpose, is [B, T, C] with the tokens innermost in memory (the second case)."""
     if (keep is None or keep.dtype != torch.bool or x.dim() < 2 or keep.dim() != x.dim() or x.numel() == 0
-            or not x.is_contiguous() or keep.device != x.device or keep.shape[0] not in (1, x.shape[0])):
+            or keep.device != x.device or keep.shape[0] not in (1, x.shape[0])):
         return None
     axes = [d for d in range(1, x.dim()) if keep.shape[d] != 1]
     if len(axes) != 1 or keep.shape[axes[0]] != x.shape[axes[0]] or keep.stride(axes[0]) != 1:
         return None
+    order = memory_order(x)
+    if order is None:
+        return None
     axis = axes[0]
-    before, after = math.prod(x.shape[1:axis]), math.prod(x.shape[axis + 1:])
+    at = order.index(axis)
+    before, after = math.prod(x.shape[d] for d in order[:at]), math.prod(x.shape[d] for d in order[at + 1:])
     keep_stride = keep.stride(0) if keep.shape[0] > 1 else 0
     if after == 1:
         return x.shape[0], before, x.shape[axis], True, keep_stride
     if before == 1:
         return x.shape[0], x.shape[axis], after, False, keep_stride
     return None
+
+
+def memory_order(x):
+    """x's dims after the batch, outermost first in memory, where x is dense (no gaps, no overlap)
+    with the batch outermost; None otherwise."""
+    order = sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+    expected = 1
+    for d in reversed(order):
+        if x.shape[d] != 1 and x.stride(d) != expected:
+            return None
+        expected *= x.shape[d]
+    if x.shape[0] != 1 and x.stride(0) != expected:
+        return None
+    return order
 
 
 def _launch(op, a, b, keep, shape, y):
@@ -122,7 +142,7 @@ def _launch(op, a, b, keep, shape, y):
 def _select(keep, g_routed, g_skip):
     """where(keep, g_routed, g_skip): fused where both gradients are contiguous like the stream."""
     shape = layout(g_routed, keep)
-    if shape is None or not g_skip.is_contiguous() or g_skip.shape != g_routed.shape or g_skip.dtype != g_routed.dtype:
+    if shape is None or g_skip.shape != g_routed.shape or g_skip.stride() != g_routed.stride() or g_skip.dtype != g_routed.dtype:
         return torch.where(keep, g_routed, g_skip)
     return _launch(SELECT, g_routed, g_skip, keep, shape, torch.empty_like(g_routed))
 
@@ -151,7 +171,7 @@ class FusedMerge(torch.autograd.Function):
             _launch(MERGE_INPLACE, out, skip, keep, shape, None)
             ctx.mark_dirty(out)
             return out
-        y = torch.empty(out.shape, dtype=torch.promote_types(out.dtype, skip.dtype), device=out.device)
+        y = torch.empty_like(out, dtype=torch.promote_types(out.dtype, skip.dtype))
         return _launch(MERGE, out, skip, keep, shape, y)
 
     @staticmethod
@@ -204,7 +224,7 @@ def merge(out, skip, keep):
     """out + skip * ~keep as dtrsurgeon.runtime.dtr_merge computes it, or None for the plain path.
     Called as dtr_merge(out, ...) -> merge(out, ...): see fresh() for when it writes into out."""
     shape = layout(out, keep)
-    if shape is None or not skip.is_contiguous() or skip.shape != out.shape:
+    if shape is None or skip.shape != out.shape or skip.stride() != out.stride():
         return None
     refs = sys.getrefcount(out)  # before out is pushed as an argument
     in_place = fresh(out, refs) and out.dtype == torch.promote_types(out.dtype, skip.dtype)
@@ -213,7 +233,7 @@ def merge(out, skip, keep):
     if in_place:
         _launch(MERGE_INPLACE, out, skip, keep, shape, None)
         return out
-    y = torch.empty(out.shape, dtype=torch.promote_types(out.dtype, skip.dtype), device=out.device)
+    y = torch.empty_like(out, dtype=torch.promote_types(out.dtype, skip.dtype))
     return _launch(MERGE, out, skip, keep, shape, y)
 
 

@@ -68,6 +68,12 @@ def test_layout_views_the_stream_as_batch_rows_columns(shape, axis, expected):
     assert kernels.layout(x, keep) == expected
 
 
+def test_layout_follows_the_memory_order_of_a_transposed_stream():
+    x = torch.zeros(4, 10, 6).transpose(1, 2)  # DiT's stream: [B, T, C] made by a transpose, tokens innermost
+    keep = runtime.dtr_channel_mask(runtime.dtr_mask_table(10, 0.5, 7), torch.arange(4), x, 2)
+    assert kernels.layout(x, keep) == (4, 10, 6, False, 10)
+
+
 def test_layout_declines_what_the_kernels_do_not_handle():
     table = runtime.dtr_mask_table(10, 0.5, 7)
     x = torch.zeros(4, 6, 10)
@@ -76,6 +82,8 @@ def test_layout_declines_what_the_kernels_do_not_handle():
     assert kernels.layout(x, keep.float()) is None
     assert kernels.layout(torch.zeros(4, 10, 3, 10), torch.ones(4, 1, 3, 10, dtype=torch.bool)) is None  # two axes
     assert kernels.layout(torch.zeros(4, 3, 10, 2), runtime.dtr_channel_mask(table, torch.arange(4), torch.zeros(4, 3, 10, 2), 2)) is None
+    assert kernels.layout(x.transpose(0, 2).contiguous().transpose(0, 2), keep) is None  # batch innermost
+    assert kernels.layout(torch.zeros(4, 6, 20)[..., ::2], keep) is None  # gaps between channels
     one_task = runtime.dtr_channel_mask(table, torch.tensor(3), x, 2)  # a 0-d task: one row for the batch
     assert kernels.layout(x, one_task) == (4, 6, 10, True, 0)
 
