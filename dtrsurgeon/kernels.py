@@ -1,12 +1,13 @@
 """Fused Triton kernels for DTR's masking on CUDA tensors, one pass each.
 
 :func:`dtrsurgeon.runtime.dtr_fused` imports this module lazily, the first time a routing helper sees a
-CUDA tensor outside ``torch.compile`` (inductor fuses the plain ops itself), so CPU runs never load Triton.  ``DTRSURGEON_FUSED=0`` turns the kernels off for A/B runs.  This module imports
-nothing from dtrsurgeon: it sits at the bottom of the package with the runtime.
+CUDA tensor outside ``torch.compile`` (inductor fuses the plain ops itself), so CPU runs never load
+Triton.  ``DTRSURGEON_FUSED=0`` turns the kernels off for A/B runs.  This module imports nothing from
+dtrsurgeon: it sits at the bottom of the package with the runtime.
 
 The plain runtime computes, per block-mode unit and step, ``x * keep`` and ``addcmul(out, skip, ~keep)``
-forward and ``where(keep, g_routed, g_skip)`` backward with PyTorch's broadcast kernels (about 1.25x
-a copy's time each, and each reads every operand in full).  Here each is one Triton kernel over the stream
+forward and ``where(keep, g_routed, g_skip)`` backward with PyTorch's broadcast kernels (1.7-2.2x a
+copy's time each on an H200, each reading every operand in full; ``benchmarks/fused_check.py``).  Here each is one Triton kernel over the stream
 viewed as ``[B, R, L]`` with the mask row of sample ``b`` loaded once per tile, and the operands a
 result does not need in a channel are not read there::
 
