@@ -4,7 +4,8 @@
 ``plan()`` captures the model (``torch.export`` plus a forward that records which source lines call each
 module), then analyses the graph; ``transform()`` adds the rewrite.  This times, on ``model_zoo``'s DiT
 (``--model``, default XL/2 at 256 px latents), ``torch.export.export(model, ..., strict=False)`` alone,
-``dtrsurgeon.plan`` and ``dtrsurgeon.transform`` with ``specs/dit-paper.json``, each the best of
+``dtrsurgeon.plan`` and ``dtrsurgeon.transform`` with ``specs/dit-paper.json`` (which copies the model
+first; ``inplace=True`` does not), each the best of
 ``--repeats`` runs in this process, and prints each against export.  The target (issue 14) is plan() at
 most 2x export.
 
@@ -14,6 +15,7 @@ most 2x export.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -24,11 +26,13 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 
-def best_of(fn, repeats: int) -> float:
+def best_of(fn, repeats: int, setup=lambda: None) -> float:
+    """Fastest of ``repeats`` calls of ``fn(setup())``; the setup is not timed."""
     times = []
     for _ in range(repeats):
+        arg = setup()
         t0 = time.perf_counter()
-        fn()
+        fn(arg)
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -60,10 +64,12 @@ def main(argv=None) -> int:
             model(*call_args, **call_kwargs)
 
     timed = {
-        "torch.export.export (strict=False)": best_of(export, args.repeats),
-        "one eager forward": best_of(forward, args.repeats),
-        "dtrsurgeon.plan": best_of(lambda: dtrsurgeon.plan(model, args.spec, example), args.repeats),
-        "dtrsurgeon.transform": best_of(lambda: dtrsurgeon.transform(model, args.spec, example), args.repeats),
+        "torch.export.export (strict=False)": best_of(lambda _: export(), args.repeats),
+        "one eager forward": best_of(lambda _: forward(), args.repeats),
+        "dtrsurgeon.plan": best_of(lambda _: dtrsurgeon.plan(model, args.spec, example), args.repeats),
+        "dtrsurgeon.transform": best_of(lambda _: dtrsurgeon.transform(model, args.spec, example), args.repeats),
+        "dtrsurgeon.transform(inplace=True)": best_of(lambda m: dtrsurgeon.transform(m, args.spec, example, inplace=True),
+                                                      args.repeats, setup=lambda: copy.deepcopy(model)),
     }
     ref = timed["torch.export.export (strict=False)"]
     lines = [f"DiT-{args.model} (model_zoo), CPU ({torch.get_num_threads()} threads), torch {torch.__version__}, "
