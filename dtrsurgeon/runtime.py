@@ -80,7 +80,10 @@ def dtr_masked(x, table, task, axis):
     """x with the channels its task does not use zeroed (x itself where the module has no table)."""
     if table is None:
         return x
-    return x * dtr_channel_mask(table, task, x, axis).to(x.dtype)
+    keep = dtr_channel_mask(table, task, x, axis)
+    fused = dtr_fused(x)
+    masked = None if fused is None else fused.masked(x, keep)
+    return x * keep.to(x.dtype) if masked is None else masked
 
 
 class DTRRoute(torch.autograd.Function):
@@ -116,14 +119,35 @@ def dtr_route(x, keep):
     """The unit's input x * keep and the bypass x; pass the bypass only to dtr_merge."""
     if keep is None:
         return x, x
-    return DTRRoute.apply(x, keep)
+    fused = dtr_fused(x)
+    routed = None if fused is None else fused.route(x, keep)
+    return DTRRoute.apply(x, keep) if routed is None else routed
 
 
 def dtr_merge(out, skip, keep):
     """The unit's output plus the channels its task does not use, taken from dtr_route's bypass."""
     if keep is None:
         return out
-    return DTRMerge.apply(out, skip, keep)
+    fused = dtr_fused(out)
+    merged = None if fused is None else fused.merge(out, skip, keep)
+    return DTRMerge.apply(out, skip, keep) if merged is None else merged
+
+
+def dtr_fused(x):
+    """The fused kernels (:mod:`dtrsurgeon.kernels`, Triton) for a CUDA tensor x, or None: the plain
+    path (CPU, torch.compile, which fuses the plain ops itself, DTRSURGEON_FUSED=0, no Triton).
+    Imported on first use, so CPU runs never load Triton.  Generated files carry a dtr_fused that
+    always answers None: they import nothing but torch."""
+    if not x.is_cuda or torch.compiler.is_compiling():
+        return None
+    from dtrsurgeon import kernels
+
+    return kernels if kernels.enabled() else None
+
+
+def dtr_plain(x):
+    """dtr_fused as generated files define it (``runtime_source`` names it so): always the plain path."""
+    return None
 
 
 def dtr_bind_task(module, task):

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils import _pytree as pytree
+
 from dtrsurgeon.analysis.callsites import live_frames
 from dtrsurgeon.errors import CaptureError
 
@@ -83,7 +86,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
     def record_output(module, _inputs, output):
         path = paths.get(id(module))
         if path is not None and path not in returns_tensor:
-            returns_tensor[path] = type(output) is torch.Tensor or isinstance(output, torch.nn.Parameter)
+            returns_tensor[path] = type(output) in (torch.Tensor, FakeTensor) or isinstance(output, torch.nn.Parameter)
 
     # One eager call records who calls each module (export may run copies of the
     # modules, so it cannot tell); then export gives the graph.
@@ -91,8 +94,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
                nn.modules.module.register_module_forward_hook(record_output)]
     stage = "eager"
     try:
-        with torch.no_grad():
-            model(*args, **kwargs)
+        _recording_run(model, args, kwargs, (callers, returns_tensor))
         for h in handles:
             h.remove()
         stage = "export"
@@ -125,6 +127,31 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
             OpaqueRegionWarning, stacklevel=3)
     return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params,
                    returns_tensor=returns_tensor, opaque=tuple(opaque))
+
+
+def _recording_run(model: nn.Module, args: tuple, kwargs: dict, records: tuple[dict, ...]) -> None:
+    """One forward for the recording hooks, on fake tensors (shapes only, no arithmetic: a real forward
+    of DiT-XL/2 was most of plan()'s time on CPU); where the model's Python needs real values (``.item()``,
+    branching on a tensor) it runs again on the real inputs.  Attributes a module sets on itself during
+    the fake run are put back, so no fake tensor stays in the model."""
+    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    try:
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake_args, fake_kwargs = pytree.tree_map_only(torch.Tensor, mode.from_tensor, (tuple(args), dict(kwargs)))
+            model(*fake_args, **fake_kwargs)
+    except Exception:
+        for record in records:
+            record.clear()
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for module, attrs, params, buffers in saved:
+            module.__dict__.clear()
+            module.__dict__.update(attrs)
+            module._parameters.clear()
+            module._parameters.update(params)
+            module._buffers.clear()
+            module._buffers.update(buffers)
 
 
 def named_class(model: nn.Module, path: str) -> str:

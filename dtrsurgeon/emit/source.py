@@ -91,7 +91,10 @@ def runtime_source(plan: Plan, binds_task: bool = False) -> str:
         names.append(runtime.dtr_masked)
     if any(u.mode == "block" for u in plan.units):
         names += [runtime.DTRRoute, runtime.DTRMerge, runtime.dtr_route, runtime.dtr_merge]
-    return "\n\n".join(inspect.getsource(obj).rstrip("\n") + "\n" for obj in names)
+    texts = [inspect.getsource(obj).rstrip("\n") + "\n" for obj in names]
+    if any(u.mode in ("block", "branch", "pre_output") for u in plan.units):  # the plain path under dtr_fused's name
+        texts.append(inspect.getsource(runtime.dtr_plain).replace("def dtr_plain(", "def dtr_fused(", 1))
+    return "\n\n".join(texts)
 
 
 def _settings_literal(params: MaskParams) -> str:

@@ -106,7 +106,15 @@ def dtr_masked(x, table, task, axis):
     """x with the channels its task does not use zeroed (x itself where the module has no table)."""
     if table is None:
         return x
-    return x * dtr_channel_mask(table, task, x, axis).to(x.dtype)
+    keep = dtr_channel_mask(table, task, x, axis)
+    fused = dtr_fused(x)
+    masked = None if fused is None else fused.masked(x, keep)
+    return x * keep.to(x.dtype) if masked is None else masked
+
+
+def dtr_fused(x):
+    """dtr_fused as generated files define it (``runtime_source`` names it so): always the plain path."""
+    return None
 
 
 DTR_ROUTING = dict(channel_ratio=0.8, num_tasks=1000, window_shift="sliding", curve="power", alpha=4.0)

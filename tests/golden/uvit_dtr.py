@@ -135,14 +135,23 @@ def dtr_route(x, keep):
     """The unit's input x * keep and the bypass x; pass the bypass only to dtr_merge."""
     if keep is None:
         return x, x
-    return DTRRoute.apply(x, keep)
+    fused = dtr_fused(x)
+    routed = None if fused is None else fused.route(x, keep)
+    return DTRRoute.apply(x, keep) if routed is None else routed
 
 
 def dtr_merge(out, skip, keep):
     """The unit's output plus the channels its task does not use, taken from dtr_route's bypass."""
     if keep is None:
         return out
-    return DTRMerge.apply(out, skip, keep)
+    fused = dtr_fused(out)
+    merged = None if fused is None else fused.merge(out, skip, keep)
+    return DTRMerge.apply(out, skip, keep) if merged is None else merged
+
+
+def dtr_fused(x):
+    """dtr_fused as generated files define it (``runtime_source`` names it so): always the plain path."""
+    return None
 
 
 DTR_ROUTING = dict(channel_ratio=0.8, num_tasks=1000, window_shift="sliding", curve="power", alpha=4.0)
