@@ -45,44 +45,17 @@ from dtrsurgeon.analysis.residuals import (
     find_residual_adds,
     group_chains,
 )
+from dtrsurgeon.analysis.streams import _CHANNEL_FIRST, FoundStream, NoStreams, batch_layouts, channel_axis, fold_of, tuple_streams
+from dtrsurgeon.analysis.streams import inside as _inside
+from dtrsurgeon.analysis.streams import op_name as _op_name
+from dtrsurgeon.analysis.streams import origin as _origin
 from dtrsurgeon.analysis.targets import check_overrides, select_units
 from dtrsurgeon.errors import CaptureError, EmitError
 from dtrsurgeon.masks import active_channels
-from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine
+from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine, Stream
 from dtrsurgeon.spec import Spec, load_spec
 
 _ADDMM = torch.ops.aten.addmm.default
-_CHANNEL_FIRST = {"convolution", "conv1d", "conv2d", "conv3d", "group_norm", "native_group_norm", "batch_norm",
-                  "_native_batch_norm_legit_no_training", "instance_norm"}
-_CHANNEL_LAST = {"linear", "layer_norm", "native_layer_norm", "rms_norm", "addmm", "mm"}
-
-
-def _op_name(node: fx.Node) -> str:
-    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
-
-
-def channel_axis(node: fx.Node) -> int:
-    """Feature maps [B, C, H, W] (and [B, C]) -> 1; tokens [B, L, C] -> the
-    last axis, unless the ops reading the stream treat axis 1 as channels
-    (Conv1d, GroupNorm on [B, C, L])."""
-    rank = node.meta["val"].dim()
-    if rank != 3:
-        return 1
-    frontier, seen = [node], 0
-    while frontier and seen < 32:
-        nxt = []
-        for n in frontier:
-            for user in n.users:
-                seen += 1
-                name = _op_name(user)
-                if name in _CHANNEL_FIRST and user.args and user.args[0] is n:
-                    return 1
-                if name in _CHANNEL_LAST:
-                    return 2
-                if user.op == "call_function" and user.target in SHAPE_OPS:
-                    nxt.append(user)
-        frontier = nxt
-    return 2
 
 
 def _qualname(obj) -> str:
@@ -126,20 +99,6 @@ def _assigned_name(code: str) -> str | None:
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
         return stmt.targets[0].id
     return None
-
-
-def _inside(node: fx.Node, path: str) -> bool:
-    return any(p == path or p.startswith(path + ".") for p, _ in (node.meta.get("nn_module_stack") or {}).values())
-
-
-def _origin(node: fx.Node, path: str, params: set[str]) -> fx.Node:
-    """Walk back from ``node`` through reshapes and casts inside the unit."""
-    while _inside(node, path) and node.op == "call_function" and node.target in SHAPE_OPS:
-        inputs = data_inputs(node, params)
-        if len(inputs) != 1:
-            break
-        node = inputs[0]
-    return node
 
 
 def _leaving(node: fx.Node, path: str) -> fx.Node:
@@ -303,23 +262,15 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     """Analyse ``model`` and return the plan for ``spec``; changes nothing."""
     given = load_spec(spec)
     spec = _resolve_timestep_arg(model, given)
-    cap = capture(model, *_inputs(model, spec, example_inputs))
+    args, kwargs = _inputs(model, spec, example_inputs)
+    cap = capture(model, args, kwargs)
     params = set(cap.params)
     flow = dataflow_graph(cap.graph)
     chains = [c for c in group_chains(find_residual_adds(cap.graph, params, flow)) if "@" not in c.module_key]
-
-    holders: dict[str, list[ResidualChain]] = {}
-    for chain in chains:
-        holders.setdefault(chain.module, []).append(chain)
-    skipped = []
-    if "" in holders:
-        skipped.append(("", "the root's own forward holds residual adds; only submodules are routed"))
-        del holders[""]
     named = dict(model.named_modules())
     order = list(named)
-    for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
-        skipped.append((path, "returns a tuple or an output object, not its stream; residual blocks inside it are routed"))
-        del holders[path]
+    skipped: list[tuple[str, str]] = []
+    holders, streams = _holders(chains, cap, named, params, skipped)
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
     outer = set(chosen)
@@ -330,10 +281,22 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
             chosen.remove(path)
     check_overrides(chosen, [o.match for o in spec.overrides])
 
+    sample_name, batch = _sample_input(model, args, kwargs)
+    layouts = batch_layouts(cap.graph, params, batch) if batch else {}
+
+    def make(path: str, force_branch: bool = False) -> RoutedUnit:
+        if path in streams:
+            unit, node = _multi_stream_unit(path, named[path], holders[path], streams[path], spec, sample_name,
+                                            cap, named, model)
+        else:
+            unit = _unit(path, named[path], holders[path], spec, cap, flow, params, named, model, force_branch)
+            node = _stream_node(path, holders[path], params)
+        return _with_fold(unit, node, layouts, batch)
+
     units = []
     for path in chosen:
         try:
-            units.append(_unit(path, named[path], holders[path], spec, cap, flow, params, named, model))
+            units.append(make(path))
         except _NotRoutable as e:
             skipped.append((path, str(e)))
     # One class has one forward: where block mode fell back to branch for some instances
@@ -342,14 +305,14 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     for i, u in enumerate(list(units)):
         if u.mode == "block" and u.cls in fell_back:
             try:
-                units[i] = _unit(u.path, named[u.path], holders[u.path], spec, cap, flow, params, named, model,
-                                 force_branch=True)
+                units[i] = make(u.path, force_branch=True)
             except _NotRoutable as e:
                 units[i] = None
                 skipped.append((u.path, str(e)))
     units = [u for u in units if u is not None]
     units = _one_mode_per_class(units, skipped)
     units = _one_edit_set_per_class(units, skipped, cap, named)
+    units = _one_fold_per_class(units, skipped)
     if chosen and not units:
         raise EmitError(f"none of the {len(chosen)} selected units can be routed: {skipped[-1][0]}: {skipped[-1][1]}")
     unroutable = [p for p, _ in skipped if p in set(chosen)]
@@ -372,6 +335,115 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=given.sha256,
                 units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched),
                 threads=threads)
+
+
+def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[ResidualChain]], dict[str, list[FoundStream]]]:
+    """The modules that hold residual chains and may be units (path -> chains), and the streams of
+    those that return a tuple (path -> streams).  The root and tuple-returning modules whose
+    streams cannot be told apart are skipped with the reason."""
+    holders: dict[str, list[ResidualChain]] = {}
+    for chain in chains:
+        holders.setdefault(chain.module, []).append(chain)
+    if "" in holders:
+        skipped.append(("", "the root's own forward holds residual adds; only submodules are routed"))
+        del holders[""]
+    streams: dict[str, list[FoundStream]] = {}
+    for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
+        module = named[path]
+        starts = [(c.start, (_frame_in(_origin(c.start, path, params), module) or _frame_in(c.adds[0].node, module)))
+                  for c in holders[path]]
+        try:
+            streams[path] = tuple_streams(path, module, [(n, f.code if f else "") for n, f in starts],
+                                          cap.output_shapes.get(path, ()), params)
+        except NoStreams as e:
+            skipped.append((path, f"{e}; residual blocks inside it are routed"))
+            del holders[path]
+    return holders, streams
+
+
+def _sample_input(model: nn.Module, args: tuple, kwargs: dict) -> tuple[str, int]:
+    """(name, batch size) of the root's sample: the first tensor argument of its forward."""
+    try:
+        bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        bound = {}
+    return next(((name, int(v.shape[0])) for name, v in bound.items() if isinstance(v, torch.Tensor) and v.dim() > 0),
+                ("", 0))
+
+
+def _stream_node(path: str, chains: list[ResidualChain], params: set[str]) -> fx.Node:
+    """The stream a unit routes: its input (through reshapes), or where the chain starts inside it."""
+    start = _origin(chains[0].start, path, params)
+    return start if not _inside(start, path) else chains[0].start
+
+
+def _with_fold(unit: RoutedUnit, node: fx.Node, layouts: dict, batch: int) -> RoutedUnit:
+    """``unit`` with the layout of its stream's batch axis (frames folded into it), or
+    :class:`_NotRoutable` where the analysis cannot tell which rows belong to which sample."""
+    if not batch:
+        return unit
+    known, fold = fold_of(node, layouts, batch)
+    rows = int(node.meta["val"].shape[0])
+    if not known:
+        raise _NotRoutable(f"its stream has {rows} rows for the {batch} samples of the example inputs, and the "
+                           "analysis cannot tell which rows belong to which sample (frames or positions are folded "
+                           "into the batch by ops it does not follow)")
+    if fold is None:
+        return unit
+    if not unit.stream_arg:
+        raise _NotRoutable(f"its stream holds {rows // batch} rows per sample (folded into the batch) and starts "
+                           "inside the unit; the task index is expanded on entry, from a stream it is called with")
+    return replace(unit, fold=fold)
+
+
+def _one_fold_per_class(units: list[RoutedUnit], skipped: list) -> list[RoutedUnit]:
+    """Both emitters expand the task index once per class forward, so the instances of a class
+    whose streams hold folded batches must fold them the same way; the others are skipped."""
+    folds: dict[str, str] = {}
+    for u in units:
+        if u.fold is not None:
+            folds.setdefault(u.cls, u.fold)
+    kept = []
+    for u in units:
+        if u.fold is not None and folds[u.cls] != u.fold:
+            skipped.append((u.path, f"its batch holds frames as {u.fold!r} while other {u.cls.rsplit('.', 1)[-1]} "
+                                    f"units hold them as {folds[u.cls]!r}, and one class has one forward"))
+        else:
+            kept.append(u)
+    return kept
+
+
+def _multi_stream_unit(path, module, chains, streams: list[FoundStream], spec, sample_name, cap, named,
+                       model) -> tuple[RoutedUnit, fx.Node]:
+    """A unit returning several streams (MMDiT joint blocks), routed in block mode: each chosen
+    stream is routed on entry and merged with its bypass where it is returned.  The routed
+    stream is the one named like the root's sample (else the first); ``routing.streams`` "all"
+    adds the others, each with its own table.  Returns the unit and its routed stream's node."""
+    primary = next((s for s in streams if s.arg == sample_name), streams[0])
+    others = [s for s in streams if s is not primary] if spec.streams == "all" else []
+    mask = spec.mask_params_for(path)
+    note = "" if spec.mode == "block" else (f"{spec.mode} mode falls back to block semantics: the unit returns "
+                                            "several streams")
+
+    def record(s: FoundStream) -> Stream:
+        axis = channel_axis(s.node)
+        channels = int(s.node.meta["val"].shape[axis])
+        return Stream(arg=s.arg, buffer=f"dtr_mask_{s.arg}", out_index=s.out_index, channel_axis=axis,
+                      rank=s.node.meta["val"].dim(), channels=channels,
+                      active=active_channels(channels, mask.channel_ratio))
+
+    main = record(primary)
+    residual_lines = tuple(dict.fromkeys(
+        _source_line(parse_stack_trace(a.node.meta.get("stack_trace"))[-1], type(module)) for c in chains for a in c.adds))
+    unit = RoutedUnit(
+        path=path, cls=_qualname(type(module)), mode="block", mode_note=note, channel_axis=main.channel_axis,
+        rank=main.rank, channels=main.channels, active=main.active, mask=mask, stream_arg=primary.arg,
+        stream_var=primary.arg, stream_line=None,
+        masked_at="unit inputs (" + ", ".join(s.arg for s in [primary, *others]) + ")",
+        call_path=_call_path(path, cap, named, model), residual_lines=residual_lines,
+        out_index=primary.out_index, streams=tuple(record(s) for s in others),
+    )
+    return unit, primary.node
 
 
 def _call_path(path: str, cap, named, model) -> tuple[SourceLine, ...]:

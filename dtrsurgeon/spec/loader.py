@@ -156,6 +156,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any] | Spec) -> Spec:
         ),
         routing=base,
         mode=r.get("mode", "block"),
+        streams=r.get("streams", "sample"),
         include=tuple(targets.get("include", ())),
         exclude=tuple(targets.get("exclude", ())),
         overrides=overrides,
