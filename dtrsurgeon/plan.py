@@ -110,6 +110,9 @@ class RoutedUnit:
     # the stream's batch axis holds B*F rows for the root's B samples (frames folded into the batch):
     # "interleave" (sample b owns rows b*F .. b*F+F-1) or "repeat" (rows b, b+B, ...); None: B rows
     fold: str | None = None
+    # False: the residual add is the caller's (``x = attn(x) + x`` in the root's forward), so the unit
+    # only routes its input: attn(x * m) + x is the block form x + f(x * m)
+    merge: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -119,7 +122,7 @@ class RoutedUnit:
         d["stream_line"] = self.stream_line.to_dict() if self.stream_line is not None else None
         d["sites"] = [{**asdict(s), "call": s.call.to_dict()} for s in self.sites]
         d["streams"] = [asdict(s) for s in self.streams]
-        for key, default in (("out_index", None), ("streams", []), ("fold", None)):
+        for key, default in (("out_index", None), ("streams", []), ("fold", None), ("merge", True)):
             if d[key] == default:
                 del d[key]  # single-stream plans stay as they were
         return d

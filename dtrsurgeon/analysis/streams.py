@@ -182,7 +182,7 @@ def _merged(in_shape, out_shape) -> int | None:
     return next((k for k in range(2, len(in_shape) + 1) if math.prod(in_shape[:k]) == out_shape[0]), None)
 
 
-def _view_layout(node: fx.Node, src: _Layout) -> _Layout | None:
+def _view_layout(node: fx.Node, src: _Layout, batch: int) -> _Layout | None:
     inp = node.args[0]
     in_shape, out_shape = tuple(inp.meta["val"].shape), tuple(node.meta["val"].shape)
     if src.axis is None or not out_shape:
@@ -197,9 +197,26 @@ def _view_layout(node: fx.Node, src: _Layout) -> _Layout | None:
         if all(s == 1 for s in kept[src.axis:]):
             return _Layout(0, "repeat")
         return None
-    if src.axis == 0 and src.fold == "interleave" and len(out_shape) > 1 and out_shape[0] * out_shape[1] == in_shape[0]:
-        return _Layout(0, None)  # [B*F, ...] -> [B, F, ...]: unfolded again
+    if src.axis == 0 and len(out_shape) > 1 and out_shape[0] * out_shape[1] == in_shape[0]:
+        # unfolded again: [B*F, ...] -> [B, F, ...] (interleaved) or [F*B, ...] -> [F, B, ...] (repeated)
+        if src.fold == "interleave" and out_shape[0] == batch:
+            return _Layout(0, None)
+        if src.fold == "repeat" and out_shape[1] == batch:
+            return _Layout(1, None)
     return None
+
+
+def _reorders_rows(node: fx.Node) -> bool:
+    """Does ``node`` gather or permute the rows of its input's first axis (``x[idx]``, ``x.flip(0)``)?"""
+    args = node.args
+    if node.target is aten.index.Tensor:
+        return bool(args[1]) and args[1][0] is not None
+    if node.target in (aten.index_select.default, aten.gather.default):
+        return args[1] == 0
+    if node.target in (aten.flip.default, aten.roll.default):
+        dims = args[1] if node.target is aten.flip.default else (args[2] if len(args) > 2 else ())
+        return 0 in dims or not dims
+    return False
 
 
 def _layout(node: fx.Node, layouts: dict, value_params: set[str], batch: int) -> _Layout | None:
@@ -216,13 +233,15 @@ def _layout(node: fx.Node, layouts: dict, value_params: set[str], batch: int) ->
         a, b = (d % len(shape) for d in node.args[1:3])
         return _Layout(b if src.axis == a else a if src.axis == b else src.axis, src.fold)
     if node.target in _VIEWS and node.args[0] is first:
-        return _view_layout(node, src)
+        return _view_layout(node, src, batch)
     if node.target is aten.repeat_interleave.self_int and src == _Layout(0, None) and node.args[2:3] == (0,):
         return _Layout(0, "interleave")
     if node.target is aten.repeat.default and src == _Layout(0, None) and list(node.args[1][1:]) == [1] * (len(shape) - 1):
         return _Layout(0, "repeat")
     if node.target in _SAME_LAYOUT:
         return src
+    if _reorders_rows(node):
+        return None
     rows = {layouts[n] for n in inputs if layouts[n].axis == 0 and n.meta["val"].dim() == len(shape)
             and n.meta["val"].shape[0] == shape[0]}
     return rows.pop() if len(rows) == 1 else None

@@ -19,6 +19,7 @@ that call the unit.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import inspect
 import os
 import warnings
@@ -56,6 +57,7 @@ from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine, Stream
 from dtrsurgeon.spec import Spec, load_spec
 
 _ADDMM = torch.ops.aten.addmm.default
+_PLAIN_ADDS = {torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
 
 
 def _qualname(obj) -> str:
@@ -270,7 +272,9 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     named = dict(model.named_modules())
     order = list(named)
     skipped: list[tuple[str, str]] = []
+    sample_name, batch = _sample_input(model, args, kwargs)
     holders, streams = _holders(chains, cap, named, params, skipped)
+    _drop_conditioning(holders, streams, _placeholder(cap.graph, sample_name), flow, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
     outer = set(chosen)
@@ -281,11 +285,12 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
             chosen.remove(path)
     check_overrides(chosen, [o.match for o in spec.overrides])
 
-    sample_name, batch = _sample_input(model, args, kwargs)
     layouts = batch_layouts(cap.graph, params, batch) if batch else {}
 
     def make(path: str, force_branch: bool = False) -> RoutedUnit:
-        if path in streams:
+        if holders[path][0].module_key == "" and holders[path][0].module == path:
+            unit, node = _caller_add_unit(path, named[path], holders[path][0], spec, cap, named, model)
+        elif path in streams:
             unit, node = _multi_stream_unit(path, named[path], holders[path], streams[path], spec, sample_name,
                                             cap, named, model)
         else:
@@ -344,9 +349,7 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
     holders: dict[str, list[ResidualChain]] = {}
     for chain in chains:
         holders.setdefault(chain.module, []).append(chain)
-    if "" in holders:
-        skipped.append(("", "the root's own forward holds residual adds; only submodules are routed"))
-        del holders[""]
+    calls = _root_calls(holders.pop("", []), holders, cap)
     streams: dict[str, list[FoundStream]] = {}
     for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
         module = named[path]
@@ -358,7 +361,49 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
         except NoStreams as e:
             skipped.append((path, f"{e}; residual blocks inside it are routed"))
             del holders[path]
+    holders.update(calls)
     return holders, streams
+
+
+def _root_calls(root_chains: list[ResidualChain], holders, cap) -> dict[str, list[ResidualChain]]:
+    """Residual adds written in the root's forward whose branch is one submodule's output computed
+    from the skip (``x = attn(x) + x``): that submodule -> the chain.  It becomes a unit that routes
+    its input only (the add is the root's); other root adds (long skips) are no units."""
+    found: dict[str, list[ResidualChain]] = {}
+    for chain in root_chains:
+        for add in chain.adds:
+            if add.projection or add.node.target not in _PLAIN_ADDS:
+                continue
+            stack = [p for p, _ in (add.branch.meta.get("nn_module_stack") or {}).values() if p]
+            callee = stack[0] if stack else ""
+            if (not callee or callee in holders or callee in found or cap.returns_tensor.get(callee) is not True
+                    or any(_inside(u, callee) for u in add.branch.users)
+                    or not any(_inside(u, callee) for u in add.stream.users)):
+                continue
+            found[callee] = [ResidualChain(module=callee, module_key="", adds=[add])]
+    return found
+
+
+def _placeholder(graph: fx.Graph, name: str) -> fx.Node | None:
+    return next((n for n in graph.nodes if n.op == "placeholder" and n.name == name), None)
+
+
+def _drop_conditioning(holders, streams, sample: fx.Node | None, flow, include, skipped) -> None:
+    """Networks that only process the timestep or the conditioning (mapping networks, embedding
+    MLPs with residual layers) are no units: none of their streams is computed from the sample.
+    An include pattern that names one routes it all the same."""
+    if sample is None:
+        return
+    for path in list(holders):
+        starts = [s.node for s in streams[path]] if path in streams else [c.start for c in holders[path]]
+        if any(n is sample or nx.has_path(flow, sample, n) for n in starts):
+            continue
+        if any(fnmatch.fnmatchcase(path, p) for p in include):
+            continue
+        skipped.append((path, f"it processes only the timestep or the conditioning (no stream of it is computed "
+                              f"from the sample {sample.name!r}); name it in targets.include to route it"))
+        del holders[path]
+        streams.pop(path, None)
 
 
 def _sample_input(model: nn.Module, args: tuple, kwargs: dict) -> tuple[str, int]:
@@ -411,6 +456,28 @@ def _one_fold_per_class(units: list[RoutedUnit], skipped: list) -> list[RoutedUn
         else:
             kept.append(u)
     return kept
+
+
+def _caller_add_unit(path, module, chain: ResidualChain, spec, cap, named, model) -> tuple[RoutedUnit, fx.Node]:
+    """A module whose caller adds its input back (``x = attn(x) + x`` in the root's forward): block
+    semantics route its input and leave the add to the caller, attn(x * m) + x."""
+    node = chain.start
+    axis = channel_axis(node)
+    channels = int(node.meta["val"].shape[axis])
+    mask = spec.mask_params_for(path)
+    params = _params_of(module)
+    note = "" if spec.mode == "block" else (f"{spec.mode} mode falls back to block semantics: the residual add "
+                                            "is in the caller")
+    frames = parse_stack_trace(chain.adds[0].node.meta.get("stack_trace"))
+    residual_lines = (_source_line(frames[-1], type(model)),) if frames else ()
+    unit = RoutedUnit(
+        path=path, cls=_qualname(type(module)), mode="block", mode_note=note, channel_axis=axis,
+        rank=node.meta["val"].dim(), channels=channels, active=active_channels(channels, mask.channel_ratio),
+        mask=mask, stream_arg=params[0] if params else "", stream_var=params[0] if params else "", stream_line=None,
+        masked_at=f"unit input ({params[0] if params else '?'}); the caller adds the skip",
+        call_path=_call_path(path, cap, named, model), residual_lines=residual_lines, merge=False,
+    )
+    return unit, node
 
 
 def _multi_stream_unit(path, module, chains, streams: list[FoundStream], spec, sample_name, cap, named,

@@ -645,6 +645,8 @@ def _block_edit(unit, streams) -> tuple[tuple[str, ...], str]:
     """
     var = unit.stream_var
     stmts = [_fold_stmt(unit)] if unit.fold is not None else []
+    if not unit.merge:  # the caller adds the skip: only the input is routed
+        return (*stmts, f"{var} = dtr_masked({var}, self.dtr_mask, {TASK}, {unit.channel_axis})"), ""
     stmts += [f"{KEEP} = dtr_channel_mask(self.dtr_mask, {TASK}, {var}, {unit.channel_axis})",
               f"{var}, dtr_skip = dtr_route({var}, {KEEP})"]
     if unit.out_index is None:

@@ -123,6 +123,8 @@ def _block_forward(self, *args, dtr_task=None, **kwargs):
         merges.append((out_index, skip, keep))
     inner = type(self)._dtr_inner
     out = inner(self, *args, dtr_task=dtr_task, **kwargs) if type(self)._dtr_inner_takes_task else inner(self, *args, **kwargs)
+    if not self._dtr_merge:  # the caller adds the skip: attn(x * m) + x
+        return out
     if merges[0][0] is None:
         return dtr_merge(out, merges[0][1], merges[0][2])
     return dtr_merge_outputs(out, merges)
@@ -211,6 +213,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
                 module.register_buffer(extra.buffer, mask_table_for(unit.mask, extra.channels), persistent=False)
             module._dtr_axis = unit.channel_axis
             module._dtr_fold = unit.fold
+            module._dtr_merge = unit.merge
             if role == "block":
                 module._dtr_routes = _block_routes(unit, cls)
         elif methods:

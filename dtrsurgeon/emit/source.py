@@ -95,7 +95,7 @@ def runtime_source(plan: Plan, binds_task: bool = False) -> str:
     names = [runtime.dtr_mask_table, runtime.dtr_task_index, runtime.dtr_channel_mask]
     if binds_task:
         names.append(runtime.dtr_bind_task)
-    if any(u.mode in ("branch", "pre_output") for u in plan.units):
+    if any(u.mode in ("branch", "pre_output") or not u.merge for u in plan.units):
         names.append(runtime.dtr_masked)
     if any(u.mode == "block" for u in plan.units):
         names += [runtime.DTRRoute, runtime.DTRMerge, runtime.dtr_route, runtime.dtr_merge]
