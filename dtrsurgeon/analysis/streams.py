@@ -31,7 +31,8 @@ aten = torch.ops.aten
 _CHANNEL_FIRST = {"convolution", "conv1d", "conv2d", "conv3d", "group_norm", "native_group_norm", "batch_norm",
                   "_native_batch_norm_legit_no_training", "instance_norm"}
 _CHANNEL_LAST = {"linear", "layer_norm", "native_layer_norm", "rms_norm", "addmm", "mm"}
-_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+          aten.unflatten.int}
 _SAME_LAYOUT = {aten.clone.default, aten.contiguous.default, aten.alias.default, aten._to_copy.default,
                 aten.to.dtype, aten.to.dtype_layout, aten.dropout.default}
 
@@ -183,9 +184,22 @@ def _merged(in_shape, out_shape) -> int | None:
 
 
 def _view_layout(node: fx.Node, src: _Layout, batch: int) -> _Layout | None:
+    """The layout after a view: the samples' axis kept, merged with the axes after it (folded) or
+    before it, or split back out of a folded axis.  Leading axes of size 1 (``x[None]``) are skipped."""
     inp = node.args[0]
     in_shape, out_shape = tuple(inp.meta["val"].shape), tuple(node.meta["val"].shape)
     if src.axis is None or not out_shape:
+        return None
+    lead_in = next((i for i, s in enumerate(in_shape) if s != 1), len(in_shape))
+    lead_out = next((i for i, s in enumerate(out_shape) if s != 1), len(out_shape))
+    if 0 < lead_in <= src.axis or lead_out:
+        inner = _view_layout_of(in_shape[lead_in:], out_shape[lead_out:], _Layout(src.axis - lead_in, src.fold), batch)
+        return None if inner is None or inner.axis is None else _Layout(inner.axis + lead_out, inner.fold)
+    return _view_layout_of(in_shape, out_shape, src, batch)
+
+
+def _view_layout_of(in_shape: tuple, out_shape: tuple, src: _Layout, batch: int) -> _Layout | None:
+    if src.axis < 0 or not out_shape or not in_shape:
         return None
     if src.axis == 0 and out_shape[0] == in_shape[0]:
         return src
@@ -240,6 +254,15 @@ def _layout(node: fx.Node, layouts: dict, value_params: set[str], batch: int) ->
         return _Layout(0, "repeat")
     if node.target in _SAME_LAYOUT:
         return src
+    if node.target is aten.unsqueeze.default and src.axis is not None:
+        dim = node.args[1] % len(shape)
+        return _Layout(src.axis + (dim <= src.axis), src.fold)
+    if node.target is aten.slice.Tensor and src.axis is not None:
+        dim = (node.args[1] if len(node.args) > 1 else 0) % len(shape)
+        return src if dim != src.axis or shape[dim] == first.meta["val"].shape[dim] else None
+    if node.target is aten.select.int and src.axis is not None:
+        dim = node.args[1] % first.meta["val"].dim()
+        return None if dim == src.axis else _Layout(src.axis - (dim < src.axis), src.fold)
     if _reorders_rows(node):
         return None
     rows = {layouts[n] for n in inputs if layouts[n].axis == 0 and n.meta["val"].dim() == len(shape)
