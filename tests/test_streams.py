@@ -182,3 +182,15 @@ def test_generated_source_equals_the_module(entry, tmp_path):
         a, b = routed(*args), generated(*args)
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a, m(*args), atol=1e-4)
+
+
+def test_inspect_shows_each_stream_and_the_folded_batch(tmp_path, capsys):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(SPEC))
+    assert main(["inspect", FILE, "--entry", "MMDiT", "--spec", str(spec_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("streams of joint_blocks.0: hidden_states (axis 2, C=16, K=8, returned at [1]), "
+            "encoder_hidden_states (axis 2, C=16, K=8, returned at [0])") in out
+    assert "streams of last_block: hidden_states (axis 2, C=16, K=8, returned at [1])\n" in out
+    assert main(["inspect", FILE, "--entry", "video_frame_major"]) == 0
+    assert "folded batch in spatial.0: several rows per sample (repeat)" in capsys.readouterr().out

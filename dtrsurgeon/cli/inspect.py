@@ -48,6 +48,10 @@ def _mask_summary(unit) -> str:
     return f"{m.window_shift} {curve} b={m.channel_ratio:g}"
 
 
+def _stream_summary(arg, axis, channels, active, out_index) -> str:
+    return f"{arg} (axis {axis}, C={channels}, K={active}, returned at [{out_index}])"
+
+
 def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -77,6 +81,13 @@ def run(args) -> int:
     left_out = [(path, c) for path, c in p.unmatched if path not in dict(p.skipped)]  # skipped ones: below
     if left_out:
         console.print("not matched by targets: " + ", ".join(f"{path} (C={c})" for path, c in left_out))
+    for u in p.units:
+        if u.out_index is not None or u.streams:
+            console.print(f"streams of {u.path}: " + ", ".join(_stream_summary(*s) for s in (
+                (u.stream_arg, u.channel_axis, u.channels, u.active, u.out_index),
+                *((s.arg, s.channel_axis, s.channels, s.active, s.out_index) for s in u.streams))))
+        if u.fold is not None:
+            console.print(f"folded batch in {u.path}: several rows per sample ({u.fold}); each row takes its sample's task")
     for u in p.units:
         if u.mode_note:
             console.print(f"* {u.path}: {u.mode_note}")
