@@ -273,7 +273,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     order = list(named)
     skipped: list[tuple[str, str]] = []
     sample_name, batch = _sample_input(model, args, kwargs)
-    holders, streams = _holders(chains, cap, named, params, skipped)
+    holders, streams, caller_adds = _holders(chains, cap, named, params, skipped)
     _drop_conditioning(holders, streams, _placeholder(cap.graph, sample_name), flow, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
@@ -288,7 +288,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     layouts = batch_layouts(cap.graph, params, batch) if batch else {}
 
     def make(path: str, force_branch: bool = False) -> RoutedUnit:
-        if holders[path][0].module_key == "" and holders[path][0].module == path:
+        if path in caller_adds:
             unit, node = _caller_add_unit(path, named[path], holders[path][0], spec, cap, named, model)
         elif path in streams:
             unit, node = _multi_stream_unit(path, named[path], holders[path], streams[path], spec, sample_name,
@@ -342,10 +342,10 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
                 threads=threads)
 
 
-def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[ResidualChain]], dict[str, list[FoundStream]]]:
-    """The modules that hold residual chains and may be units (path -> chains), and the streams of
-    those that return a tuple (path -> streams).  The root and tuple-returning modules whose
-    streams cannot be told apart are skipped with the reason."""
+def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[ResidualChain]], dict[str, list[FoundStream]], set[str]]:
+    """The modules that may be units: (path -> their residual chains, path -> the streams of those
+    that return a tuple, the paths whose residual add is in the root's forward).  Tuple-returning
+    modules whose streams cannot be told apart are skipped with the reason."""
     holders: dict[str, list[ResidualChain]] = {}
     for chain in chains:
         holders.setdefault(chain.module, []).append(chain)
@@ -362,7 +362,7 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
             skipped.append((path, f"{e}; residual blocks inside it are routed"))
             del holders[path]
     holders.update(calls)
-    return holders, streams
+    return holders, streams, set(calls)
 
 
 def _root_calls(root_chains: list[ResidualChain], holders, cap) -> dict[str, list[ResidualChain]]:
