@@ -228,7 +228,32 @@ def _sweep_factories():
                                                     in_channels=4, out_channels=4, num_layers=1, cross_attention_dim=16,
                                                     sample_size=8, patch_size=2, norm_type="ada_norm_single",
                                                     caption_channels=16, video_length=2), _latte_inputs),
+        "PixArtTransformer2DModel": (lambda: _seeded(d.PixArtTransformer2DModel, num_attention_heads=2, attention_head_dim=8,
+                                                     in_channels=4, out_channels=4, num_layers=2, cross_attention_dim=16,
+                                                     sample_size=8, patch_size=2, caption_channels=16), _pixart_inputs),
+        "SanaTransformer2DModel": (lambda: _seeded(d.SanaTransformer2DModel, in_channels=4, out_channels=4,
+                                                   num_attention_heads=2, attention_head_dim=8, num_layers=2,
+                                                   num_cross_attention_heads=2, cross_attention_head_dim=8,
+                                                   cross_attention_dim=16, caption_channels=16, sample_size=8,
+                                                   patch_size=2), _text_image_inputs),
+        "WanTransformer3DModel": (lambda: _seeded(d.WanTransformer3DModel, num_attention_heads=2, attention_head_dim=8,
+                                                  in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32,
+                                                  num_layers=2, rope_max_seq_len=32), _wan_inputs),
     }
+
+
+def _pixart_inputs(model, g, b, t):
+    return {**_text_image_inputs(model, g, b, t), "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+
+def _text_image_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(b, 5, 16, generator=g),
+                timestep=t)
+
+
+def _wan_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 2, 8, 8, generator=g), encoder_hidden_states=torch.randn(b, 5, 16, generator=g),
+                timestep=t)
 
 
 def sweep_inputs(name: str, model, batch_size: int = 3, timestep=None, seed: int = SEED) -> dict:

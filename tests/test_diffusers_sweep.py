@@ -35,6 +35,9 @@ UNITS = {
     # blocks; the TemporalConvLayers start their stream inside a reshape and are left out (plan.skipped)
     "UNet3DConditionModel": {"ResnetBlock2D": 8, "BasicTransformerBlock": 9},
     "LatteTransformer3DModel": {"BasicTransformerBlock": 2},
+    "PixArtTransformer2DModel": {"BasicTransformerBlock": 2},
+    "SanaTransformer2DModel": {"SanaTransformerBlock": 2},
+    "WanTransformer3DModel": {"WanTransformerBlock": 2},
 }
 NOT_YET = "no tiny config and inputs written in tests/diffusers_models.py yet"
 LEFT_OUT = {
@@ -54,11 +57,11 @@ LEFT_OUT = {
         "LuminaNextDiT2DModel", "MiniMaxH3Transformer3DModel", "MiniMaxMusic3Transformer1DModel",
         "MochiTransformer3DModel", "MotifVideoTransformer3DModel", "NucleusMoEImageTransformer2DModel",
         "OmniGenTransformer2DModel", "OvisImageTransformer2DModel", "PRXTransformer2DModel",
-        "PixArtTransformer2DModel", "QwenImage21Transformer2DModel", "SanaTransformer2DModel",
+        "QwenImage21Transformer2DModel",
         "SanaVideoTransformer3DModel", "SanaWMLTX2RefinerTransformer3DModel", "SanaWMTransformer3DModel",
         "SkyReelsV2Transformer3DModel", "StableAudio3DiTModel", "StableAudioDiTModel", "UNet1DModel",
         "UNetMotionModel", "UNetSpatioTemporalConditionModel", "WanAnimate2Transformer3DModel",
-        "WanAnimateTransformer3DModel", "WanTransformer3DModel", "WanVACETransformer3DModel", "ZImageTransformer2DModel",
+        "WanAnimateTransformer3DModel", "WanVACETransformer3DModel", "ZImageTransformer2DModel",
     )
 }
 LEFT_OUT.update({

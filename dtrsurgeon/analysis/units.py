@@ -23,7 +23,7 @@ import fnmatch
 import inspect
 import os
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import networkx as nx
 import torch
@@ -610,45 +610,99 @@ class _NotRoutable(Exception):
     reported in ``plan.skipped`` with the reason instead."""
 
 
-def _unit(path, module, chains, spec, cap, flow, params, named, model, force_branch=False) -> RoutedUnit:
+@dataclass(frozen=True)
+class _Chains:
+    """What the placement decisions need to know about a unit's residual chains."""
+
+    first: ResidualChain
+    from_input: bool  # the stream is the unit's input (through reshapes), not made inside it
+    stream: fx.Node  # the routed stream
+    projection: bool  # some skip is a projection
+    count: int  # number of chains
+    same_shape_out: bool  # the value leaving the unit is shaped like the stream
+    residual_lines: tuple[SourceLine, ...]
+    stream_arg: str
+
+    @property
+    def block_possible(self) -> bool:
+        return self.from_input and not self.projection and self.count == 1 and self.same_shape_out
+
+
+def _chains_facts(path, module, chains, params) -> _Chains:
     first = chains[0]
-    origin = _origin(first.start, path, params)
-    from_input = not _inside(origin, path)
-    end = _leaving(first.end, path)
-    projection = any(a.projection for c in chains for a in c.adds)
-    stream_node = origin if from_input else first.start
-    axis = channel_axis(stream_node)
-    val = stream_node.meta["val"]
-    mask = spec.mask_params_for(path)
+    start = _origin(first.start, path, params)
+    from_input = not _inside(start, path)
+    stream = start if from_input else first.start
     residual_lines = tuple(dict.fromkeys(
         _source_line(parse_stack_trace(a.node.meta.get("stack_trace"))[-1], type(module)) for c in chains for a in c.adds))
-    stream_arg = _stream_arg(module, residual_lines[0].code) if from_input else ""
-    stream_var, stream_line, note = stream_arg, None, ""
+    return _Chains(first=first, from_input=from_input, stream=stream,
+                   projection=any(a.projection for c in chains for a in c.adds), count=len(chains),
+                   same_shape_out=_leaving(first.end, path).meta["val"].shape == stream.meta["val"].shape,
+                   residual_lines=residual_lines,
+                   stream_arg=_stream_arg(module, residual_lines[0].code) if from_input else "")
+
+
+def _block_placement(facts: _Chains, path, module, cap, force_branch) -> tuple[str, SourceLine | None, str]:
+    """Block mode: (why it must fall back to branch semantics or "", the line inside the unit that
+    makes the stream when it is not the unit's input, the stream variable)."""
+    why = ("its skip is a projection (the stream changes shape inside the unit)" if facts.projection
+           else f"it holds {facts.count} residual chains" if facts.count > 1
+           else "its output is not shaped like its input" if facts.from_input and not facts.same_shape_out
+           else "")
+    stream_line, stream_var = None, facts.stream_arg
+    if not facts.from_input and not why:
+        frames = _frames_at(facts.first.start, path, cap)
+        forward_at = next((i for i in range(len(frames) - 1, -1, -1) if is_frame_of(frames[i], type(module).forward)), None)
+        helper = _helper_frame(frames, forward_at, module) if forward_at is not None else None
+        frame = frames[helper] if helper is not None else _frame_in(facts.first.start, module)
+        name = _assigned_name(frame.code) if frame else None
+        if name is None:
+            why = "its stream starts inside the unit on a line that assigns no single variable"
+        else:
+            stream_line, stream_var = _source_line(frame, type(module)), name
+    if force_branch and not why:
+        why = f"other {type(module).__name__} units need branch semantics and one class has one forward"
+    return why, stream_line, stream_var
+
+
+def _branch_placement(facts: _Chains, path, module, chains, flow, params, stream_var, note):
+    """Branch mode: (stream variable, the line that makes it when it starts inside the unit, the
+    lines where a branch first reads it); :class:`_NotRoutable` when one mask cannot serve."""
+    stream_line = None
+    if not facts.from_input:
+        frame = _frame_in(facts.first.start, module)
+        stream_var = (_assigned_name(frame.code) if frame else None) or ""
+        stream_line = _source_line(frame, type(module)) if frame else None
+    widths = sorted({int(a.stream.meta["val"].shape[channel_axis(a.stream)]) for c in chains for a in c.adds})
+    if len(widths) > 1:
+        raise _NotRoutable(f"its residual adds run on streams of {' and '.join(map(str, widths))} channels (a projection "
+                           "skip changes the width before the next residual add) and one mask has one width: "
+                           "use routing.mode 'pre_output' for such units")
+    branch_lines = tuple(dict.fromkeys(
+        sl for c in chains for sl in _branch_lines(c, module, path, flow, params) if sl not in facts.residual_lines))
+    if not stream_var:
+        lines = facts.residual_lines
+        at = f" ({lines[0].file}:{lines[0].line})" if lines else ""
+        raise _NotRoutable(f"branch mode finds no stream variable to mask{at}: {note or 'the stream starts inside the unit'}")
+    return stream_var, stream_line, branch_lines
+
+
+def _unit(path, module, chains, spec, cap, flow, params, named, model, force_branch=False) -> RoutedUnit:
+    """The placement of one single-stream unit: the spec's mode, or the mode it falls back to
+    (``mode_note`` says why), with what that mode needs."""
+    facts = _chains_facts(path, module, chains, params)
+    val = facts.stream.meta["val"]
+    axis = channel_axis(facts.stream)
+    residual_lines = facts.residual_lines
+    stream_var, stream_line, note = facts.stream_arg, None, ""
 
     mode = spec.mode
     if mode == "block":
-        why = ("its skip is a projection (the stream changes shape inside the unit)" if projection
-               else f"it holds {len(chains)} residual chains" if len(chains) > 1
-               else "its output is not shaped like its input" if from_input and end.meta["val"].shape != val.shape
-               else "")
-        if not from_input and not why:
-            frames = _frames_at(first.start, path, cap)
-            forward_at = next((i for i in range(len(frames) - 1, -1, -1) if is_frame_of(frames[i], type(module).forward)), None)
-            helper = _helper_frame(frames, forward_at, module) if forward_at is not None else None
-            frame = frames[helper] if helper is not None else _frame_in(first.start, module)
-            name = _assigned_name(frame.code) if frame else None
-            if name is None:
-                why = "its stream starts inside the unit on a line that assigns no single variable"
-            else:
-                stream_line, stream_var = _source_line(frame, type(module)), name
-        if force_branch and not why:
-            why = f"other {type(module).__name__} units need branch semantics and one class has one forward"
+        why, stream_line, stream_var = _block_placement(facts, path, module, cap, force_branch)
         if why:
             mode, note = "branch", f"block mode falls back to branch semantics: {why}"
-            stream_var = stream_arg or stream_var
-
-    block_possible = from_input and not projection and len(chains) == 1 and end.meta["val"].shape == val.shape
-    if mode == "branch" and block_possible and not all(_adds_in(sl.code) for sl in residual_lines):
+            stream_var = facts.stream_arg or stream_var
+    if mode == "branch" and facts.block_possible and not all(_adds_in(sl.code) for sl in residual_lines):
         mode, note = "block", ("branch mode needs the residual adds in the unit's own forward; they run in code it "
                                f"calls ({residual_lines[0].code!r}): using block semantics")
     sites: tuple[MaskSite, ...] = ()
@@ -657,41 +711,28 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model, force_bra
             sites = tuple(_projection_site(a, module, path, flow, params, cap.params, cap.callers, named)
                           for c in chains for a in c.adds)
         except EmitError as e:
-            if not block_possible:
+            if not facts.block_possible:
                 raise
             mode, note = "block", f"pre_output is not possible here ({e}); using block semantics"
     branch_lines: tuple[SourceLine, ...] = ()
     if mode == "branch":
-        if not from_input:
-            frame = _frame_in(first.start, module)
-            stream_var = (_assigned_name(frame.code) if frame else None) or ""
-            stream_line = _source_line(frame, type(module)) if frame else None
-        widths = sorted({int(a.stream.meta["val"].shape[channel_axis(a.stream)]) for c in chains for a in c.adds})
-        if len(widths) > 1:
-            raise _NotRoutable(f"its residual adds run on streams of {' and '.join(map(str, widths))} channels (a projection "
-                               "skip changes the width before the next residual add) and one mask has one width: "
-                               "use routing.mode 'pre_output' for such units")
-        branch_lines = tuple(dict.fromkeys(
-            sl for c in chains for sl in _branch_lines(c, module, path, flow, params) if sl not in residual_lines))
-        if not stream_var:
-            at = f" ({residual_lines[0].file}:{residual_lines[0].line})" if residual_lines else ""
-            raise _NotRoutable(f"branch mode finds no stream variable to mask{at}: {note or 'the stream starts inside the unit'}")
+        stream_var, stream_line, branch_lines = _branch_placement(facts, path, module, chains, flow, params,
+                                                                  stream_var, note)
         masked_at = f"branch inputs ({stream_var})"
     elif mode == "pre_output":
         if len({s.channels for s in sites}) != 1:
             raise EmitError(f"pre_output: the projections of {path!r} read different widths "
                             f"({', '.join(f'{s.module}: {s.channels}' for s in sites)}); use 'block' or 'branch'")
-        axis, channels = sites[0].channel_axis, sites[0].channels
+        axis = sites[0].channel_axis
         masked_at = "input of " + ", ".join(s.module[len(path) + 1:] for s in sites)
     else:
         masked_at = f"unit input ({stream_var})" if stream_line is None else f"{stream_var} after line {stream_line.line}"
     channels = sites[0].channels if sites else int(val.shape[axis])
-
+    mask = spec.mask_params_for(path)
     return RoutedUnit(
-        path=path, cls=_qualname(type(module)), mode=mode, mode_note=note, channel_axis=axis,
-        rank=val.dim(),
+        path=path, cls=_qualname(type(module)), mode=mode, mode_note=note, channel_axis=axis, rank=val.dim(),
         channels=channels, active=active_channels(channels, mask.channel_ratio), mask=mask,
-        stream_arg=stream_arg, stream_var=stream_var, stream_line=stream_line, masked_at=masked_at,
+        stream_arg=facts.stream_arg, stream_var=stream_var, stream_line=stream_line, masked_at=masked_at,
         call_path=_call_path(path, cap, named, model),
         residual_lines=residual_lines, branch_lines=branch_lines, sites=sites,
     )
