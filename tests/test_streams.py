@@ -194,3 +194,11 @@ def test_inspect_shows_each_stream_and_the_folded_batch(tmp_path, capsys):
     assert "streams of last_block: hidden_states (axis 2, C=16, K=8, returned at [1])\n" in out
     assert main(["inspect", FILE, "--entry", "video_frame_major"]) == 0
     assert "folded batch in spatial.0: several rows per sample (repeat)" in capsys.readouterr().out
+
+
+def test_routing_streams_is_validated_and_round_trips():
+    with pytest.raises(dtrsurgeon.errors.SpecError, match="/routing/streams"):
+        dtrsurgeon.load_spec({"version": 1, "routing": {"streams": "both"}})
+    every = dtrsurgeon.load_spec(SPEC)
+    assert every.streams == "all" and dtrsurgeon.load_spec(every.to_dict()) == every
+    assert "streams" not in dtrsurgeon.load_spec({"version": 1}).to_dict()["routing"]  # default: as before
