@@ -144,7 +144,7 @@ def test_a_fold_the_analysis_cannot_follow_leaves_the_unit_unrouted():
 
     torch.manual_seed(0)
     with pytest.raises(dtrsurgeon.errors.EmitError, match="cannot tell which rows belong to which sample"):
-        dtrsurgeon.plan(Shuffled().eval(), {"version": 1})
+        dtrsurgeon.plan(Shuffled().eval(), {"version": 1, "targets": {"include": ["spatial.0"]}})
 
 
 def test_hourglass_leaves_out_the_mapping_network_and_the_lerp_skip():
