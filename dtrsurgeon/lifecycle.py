@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, TypeVar
 import torch
 from torch import nn
 
-from dtrsurgeon.emit.module import strip_routing, unit_repr
+from dtrsurgeon.emit.module import mask_buffers, strip_routing, unit_repr
 from dtrsurgeon.errors import SpecError
 from dtrsurgeon.masks import active_channels, mask_table_for
 from dtrsurgeon.spec import load_spec
@@ -89,7 +89,7 @@ def routing_disabled(model: M) -> Iterator[M]:
     Leaving restores the tables as they were on entering: call ``set_routing`` outside the block.
     """
     root = routed_root(model, "routing_disabled")
-    tables = [m._buffers["dtr_mask"] for m in root.modules() if m._buffers.get("dtr_mask") is not None]
+    tables = [m._buffers[name] for m in root.modules() for name in mask_buffers(m._buffers) if m._buffers[name] is not None]
     saved = [table.clone() for table in tables]
     with torch.no_grad():
         for table in tables:
@@ -127,12 +127,19 @@ def set_routing(model: M, routing: Mapping[str, Any]) -> M:
     units = []
     for unit in root.dtr_plan.units:
         params = spec.mask_params_for(unit.path)
-        units.append(dataclasses.replace(unit, mask=params, active=active_channels(unit.channels, params.channel_ratio)))
-    tables = [mask_table_for(u.mask, u.channels) for u in units]  # every table first: an error changes nothing
+        streams = tuple(dataclasses.replace(s, active=active_channels(s.channels, params.channel_ratio))
+                        for s in unit.streams)
+        units.append(dataclasses.replace(unit, mask=params, active=active_channels(unit.channels, params.channel_ratio),
+                                         streams=streams))
+    # every table first: an error changes nothing
+    tables = [[("dtr_mask", mask_table_for(u.mask, u.channels))]
+              + [(s.buffer, mask_table_for(u.mask, s.channels)) for s in u.streams] for u in units]
     with torch.no_grad():
-        for unit, table in zip(units, tables):
+        for unit, unit_tables in zip(units, tables):
             module = root.get_submodule(unit.path)
-            module.dtr_mask.copy_(table)
+            for name, table in unit_tables:
+                if module._buffers.get(name) is not None:
+                    module._buffers[name].copy_(table)
             module._dtr_repr = unit_repr(unit)
     root.dtr_plan = dataclasses.replace(root.dtr_plan, units=tuple(units), spec_sha256=spec.sha256)
     root.dtr_spec = spec

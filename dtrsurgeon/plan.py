@@ -67,6 +67,25 @@ class MaskSite:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """A further stream a multi-stream unit routes (MMDiT joint blocks: the text tokens
+    ``encoder_hidden_states`` beside the image tokens), with its own mask table::
+
+        def forward(self, hidden_states, encoder_hidden_states, temb):   # routed: both
+            ...
+            return encoder_hidden_states, hidden_states                    # out_index 0 and 1
+    """
+
+    arg: str  # the forward parameter carrying it
+    buffer: str  # the unit's mask buffer for it ("dtr_mask_<arg>"; None on instances that do not route it)
+    out_index: int  # its position in the tuple the unit returns
+    channel_axis: int
+    rank: int
+    channels: int
+    active: int
+
+
+@dataclass(frozen=True)
 class RoutedUnit:
     path: str  # named_modules() name, e.g. "blocks.3"
     cls: str  # "package.module.ClassName"
@@ -85,6 +104,15 @@ class RoutedUnit:
     residual_lines: tuple[SourceLine, ...]  # the residual adds inside the unit
     branch_lines: tuple[SourceLine, ...] = ()  # branch mode: lines where a branch first reads the stream
     sites: tuple[MaskSite, ...] = ()  # pre_output mode
+    # the unit returns a tuple: the routed stream's position in it (MMDiT joint blocks), else None
+    out_index: int | None = None
+    streams: tuple[Stream, ...] = ()  # further routed streams (routing.streams "all")
+    # the stream's batch axis holds B*F rows for the root's B samples (frames folded into the batch):
+    # "interleave" (sample b owns rows b*F .. b*F+F-1) or "repeat" (rows b, b+B, ...); None: B rows
+    fold: str | None = None
+    # False: the residual add is the caller's (``x = attn(x) + x`` in the root's forward), so the unit
+    # only routes its input: attn(x * m) + x is the block form x + f(x * m)
+    merge: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,6 +121,10 @@ class RoutedUnit:
             d[key] = [sl.to_dict() for sl in getattr(self, key)]
         d["stream_line"] = self.stream_line.to_dict() if self.stream_line is not None else None
         d["sites"] = [{**asdict(s), "call": s.call.to_dict()} for s in self.sites]
+        d["streams"] = [asdict(s) for s in self.streams]
+        for key, default in (("out_index", None), ("streams", []), ("fold", None), ("merge", True)):
+            if d[key] == default:
+                del d[key]  # single-stream plans stay as they were
         return d
 
     @classmethod
@@ -104,6 +136,7 @@ class RoutedUnit:
         d["branch_lines"] = tuple(SourceLine(**s) for s in d.get("branch_lines", ()))
         d["stream_line"] = SourceLine(**d["stream_line"]) if d.get("stream_line") else None
         d["sites"] = tuple(MaskSite(**{**x, "call": SourceLine(**x["call"])}) for x in d.get("sites", ()))
+        d["streams"] = tuple(Stream(**x) for x in d.get("streams", ()))
         return cls(**d)
 
 
@@ -174,6 +207,10 @@ def _mask_summary(unit: RoutedUnit) -> str:
     return f"{m.window_shift} {curve} b={m.channel_ratio:g}"
 
 
+def _stream_summary(arg, axis, channels, active, out_index) -> str:
+    return f"{arg} (axis {axis}, C={channels}, K={active}, returned at [{out_index}])"
+
+
 def summary_table(plan: Plan, spec_label: str) -> str:
     """``plan`` as the text table of ``dtrsurgeon inspect`` (rendered by rich, no colours)."""
     import io
@@ -200,6 +237,13 @@ def summary_table(plan: Plan, spec_label: str) -> str:
     left_out = [(path, c) for path, c in plan.unmatched if path not in dict(plan.skipped)]  # skipped ones: below
     if left_out:
         console.print("not matched by targets: " + ", ".join(f"{path} (C={c})" for path, c in left_out))
+    for u in plan.units:
+        if u.out_index is not None or u.streams:
+            console.print(f"streams of {u.path}: " + ", ".join(_stream_summary(*s) for s in (
+                (u.stream_arg, u.channel_axis, u.channels, u.active, u.out_index),
+                *((s.arg, s.channel_axis, s.channels, s.active, s.out_index) for s in u.streams))))
+        if u.fold is not None:
+            console.print(f"folded batch in {u.path}: several rows per sample ({u.fold}); each row takes its sample's task")
     for u in plan.units:
         if u.mode_note:
             console.print(f"* {u.path}: {u.mode_note}")

@@ -154,3 +154,22 @@ def dtr_bind_task(module, task):
     """module with its dtr_task bound, for checkpoint functions that pass no keyword arguments on
     (diffusers' _gradient_checkpointing_func); bound now, so a recompute in backward sees the same."""
     return lambda *args, **kwargs: module(*args, dtr_task=task, **kwargs)
+
+
+def dtr_merge_outputs(outs, merges):
+    """A unit returning several streams (MMDiT: ``(encoder_hidden_states, hidden_states)``): the tuple
+    with each routed item merged, ``merges`` holding one (position, bypass, keep) per routed stream."""
+    outs = list(outs)
+    for index, skip, keep in merges:
+        outs[index] = dtr_merge(outs[index], skip, keep)
+    return tuple(outs)
+
+
+def dtr_fold_task(task, like, fold):
+    """The task index per row of a stream whose batch axis holds F rows per sample (video models
+    fold frames into the batch): "interleave" puts sample b on rows b*F .. b*F+F-1 (x.reshape(B*F, ...)),
+    "repeat" on rows b, b+B, ... (x.repeat(F, ...)).  A 0-d task, or one row per sample, is returned as is."""
+    if task.dim() == 0 or like.shape[0] == task.shape[0]:
+        return task
+    frames = like.shape[0] // task.shape[0]
+    return task.repeat_interleave(frames) if fold == "interleave" else task.repeat(frames)

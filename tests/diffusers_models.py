@@ -109,3 +109,159 @@ def example_inputs(model: torch.nn.Module, batch_size: int = 2, timestep=None, s
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# -- the sweep over every timestep-taking backbone (tests/test_diffusers_sweep.py) -------------------------
+
+def _seeded(cls, **config):
+    """``cls(**config)`` under the fixed seed, zero-initialised layers made random, in eval mode."""
+    torch.manual_seed(SEED)
+    return _randomize_zeros_(cls(**config)).eval()
+
+
+def _mmdit_config(**extra):
+    return dict(attention_head_dim=8, num_attention_heads=2, **extra)
+
+
+def _flux(cls_name, **extra):
+    import diffusers
+
+    return _seeded(getattr(diffusers, cls_name), patch_size=1, in_channels=4, num_layers=2, num_single_layers=2,
+                   joint_attention_dim=8, axes_dims_rope=(2, 2, 4), **_mmdit_config(**extra))
+
+
+def _flux_inputs(model, g, b, t, pooled=True):
+    kwargs = dict(hidden_states=torch.randn(b, 16, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                  timestep=t.float() / 1000, img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
+    if pooled:
+        kwargs["pooled_projections"] = torch.randn(b, 8, generator=g)
+    return kwargs
+
+
+def _sd3_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                pooled_projections=torch.randn(b, 8, generator=g), timestep=t)
+
+
+def _qwen_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 16, 8, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                encoder_hidden_states_mask=torch.ones(b, 5, dtype=torch.long), timestep=t.float() / 1000,
+                img_shapes=[(1, 4, 4)] * b)
+
+
+def _cogview4_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                timestep=t, original_size=torch.tensor([[64, 64]] * b), target_size=torch.tensor([[64, 64]] * b),
+                crop_coords=torch.tensor([[0, 0]] * b))
+
+
+def _cogvideox_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 2, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                timestep=t)
+
+
+def _auraflow_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                timestep=t.float() / 1000)
+
+
+def _video_inputs(frames_first=False):
+    def make(model, g, b, t):
+        kwargs = dict(timestep=t, encoder_hidden_states=torch.randn(b, TEXT_LEN, CROSS_DIM, generator=g))
+        shape = (b, 3, 4, 8, 8) if not frames_first else (b, 4, 3, 8, 8)
+        return {"sample" if not frames_first else "hidden_states": torch.randn(*shape, generator=g), **kwargs}
+    return make
+
+
+def _latte_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 2, 8, 8, generator=g), timestep=t,
+                encoder_hidden_states=torch.randn(b, 5, 16, generator=g), enable_temporal_attentions=True)
+
+
+def _image_inputs(model, g, b, t):
+    """UNet2DModel, UNet2DConditionModel, DiT: the inputs of ``example_inputs``."""
+    args, kwargs = example_inputs(model, b, timestep=t, seed=int(torch.randint(0, 1000, (1,), generator=g)))
+    kwargs.pop("return_dict")
+    return {"sample" if not isinstance(model, DiTTransformer2DModel) else "hidden_states": args[0], **kwargs}
+
+
+def _sweep_factories():
+    import diffusers as d
+
+    return {
+        "UNet2DModel": (tiny_unet2d, _image_inputs),
+        "UNet2DConditionModel": (tiny_unet2d_condition, _image_inputs),
+        "DiTTransformer2DModel": (tiny_dit, _image_inputs),
+        "SD3Transformer2DModel": (lambda: _seeded(d.SD3Transformer2DModel, sample_size=8, patch_size=2, in_channels=4,
+                                                  num_layers=2, joint_attention_dim=8, caption_projection_dim=16,
+                                                  pooled_projection_dim=8, out_channels=4, pos_embed_max_size=16,
+                                                  **_mmdit_config()), _sd3_inputs),
+        "FluxTransformer2DModel": (lambda: _flux("FluxTransformer2DModel", pooled_projection_dim=8), _flux_inputs),
+        "ChromaTransformer2DModel": (lambda: _seeded(d.ChromaTransformer2DModel, patch_size=1, in_channels=4, num_layers=2,
+                                                     num_single_layers=2, joint_attention_dim=8, axes_dims_rope=(2, 2, 4),
+                                                     approximator_num_channels=8, approximator_hidden_dim=16,
+                                                     approximator_layers=1, **_mmdit_config()),
+                                     lambda m, g, b, t: _flux_inputs(m, g, b, t, pooled=False)),
+        "QwenImageTransformer2DModel": (lambda: _seeded(d.QwenImageTransformer2DModel, patch_size=2, in_channels=8,
+                                                        out_channels=4, num_layers=2, joint_attention_dim=8,
+                                                        axes_dims_rope=(2, 2, 4), **_mmdit_config()), _qwen_inputs),
+        "CogView4Transformer2DModel": (lambda: _seeded(d.CogView4Transformer2DModel, patch_size=2, in_channels=4,
+                                                       out_channels=4, num_layers=2, text_embed_dim=8, time_embed_dim=8,
+                                                       condition_dim=4, pos_embed_max_size=8, sample_size=8,
+                                                       rope_axes_dim=(4, 4), **_mmdit_config()), _cogview4_inputs),
+        "CogVideoXTransformer3DModel": (lambda: _seeded(d.CogVideoXTransformer3DModel, in_channels=4, out_channels=4,
+                                                        time_embed_dim=8, text_embed_dim=8, num_layers=2, sample_width=8,
+                                                        sample_height=8, sample_frames=5, patch_size=2,
+                                                        temporal_compression_ratio=4, max_text_seq_length=5,
+                                                        **_mmdit_config()), _cogvideox_inputs),
+        "AuraFlowTransformer2DModel": (lambda: _seeded(d.AuraFlowTransformer2DModel, sample_size=8, patch_size=2,
+                                                       in_channels=4, num_mmdit_layers=2, num_single_dit_layers=2,
+                                                       joint_attention_dim=8, caption_projection_dim=16, out_channels=4,
+                                                       pos_embed_max_size=16, **_mmdit_config()), _auraflow_inputs),
+        "UNet3DConditionModel": (lambda: _seeded(d.UNet3DConditionModel, sample_size=8, in_channels=3, out_channels=3,
+                                                 block_out_channels=(16, 32), layers_per_block=1,
+                                                 down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                                                 up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+                                                 cross_attention_dim=CROSS_DIM, attention_head_dim=8, norm_num_groups=8),
+                                 _video_inputs()),
+        "LatteTransformer3DModel": (lambda: _seeded(d.LatteTransformer3DModel, num_attention_heads=2, attention_head_dim=8,
+                                                    in_channels=4, out_channels=4, num_layers=1, cross_attention_dim=16,
+                                                    sample_size=8, patch_size=2, norm_type="ada_norm_single",
+                                                    caption_channels=16, video_length=2), _latte_inputs),
+        "PixArtTransformer2DModel": (lambda: _seeded(d.PixArtTransformer2DModel, num_attention_heads=2, attention_head_dim=8,
+                                                     in_channels=4, out_channels=4, num_layers=2, cross_attention_dim=16,
+                                                     sample_size=8, patch_size=2, caption_channels=16), _pixart_inputs),
+        "SanaTransformer2DModel": (lambda: _seeded(d.SanaTransformer2DModel, in_channels=4, out_channels=4,
+                                                   num_attention_heads=2, attention_head_dim=8, num_layers=2,
+                                                   num_cross_attention_heads=2, cross_attention_head_dim=8,
+                                                   cross_attention_dim=16, caption_channels=16, sample_size=8,
+                                                   patch_size=2), _text_image_inputs),
+        "WanTransformer3DModel": (lambda: _seeded(d.WanTransformer3DModel, num_attention_heads=2, attention_head_dim=8,
+                                                  in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32,
+                                                  num_layers=2, rope_max_seq_len=32), _wan_inputs),
+    }
+
+
+def _pixart_inputs(model, g, b, t):
+    return {**_text_image_inputs(model, g, b, t), "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+
+def _text_image_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(b, 5, 16, generator=g),
+                timestep=t)
+
+
+def _wan_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 2, 8, 8, generator=g), encoder_hidden_states=torch.randn(b, 5, 16, generator=g),
+                timestep=t)
+
+
+def sweep_inputs(name: str, model, batch_size: int = 3, timestep=None, seed: int = SEED) -> dict:
+    """Keyword arguments of one forward call of sweep class ``name`` (``return_dict=False``)."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, 999, batch_size).round().long() if timestep is None else timestep
+    return {**_sweep_factories()[name][1](model, g, batch_size, t), "return_dict": False}
+
+
+def sweep_model(name: str):
+    return _sweep_factories()[name][0]()

@@ -18,7 +18,7 @@ import os
 import sys
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
@@ -38,6 +38,8 @@ class Capture:
     callers: dict[str, list]  # module path -> source frames that led to its first call (root.forward first)
     params: dict[str, str]  # placeholder name -> parameter / buffer / constant name
     returns_tensor: dict[str, bool]  # module path -> whether its first call returned a plain tensor
+    # module path -> shapes of the items of the tuple its first call returned (None: not a tensor)
+    output_shapes: dict[str, tuple] = field(default_factory=dict)
     # (operator, module path, modules inside) of sub-graph regions left opaque (torch.cond, ...): not analysed
     opaque: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
@@ -77,6 +79,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
     callers: dict[str, list] = {}
 
     returns_tensor: dict[str, bool] = {}
+    output_shapes: dict[str, tuple] = {}
 
     def record_caller(module, _inputs):
         path = paths.get(id(module))
@@ -87,6 +90,8 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
         path = paths.get(id(module))
         if path is not None and path not in returns_tensor:
             returns_tensor[path] = type(output) in (torch.Tensor, FakeTensor) or isinstance(output, torch.nn.Parameter)
+            if isinstance(output, tuple):
+                output_shapes[path] = tuple(tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in output)
 
     # One eager call records who calls each module (export may run copies of the
     # modules, so it cannot tell); then export gives the graph.
@@ -126,7 +131,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
             f"that run inside it ({', '.join(inside) if inside else 'none found'}) are not routed",
             OpaqueRegionWarning, stacklevel=3)
     return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params,
-                   returns_tensor=returns_tensor, opaque=tuple(opaque))
+                   returns_tensor=returns_tensor, output_shapes=output_shapes, opaque=tuple(opaque))
 
 
 def _recording_run(model: nn.Module, args: tuple, kwargs: dict, records: tuple[dict, ...]) -> None:

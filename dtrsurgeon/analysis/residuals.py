@@ -7,7 +7,9 @@ the branch), or when the skip is a short projection of the branch's source
 may add its bias as a separate broadcast add and resample with a filter it
 computes per call (EDM's ``Conv2d``: ``conv2d(x, w).add_(b.reshape(1, -1, 1, 1))``,
 ``conv_transpose2d(x, f.tile(...), stride=2)``): its stream is the conv's input.
-``x + pos_embed`` and ``t_emb + y_emb`` have no such path and are never taken;
+``x + pos_embed`` and ``t_emb + y_emb`` have no such path and are never taken; nor is a
+``lerp`` whose branch comes from outside the module that merges it (a long skip merged into
+the stream, ``torch.lerp(skip, x, fac)`` in hourglass transformers);
 a concat skip is no add at all.  Consecutive residual adds on one stream form
 a chain, attributed to the innermost module that holds them.
 """
@@ -131,6 +133,11 @@ def _projection_source(skip: fx.Node, branch: fx.Node, flow: nx.DiGraph, params:
     return None
 
 
+def _computed_in(node: fx.Node, path: str) -> bool:
+    """Is ``node`` computed inside module ``path`` (not handed to it, and not in the root)?"""
+    return bool(path) and any(p == path or p.startswith(path + ".") for p, _ in (node.meta.get("nn_module_stack") or {}).values())
+
+
 def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx.DiGraph | None = None) -> list[ResidualAdd]:
     flow = dataflow_graph(graph) if flow is None else flow
     found = []
@@ -156,6 +163,8 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
         else:
             continue
         path, key = innermost_module(node)
+        if node.target in _LERPS and not _computed_in(branch, path):
+            continue  # a long skip merged into the stream (hourglass U-Nets), not a residual block
         found.append(ResidualAdd(node=node, stream=stream, skip=skip, branch=branch, module=path, module_key=key))
     return found
 

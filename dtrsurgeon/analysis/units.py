@@ -19,11 +19,12 @@ that call the unit.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import inspect
 import os
 import sys
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import networkx as nx
 import torch
@@ -46,44 +47,18 @@ from dtrsurgeon.analysis.residuals import (
     find_residual_adds,
     group_chains,
 )
+from dtrsurgeon.analysis.streams import _CHANNEL_FIRST, FoundStream, NoStreams, batch_layouts, channel_axis, fold_of, tuple_streams
+from dtrsurgeon.analysis.streams import inside as _inside
+from dtrsurgeon.analysis.streams import op_name as _op_name
+from dtrsurgeon.analysis.streams import origin as _origin
 from dtrsurgeon.analysis.targets import check_overrides, select_units
 from dtrsurgeon.errors import CaptureError, EmitError
 from dtrsurgeon.masks import active_channels, check_table_size
-from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine
+from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine, Stream
 from dtrsurgeon.spec import Spec, load_spec
 
 _ADDMM = torch.ops.aten.addmm.default
-_CHANNEL_FIRST = {"convolution", "conv1d", "conv2d", "conv3d", "group_norm", "native_group_norm", "batch_norm",
-                  "_native_batch_norm_legit_no_training", "instance_norm"}
-_CHANNEL_LAST = {"linear", "layer_norm", "native_layer_norm", "rms_norm", "addmm", "mm"}
-
-
-def _op_name(node: fx.Node) -> str:
-    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
-
-
-def channel_axis(node: fx.Node) -> int:
-    """Feature maps [B, C, H, W] (and [B, C]) -> 1; tokens [B, L, C] -> the
-    last axis, unless the ops reading the stream treat axis 1 as channels
-    (Conv1d, GroupNorm on [B, C, L])."""
-    rank = node.meta["val"].dim()
-    if rank != 3:
-        return 1
-    frontier, seen = [node], 0
-    while frontier and seen < 32:
-        nxt = []
-        for n in frontier:
-            for user in n.users:
-                seen += 1
-                name = _op_name(user)
-                if name in _CHANNEL_FIRST and user.args and user.args[0] is n:
-                    return 1
-                if name in _CHANNEL_LAST:
-                    return 2
-                if user.op == "call_function" and user.target in SHAPE_OPS:
-                    nxt.append(user)
-        frontier = nxt
-    return 2
+_PLAIN_ADDS = {torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
 
 
 def _qualname(cls: type) -> str:
@@ -131,20 +106,6 @@ def _assigned_name(code: str) -> str | None:
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
         return stmt.targets[0].id
     return None
-
-
-def _inside(node: fx.Node, path: str) -> bool:
-    return any(p == path or p.startswith(path + ".") for p, _ in (node.meta.get("nn_module_stack") or {}).values())
-
-
-def _origin(node: fx.Node, path: str, params: set[str]) -> fx.Node:
-    """Walk back from ``node`` through reshapes and casts inside the unit."""
-    while _inside(node, path) and node.op == "call_function" and node.target in SHAPE_OPS:
-        inputs = data_inputs(node, params)
-        if len(inputs) != 1:
-            break
-        node = inputs[0]
-    return node
 
 
 def _leaving(node: fx.Node, path: str) -> fx.Node:
@@ -308,23 +269,17 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     """Analyse ``model`` and return the plan for ``spec``; changes nothing."""
     given = load_spec(spec)
     spec = _resolve_timestep_arg(model, given)
-    cap = capture(model, *_inputs(model, spec, example_inputs))
+    args, kwargs = _inputs(model, spec, example_inputs)
+    cap = capture(model, args, kwargs)
     params = set(cap.params)
     flow = dataflow_graph(cap.graph)
     chains = [c for c in group_chains(find_residual_adds(cap.graph, params, flow)) if "@" not in c.module_key]
-
-    holders: dict[str, list[ResidualChain]] = {}
-    for chain in chains:
-        holders.setdefault(chain.module, []).append(chain)
-    skipped = []
-    if "" in holders:
-        skipped.append(("", "the root's own forward holds residual adds; only submodules are routed"))
-        del holders[""]
     named = dict(model.named_modules())
     order = list(named)
-    for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
-        skipped.append((path, "returns a tuple or an output object, not its stream; residual blocks inside it are routed"))
-        del holders[path]
+    skipped: list[tuple[str, str]] = []
+    sample_name, batch = _sample_input(model, args, kwargs)
+    holders, streams, caller_adds = _holders(chains, cap, named, params, skipped)
+    _drop_conditioning(holders, streams, _placeholder(cap.graph, sample_name), flow, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
     outer = set(chosen)
@@ -335,10 +290,23 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
             chosen.remove(path)
     check_overrides(chosen, [o.match for o in spec.overrides])
 
+    layouts = batch_layouts(cap.graph, params, batch) if batch else {}
+
+    def make(path: str, force_branch: bool = False) -> RoutedUnit:
+        if path in caller_adds:
+            unit, node = _caller_add_unit(path, named[path], holders[path][0], spec, cap, named, model)
+        elif path in streams:
+            unit, node = _multi_stream_unit(path, named[path], holders[path], streams[path], spec, sample_name,
+                                            cap, named, model)
+        else:
+            unit = _unit(path, named[path], holders[path], spec, cap, flow, params, named, model, force_branch)
+            node = _stream_node(path, holders[path], params)
+        return _with_fold(unit, node, layouts, batch)
+
     units = []
     for path in chosen:
         try:
-            units.append(_unit(path, named[path], holders[path], spec, cap, flow, params, named, model))
+            units.append(make(path))
         except _NotRoutable as e:
             skipped.append((path, str(e)))
     # One class has one forward: where block mode fell back to branch for some instances
@@ -347,14 +315,14 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     for i, u in enumerate(list(units)):
         if u.mode == "block" and u.cls in fell_back:
             try:
-                units[i] = _unit(u.path, named[u.path], holders[u.path], spec, cap, flow, params, named, model,
-                                 force_branch=True)
+                units[i] = make(u.path, force_branch=True)
             except _NotRoutable as e:
                 units[i] = None
                 skipped.append((u.path, str(e)))
     units = [u for u in units if u is not None]
     units = _one_mode_per_class(units, skipped)
     units = _one_edit_set_per_class(units, skipped, cap, named)
+    units = _one_fold_per_class(units, skipped)
     if chosen and not units:
         raise EmitError(f"none of the {len(chosen)} selected units can be routed: {skipped[-1][0]}: {skipped[-1][1]}")
     unroutable = [p for p, _ in skipped if p in set(chosen)]
@@ -377,6 +345,177 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=given.sha256,
                 units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched),
                 threads=threads)
+
+
+def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[ResidualChain]], dict[str, list[FoundStream]], set[str]]:
+    """The modules that may be units: (path -> their residual chains, path -> the streams of those
+    that return a tuple, the paths whose residual add is in the root's forward).  Tuple-returning
+    modules whose streams cannot be told apart are skipped with the reason."""
+    holders: dict[str, list[ResidualChain]] = {}
+    for chain in chains:
+        holders.setdefault(chain.module, []).append(chain)
+    calls = _root_calls(holders.pop("", []), holders, cap)
+    streams: dict[str, list[FoundStream]] = {}
+    for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
+        module = named[path]
+        starts = [(c.start, (_frame_in(_origin(c.start, path, params), module) or _frame_in(c.adds[0].node, module)))
+                  for c in holders[path]]
+        try:
+            streams[path] = tuple_streams(path, module, [(n, f.code if f else "") for n, f in starts],
+                                          cap.output_shapes.get(path, ()), params)
+        except NoStreams as e:
+            skipped.append((path, f"{e}; residual blocks inside it are routed"))
+            del holders[path]
+    holders.update(calls)
+    return holders, streams, set(calls)
+
+
+def _root_calls(root_chains: list[ResidualChain], holders, cap) -> dict[str, list[ResidualChain]]:
+    """Residual adds written in the root's forward whose branch is one submodule's output computed
+    from the skip (``x = attn(x) + x``): that submodule -> the chain.  It becomes a unit that routes
+    its input only (the add is the root's); other root adds (long skips) are no units."""
+    found: dict[str, list[ResidualChain]] = {}
+    for chain in root_chains:
+        for add in chain.adds:
+            if add.projection or add.node.target not in _PLAIN_ADDS:
+                continue
+            stack = [p for p, _ in (add.branch.meta.get("nn_module_stack") or {}).values() if p]
+            callee = stack[0] if stack else ""
+            if (not callee or callee in holders or callee in found or cap.returns_tensor.get(callee) is not True
+                    or any(_inside(u, callee) for u in add.branch.users)
+                    or not any(_inside(u, callee) for u in add.stream.users)):
+                continue
+            found[callee] = [ResidualChain(module=callee, module_key="", adds=[add])]
+    return found
+
+
+def _placeholder(graph: fx.Graph, name: str) -> fx.Node | None:
+    return next((n for n in graph.nodes if n.op == "placeholder" and n.name == name), None)
+
+
+def _drop_conditioning(holders, streams, sample: fx.Node | None, flow, include, skipped) -> None:
+    """Networks that only process the timestep or the conditioning (mapping networks, embedding
+    MLPs with residual layers) are no units: none of their streams is computed from the sample.
+    An include pattern that names one routes it all the same."""
+    if sample is None:
+        return
+    for path in list(holders):
+        starts = [s.node for s in streams[path]] if path in streams else [c.start for c in holders[path]]
+        if any(n is sample or nx.has_path(flow, sample, n) for n in starts):
+            continue
+        if any(fnmatch.fnmatchcase(path, p) for p in include):
+            continue
+        skipped.append((path, f"it processes only the timestep or the conditioning (no stream of it is computed "
+                              f"from the sample {sample.name!r}); name it in targets.include to route it"))
+        del holders[path]
+        streams.pop(path, None)
+
+
+def _sample_input(model: nn.Module, args: tuple, kwargs: dict) -> tuple[str, int]:
+    """(name, batch size) of the root's sample: the first tensor argument of its forward."""
+    try:
+        bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        bound = {}
+    return next(((name, int(v.shape[0])) for name, v in bound.items() if isinstance(v, torch.Tensor) and v.dim() > 0),
+                ("", 0))
+
+
+def _stream_node(path: str, chains: list[ResidualChain], params: set[str]) -> fx.Node:
+    """The stream a unit routes: its input (through reshapes), or where the chain starts inside it."""
+    start = _origin(chains[0].start, path, params)
+    return start if not _inside(start, path) else chains[0].start
+
+
+def _with_fold(unit: RoutedUnit, node: fx.Node, layouts: dict, batch: int) -> RoutedUnit:
+    """``unit`` with the layout of its stream's batch axis (frames folded into it), or
+    :class:`_NotRoutable` where the analysis cannot tell which rows belong to which sample."""
+    if not batch:
+        return unit
+    known, fold = fold_of(node, layouts, batch)
+    rows = int(node.meta["val"].shape[0])
+    if not known:
+        raise _NotRoutable(f"its stream has {rows} rows for the {batch} samples of the example inputs, and the "
+                           "analysis cannot tell which rows belong to which sample (frames or positions are folded "
+                           "into the batch by ops it does not follow)")
+    if fold is None:
+        return unit
+    if not unit.stream_arg:
+        raise _NotRoutable(f"its stream holds {rows // batch} rows per sample (folded into the batch) and starts "
+                           "inside the unit; the task index is expanded on entry, from a stream it is called with")
+    return replace(unit, fold=fold)
+
+
+def _one_fold_per_class(units: list[RoutedUnit], skipped: list) -> list[RoutedUnit]:
+    """Both emitters expand the task index once per class forward, so the instances of a class
+    whose streams hold folded batches must fold them the same way; the others are skipped."""
+    folds: dict[str, str] = {}
+    for u in units:
+        if u.fold is not None:
+            folds.setdefault(u.cls, u.fold)
+    kept = []
+    for u in units:
+        if u.fold is not None and folds[u.cls] != u.fold:
+            skipped.append((u.path, f"its batch holds frames as {u.fold!r} while other {u.cls.rsplit('.', 1)[-1]} "
+                                    f"units hold them as {folds[u.cls]!r}, and one class has one forward"))
+        else:
+            kept.append(u)
+    return kept
+
+
+def _caller_add_unit(path, module, chain: ResidualChain, spec, cap, named, model) -> tuple[RoutedUnit, fx.Node]:
+    """A module whose caller adds its input back (``x = attn(x) + x`` in the root's forward): block
+    semantics route its input and leave the add to the caller, attn(x * m) + x."""
+    node = chain.start
+    axis = channel_axis(node)
+    channels = int(node.meta["val"].shape[axis])
+    mask = spec.mask_params_for(path)
+    params = _params_of(module)
+    note = "" if spec.mode == "block" else (f"{spec.mode} mode falls back to block semantics: the residual add "
+                                            "is in the caller")
+    frames = parse_stack_trace(chain.adds[0].node.meta.get("stack_trace"))
+    residual_lines = (_source_line(frames[-1], type(model)),) if frames else ()
+    unit = RoutedUnit(
+        path=path, cls=_qualname(type(module)), mode="block", mode_note=note, channel_axis=axis,
+        rank=node.meta["val"].dim(), channels=channels, active=active_channels(channels, mask.channel_ratio),
+        mask=mask, stream_arg=params[0] if params else "", stream_var=params[0] if params else "", stream_line=None,
+        masked_at=f"unit input ({params[0] if params else '?'}); the caller adds the skip",
+        call_path=_call_path(path, cap, named, model), residual_lines=residual_lines, merge=False,
+    )
+    return unit, node
+
+
+def _multi_stream_unit(path, module, chains, streams: list[FoundStream], spec, sample_name, cap, named,
+                       model) -> tuple[RoutedUnit, fx.Node]:
+    """A unit returning several streams (MMDiT joint blocks), routed in block mode: each chosen
+    stream is routed on entry and merged with its bypass where it is returned.  The routed
+    stream is the one named like the root's sample (else the first); ``routing.streams`` "all"
+    adds the others, each with its own table.  Returns the unit and its routed stream's node."""
+    primary = next((s for s in streams if s.arg == sample_name), streams[0])
+    others = [s for s in streams if s is not primary] if spec.streams == "all" else []
+    mask = spec.mask_params_for(path)
+    note = "" if spec.mode == "block" else (f"{spec.mode} mode falls back to block semantics: the unit returns "
+                                            "several streams")
+
+    def record(s: FoundStream) -> Stream:
+        axis = channel_axis(s.node)
+        channels = int(s.node.meta["val"].shape[axis])
+        return Stream(arg=s.arg, buffer=f"dtr_mask_{s.arg}", out_index=s.out_index, channel_axis=axis,
+                      rank=s.node.meta["val"].dim(), channels=channels,
+                      active=active_channels(channels, mask.channel_ratio))
+
+    main = record(primary)
+    residual_lines = tuple(dict.fromkeys(
+        _source_line(parse_stack_trace(a.node.meta.get("stack_trace"))[-1], type(module)) for c in chains for a in c.adds))
+    unit = RoutedUnit(
+        path=path, cls=_qualname(type(module)), mode="block", mode_note=note, channel_axis=main.channel_axis,
+        rank=main.rank, channels=main.channels, active=main.active, mask=mask, stream_arg=primary.arg,
+        stream_var=primary.arg, stream_line=None,
+        masked_at="unit inputs (" + ", ".join(s.arg for s in [primary, *others]) + ")",
+        call_path=_call_path(path, cap, named, model), residual_lines=residual_lines,
+        out_index=primary.out_index, streams=tuple(record(s) for s in others),
+    )
+    return unit, primary.node
 
 
 def _call_path(path: str, cap, named, model) -> tuple[SourceLine, ...]:
@@ -477,45 +616,99 @@ class _NotRoutable(Exception):
     reported in ``plan.skipped`` with the reason instead."""
 
 
-def _unit(path, module, chains, spec, cap, flow, params, named, model, force_branch=False) -> RoutedUnit:
+@dataclass(frozen=True)
+class _Chains:
+    """What the placement decisions need to know about a unit's residual chains."""
+
+    first: ResidualChain
+    from_input: bool  # the stream is the unit's input (through reshapes), not made inside it
+    stream: fx.Node  # the routed stream
+    projection: bool  # some skip is a projection
+    count: int  # number of chains
+    same_shape_out: bool  # the value leaving the unit is shaped like the stream
+    residual_lines: tuple[SourceLine, ...]
+    stream_arg: str
+
+    @property
+    def block_possible(self) -> bool:
+        return self.from_input and not self.projection and self.count == 1 and self.same_shape_out
+
+
+def _chains_facts(path, module, chains, params) -> _Chains:
     first = chains[0]
-    origin = _origin(first.start, path, params)
-    from_input = not _inside(origin, path)
-    end = _leaving(first.end, path)
-    projection = any(a.projection for c in chains for a in c.adds)
-    stream_node = origin if from_input else first.start
-    axis = channel_axis(stream_node)
-    val = stream_node.meta["val"]
-    mask = spec.mask_params_for(path)
+    start = _origin(first.start, path, params)
+    from_input = not _inside(start, path)
+    stream = start if from_input else first.start
     residual_lines = tuple(dict.fromkeys(
         _source_line(parse_stack_trace(a.node.meta.get("stack_trace"))[-1], type(module)) for c in chains for a in c.adds))
-    stream_arg = _stream_arg(module, residual_lines[0].code) if from_input else ""
-    stream_var, stream_line, note = stream_arg, None, ""
+    return _Chains(first=first, from_input=from_input, stream=stream,
+                   projection=any(a.projection for c in chains for a in c.adds), count=len(chains),
+                   same_shape_out=_leaving(first.end, path).meta["val"].shape == stream.meta["val"].shape,
+                   residual_lines=residual_lines,
+                   stream_arg=_stream_arg(module, residual_lines[0].code) if from_input else "")
+
+
+def _block_placement(facts: _Chains, path, module, cap, force_branch) -> tuple[str, SourceLine | None, str]:
+    """Block mode: (why it must fall back to branch semantics or "", the line inside the unit that
+    makes the stream when it is not the unit's input, the stream variable)."""
+    why = ("its skip is a projection (the stream changes shape inside the unit)" if facts.projection
+           else f"it holds {facts.count} residual chains" if facts.count > 1
+           else "its output is not shaped like its input" if facts.from_input and not facts.same_shape_out
+           else "")
+    stream_line, stream_var = None, facts.stream_arg
+    if not facts.from_input and not why:
+        frames = _frames_at(facts.first.start, path, cap)
+        forward_at = next((i for i in range(len(frames) - 1, -1, -1) if is_frame_of(frames[i], type(module).forward)), None)
+        helper = _helper_frame(frames, forward_at, module) if forward_at is not None else None
+        frame = frames[helper] if helper is not None else _frame_in(facts.first.start, module)
+        name = _assigned_name(frame.code) if frame else None
+        if name is None:
+            why = "its stream starts inside the unit on a line that assigns no single variable"
+        else:
+            stream_line, stream_var = _source_line(frame, type(module)), name
+    if force_branch and not why:
+        why = f"other {type(module).__name__} units need branch semantics and one class has one forward"
+    return why, stream_line, stream_var
+
+
+def _branch_placement(facts: _Chains, path, module, chains, flow, params, stream_var, note):
+    """Branch mode: (stream variable, the line that makes it when it starts inside the unit, the
+    lines where a branch first reads it); :class:`_NotRoutable` when one mask cannot serve."""
+    stream_line = None
+    if not facts.from_input:
+        frame = _frame_in(facts.first.start, module)
+        stream_var = (_assigned_name(frame.code) if frame else None) or ""
+        stream_line = _source_line(frame, type(module)) if frame else None
+    widths = sorted({int(a.stream.meta["val"].shape[channel_axis(a.stream)]) for c in chains for a in c.adds})
+    if len(widths) > 1:
+        raise _NotRoutable(f"its residual adds run on streams of {' and '.join(map(str, widths))} channels (a projection "
+                           "skip changes the width before the next residual add) and one mask has one width: "
+                           "use routing.mode 'pre_output' for such units")
+    branch_lines = tuple(dict.fromkeys(
+        sl for c in chains for sl in _branch_lines(c, module, path, flow, params) if sl not in facts.residual_lines))
+    if not stream_var:
+        lines = facts.residual_lines
+        at = f" ({lines[0].file}:{lines[0].line})" if lines else ""
+        raise _NotRoutable(f"branch mode finds no stream variable to mask{at}: {note or 'the stream starts inside the unit'}")
+    return stream_var, stream_line, branch_lines
+
+
+def _unit(path, module, chains, spec, cap, flow, params, named, model, force_branch=False) -> RoutedUnit:
+    """The placement of one single-stream unit: the spec's mode, or the mode it falls back to
+    (``mode_note`` says why), with what that mode needs."""
+    facts = _chains_facts(path, module, chains, params)
+    val = facts.stream.meta["val"]
+    axis = channel_axis(facts.stream)
+    residual_lines = facts.residual_lines
+    stream_var, stream_line, note = facts.stream_arg, None, ""
 
     mode = spec.mode
     if mode == "block":
-        why = ("its skip is a projection (the stream changes shape inside the unit)" if projection
-               else f"it holds {len(chains)} residual chains" if len(chains) > 1
-               else "its output is not shaped like its input" if from_input and end.meta["val"].shape != val.shape
-               else "")
-        if not from_input and not why:
-            frames = _frames_at(first.start, path, cap)
-            forward_at = next((i for i in range(len(frames) - 1, -1, -1) if is_frame_of(frames[i], type(module).forward)), None)
-            helper = _helper_frame(frames, forward_at, module) if forward_at is not None else None
-            frame = frames[helper] if helper is not None else _frame_in(first.start, module)
-            name = _assigned_name(frame.code) if frame else None
-            if name is None:
-                why = "its stream starts inside the unit on a line that assigns no single variable"
-            else:
-                stream_line, stream_var = _source_line(frame, type(module)), name
-        if force_branch and not why:
-            why = f"other {type(module).__name__} units need branch semantics and one class has one forward"
+        why, stream_line, stream_var = _block_placement(facts, path, module, cap, force_branch)
         if why:
             mode, note = "branch", f"block mode falls back to branch semantics: {why}"
-            stream_var = stream_arg or stream_var
-
-    block_possible = from_input and not projection and len(chains) == 1 and end.meta["val"].shape == val.shape
-    if mode == "branch" and block_possible and not all(_adds_in(sl.code) for sl in residual_lines):
+            stream_var = facts.stream_arg or stream_var
+    if mode == "branch" and facts.block_possible and not all(_adds_in(sl.code) for sl in residual_lines):
         mode, note = "block", ("branch mode needs the residual adds in the unit's own forward; they run in code it "
                                f"calls ({residual_lines[0].code!r}): using block semantics")
     sites: tuple[MaskSite, ...] = ()
@@ -524,41 +717,29 @@ def _unit(path, module, chains, spec, cap, flow, params, named, model, force_bra
             sites = tuple(_projection_site(a, module, path, flow, params, cap.params, cap.callers, named)
                           for c in chains for a in c.adds)
         except EmitError as e:
-            if not block_possible:
+            if not facts.block_possible:
                 raise
             mode, note = "block", f"pre_output is not possible here ({e}); using block semantics"
     branch_lines: tuple[SourceLine, ...] = ()
     if mode == "branch":
-        if not from_input:
-            frame = _frame_in(first.start, module)
-            stream_var = (_assigned_name(frame.code) if frame else None) or ""
-            stream_line = _source_line(frame, type(module)) if frame else None
-        widths = sorted({int(a.stream.meta["val"].shape[channel_axis(a.stream)]) for c in chains for a in c.adds})
-        if len(widths) > 1:
-            raise _NotRoutable(f"its residual adds run on streams of {' and '.join(map(str, widths))} channels (a projection "
-                               "skip changes the width before the next residual add) and one mask has one width: "
-                               "use routing.mode 'pre_output' for such units")
-        branch_lines = tuple(dict.fromkeys(
-            sl for c in chains for sl in _branch_lines(c, module, path, flow, params) if sl not in residual_lines))
-        if not stream_var:
-            at = f" ({residual_lines[0].file}:{residual_lines[0].line})" if residual_lines else ""
-            raise _NotRoutable(f"branch mode finds no stream variable to mask{at}: {note or 'the stream starts inside the unit'}")
+        stream_var, stream_line, branch_lines = _branch_placement(facts, path, module, chains, flow, params,
+                                                                  stream_var, note)
         masked_at = f"branch inputs ({stream_var})"
     elif mode == "pre_output":
         if len({s.channels for s in sites}) != 1:
             raise EmitError(f"pre_output: the projections of {path!r} read different widths "
                             f"({', '.join(f'{s.module}: {s.channels}' for s in sites)}); use 'block' or 'branch'")
-        axis, channels = sites[0].channel_axis, sites[0].channels
+        axis = sites[0].channel_axis
         masked_at = "input of " + ", ".join(s.module[len(path) + 1:] for s in sites)
     else:
         masked_at = f"unit input ({stream_var})" if stream_line is None else f"{stream_var} after line {stream_line.line}"
     channels = sites[0].channels if sites else int(val.shape[axis])
+    mask = spec.mask_params_for(path)
     check_table_size(mask, channels, path)
     return RoutedUnit(
-        path=path, cls=_qualname(type(module)), mode=mode, mode_note=note, channel_axis=axis,
-        rank=val.dim(),
+        path=path, cls=_qualname(type(module)), mode=mode, mode_note=note, channel_axis=axis, rank=val.dim(),
         channels=channels, active=active_channels(channels, mask.channel_ratio), mask=mask,
-        stream_arg=stream_arg, stream_var=stream_var, stream_line=stream_line, masked_at=masked_at,
+        stream_arg=facts.stream_arg, stream_var=stream_var, stream_line=stream_line, masked_at=masked_at,
         call_path=_call_path(path, cap, named, model),
         residual_lines=residual_lines, branch_lines=branch_lines, sites=sites,
     )

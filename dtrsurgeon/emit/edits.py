@@ -328,13 +328,17 @@ class RouteFunctions(cst.CSTTransformer):
         edit = self.active[-1][1] if self.active else None
         if edit is None or not edit.return_wrap:
             return updated
-        if updated.value is None or isinstance(updated.value, cst.Tuple):
+        several = edit.return_wrap.startswith("dtr_merge_outputs(")
+        if updated.value is None or (isinstance(updated.value, cst.Tuple) and not several):
             pos = self.get_metadata(PositionProvider, original)
             raise EmitError(f"{self.path}:{pos.start.line}: block mode needs the unit to return its stream, "
                             "found a bare or tuple return; use routing.mode 'branch' for this unit")
+        value = updated.value
+        if isinstance(value, cst.Tuple) and not value.lpar:
+            value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
         wrap = cst.parse_expression(edit.return_wrap)
         return updated.with_changes(value=wrap.with_changes(
-            args=[wrap.args[0].with_changes(value=updated.value), *wrap.args[1:]]))
+            args=[wrap.args[0].with_changes(value=value), *wrap.args[1:]]))
 
     def leave_AugAssign(self, original, updated):
         if isinstance(updated.operator, cst.AddAssign) and self._in_branch_line(original):
@@ -568,11 +572,15 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
     # classes whose forward (or the helper it hands on) routes every instance after a line inside
     # it (U-ViT's long-skip merge): their units that route on entry share that placement
     routed_inside = {u.cls for u in plan.units if u.mode == "block" and u.stream_line is not None}
+    class_streams = streams_by_class(plan)
     for unit in plan.units:
         if unit.mode == "block" and unit.stream_line is None and (not block_in_source or unit.cls in routed_inside):
             continue
         if unit.mode == "pre_output":
             _collect_sites(unit, edits)
+            if unit.fold is not None:
+                forward_file, forward = class_forward(unit.cls)
+                edits[forward_file].setdefault(forward, FunctionEdit()).block_stmts = (_fold_stmt(unit),)
             continue
         owner = unit.residual_lines[0]
         own_forward = class_forward(unit.cls) if unit.mode == "block" and unit.stream_line is None else None
@@ -597,18 +605,59 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
         edit.task_param = "required"
         var, axis = unit.stream_var, unit.channel_axis
         if unit.mode == "block":
-            stmts = (f"{KEEP} = dtr_channel_mask(self.dtr_mask, {TASK}, {var}, {axis})",
-                     f"{var}, dtr_skip = dtr_route({var}, {KEEP})")
+            stmts, edit.return_wrap = _block_edit(unit, class_streams.get(unit.cls, ()))
             if unit.stream_line is None:
                 edit.block_stmts = stmts
             else:
                 edit.insert_after[unit.stream_line.line] = stmts
-            edit.return_wrap = f"dtr_merge(__out__, dtr_skip, {KEEP})"  # __out__: the returned value
         elif unit.mode == "branch":
+            if unit.fold is not None:
+                edit.block_stmts = (_fold_stmt(unit),)
             edit.branch_lines |= {sl.line for sl in unit.residual_lines}
             edit.load_lines |= {sl.line for sl in unit.branch_lines}
             edit.stream_var, edit.stream_axis = var, axis
     return edits
+
+
+def streams_by_class(plan: Plan) -> dict[str, tuple]:
+    """class -> the further streams (beyond the first) its units route, in order: one class has one
+    forward, which routes them all; an instance that does not route one holds no table for it."""
+    found: dict[str, dict[str, object]] = {}
+    for unit in plan.units:
+        for stream in unit.streams:
+            found.setdefault(unit.cls, {}).setdefault(stream.arg, stream)
+    return {cls: tuple(streams.values()) for cls, streams in found.items()}
+
+
+def _fold_stmt(unit) -> str:
+    """Rows of a folded batch get their sample's task (see dtrsurgeon.runtime.dtr_fold_task)."""
+    return f"{TASK} = dtr_fold_task({TASK}, {unit.stream_arg}, {unit.fold!r})"
+
+
+def _block_edit(unit, streams) -> tuple[tuple[str, ...], str]:
+    """Block mode in source: statements that route each stream on entry, and the call every
+    returned value (``__out__``) goes through::
+
+        dtr_keep = dtr_channel_mask(self.dtr_mask, dtr_task, hidden_states, 2)
+        hidden_states, dtr_skip = dtr_route(hidden_states, dtr_keep)
+        ...
+        return dtr_merge_outputs(__out__, ((1, dtr_skip, dtr_keep),))   # a unit returning a tuple
+    """
+    var = unit.stream_var
+    stmts = [_fold_stmt(unit)] if unit.fold is not None else []
+    if not unit.merge:  # the caller adds the skip: only the input is routed
+        return (*stmts, f"{var} = dtr_masked({var}, self.dtr_mask, {TASK}, {unit.channel_axis})"), ""
+    stmts += [f"{KEEP} = dtr_channel_mask(self.dtr_mask, {TASK}, {var}, {unit.channel_axis})",
+              f"{var}, dtr_skip = dtr_route({var}, {KEEP})"]
+    if unit.out_index is None:
+        return tuple(stmts), f"dtr_merge(__out__, dtr_skip, {KEEP})"
+    merges = [f"({unit.out_index}, dtr_skip, {KEEP})"]
+    for s in streams:
+        keep, skip = f"{KEEP}_{s.arg}", f"dtr_skip_{s.arg}"
+        stmts += [f"{keep} = dtr_channel_mask(self.{s.buffer}, {TASK}, {s.arg}, {s.channel_axis})",
+                  f"{s.arg}, {skip} = dtr_route({s.arg}, {keep})"]
+        merges.append(f"({s.out_index}, {skip}, {keep})")
+    return tuple(stmts), f"dtr_merge_outputs(__out__, ({', '.join(merges)},))"
 
 
 def _collect_sites(unit, edits) -> None:

@@ -38,8 +38,10 @@ from dtrsurgeon.emit.edits import (
 from dtrsurgeon.runtime import (
     dtr_bind_task,
     dtr_channel_mask,
+    dtr_fold_task,
     dtr_masked,
     dtr_merge,
+    dtr_merge_outputs,
     dtr_route,
     dtr_task_index,
 )
@@ -93,7 +95,8 @@ def _routed_module(globals_: dict) -> types.ModuleType:
         module = types.ModuleType(name)
         module.__dict__.update({k: v for k, v in globals_.items() if k not in ("__name__", "__spec__", "__loader__")})
         module.__dict__.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask, dtr_masked=dtr_masked,
-                               dtr_route=dtr_route, dtr_merge=dtr_merge, dtr_bind_task=dtr_bind_task)
+                               dtr_route=dtr_route, dtr_merge=dtr_merge, dtr_bind_task=dtr_bind_task,
+                               dtr_merge_outputs=dtr_merge_outputs, dtr_fold_task=dtr_fold_task)
         sys.modules[name] = module
     return module
 
@@ -105,25 +108,45 @@ def _routed_module(globals_: dict) -> types.ModuleType:
 # an instance of its original class without its routing state, and the root also carries its
 # plan and spec, from which unpickling routes the rebuilt model again (see reroute_unpickled).
 
-ROUTING_ATTRS = ("_dtr_axis", "_dtr_repr", "dtr_plan", "dtr_spec")
+ROUTING_ATTRS = ("_dtr_axis", "_dtr_repr", "_dtr_fold", "_dtr_merge", "_dtr_routes", "dtr_plan", "dtr_spec")
 
 
 def _block_forward(self, *args, dtr_task=None, **kwargs):
-    """y = unit(x * m, ...) + x * (1 - m) on the unit's stream x (see dtrsurgeon.runtime)."""
+    """y = unit(x * m, ...) + x * (1 - m) on each routed stream x of the unit (see dtrsurgeon.runtime);
+    a unit returning several streams (MMDiT) gets each merged at its place in the returned tuple."""
     if dtr_task is None:
         raise EmitError(f"routed unit {type(self).__qualname__} was called without dtr_task; call the routed "
                         "model's forward, which computes it from the timestep")
-    name, index = type(self)._dtr_stream
-    x = kwargs[name] if name in kwargs else args[index]
-    keep = dtr_channel_mask(self.dtr_mask, dtr_task, x, self._dtr_axis)
-    routed, skip = dtr_route(x, keep)
-    if name in kwargs:
-        kwargs[name] = routed
-    else:
-        args = args[:index] + (routed,) + args[index + 1:]
+    task, merges = dtr_task, []
+    for name, index, buffer, axis, out_index in self._dtr_routes:
+        x = kwargs[name] if name in kwargs else args[index]
+        if self._dtr_fold is not None and not merges:
+            task = dtr_fold_task(dtr_task, x, self._dtr_fold)
+        keep = dtr_channel_mask(getattr(self, buffer), task, x, axis)
+        routed, skip = dtr_route(x, keep)
+        if name in kwargs:
+            kwargs[name] = routed
+        else:
+            args = args[:index] + (routed,) + args[index + 1:]
+        merges.append((out_index, skip, keep))
     inner = type(self)._dtr_inner
     out = inner(self, *args, dtr_task=dtr_task, **kwargs) if type(self)._dtr_inner_takes_task else inner(self, *args, **kwargs)
-    return dtr_merge(out, skip, keep)
+    if not self._dtr_merge:  # the caller adds the skip: attn(x * m) + x
+        return out
+    if merges[0][0] is None:
+        return dtr_merge(out, merges[0][1], merges[0][2])
+    return dtr_merge_outputs(out, merges)
+
+
+def _block_routes(unit: RoutedUnit, cls: type) -> tuple[tuple[str, int, str, int, int | None], ...]:
+    """(parameter, position, mask buffer, channel axis, place in the returned tuple) of each stream
+    ``unit`` routes, its main stream first."""
+    params = [n for n in inspect.signature(cls.forward).parameters if n != "self"]
+    main = _stream_position(unit, cls)
+    routes = [(main[0], main[1], "dtr_mask", unit.channel_axis, unit.out_index)]
+    routes += [(s.arg, params.index(s.arg) if s.arg in params else len(params), s.buffer, s.channel_axis, s.out_index)
+               for s in unit.streams]
+    return tuple(routes)
 
 
 def _pass_through_forward(self, *args, dtr_task=None, **kwargs):
@@ -157,13 +180,19 @@ def _is_mask_hook(hook) -> bool:
     return getattr(hook, "hook", hook) is _foreign_mask_hook
 
 
+def mask_buffers(buffers: dict) -> list[str]:
+    """The names of the routing's mask tables among a module's buffers."""
+    return [name for name in buffers if name == "dtr_mask" or name.startswith("dtr_mask_")]
+
+
 def strip_routing(state: dict) -> None:
     """Remove the routing from a module's ``__dict__`` (or a state copy whose containers are copies):
     the mask buffer, the routing attributes and the checkpoint hook."""
     for name in ROUTING_ATTRS:
         state.pop(name, None)
-    state["_buffers"].pop("dtr_mask", None)
-    state["_non_persistent_buffers_set"].discard("dtr_mask")
+    for name in mask_buffers(state["_buffers"]):  # dtr_mask, and dtr_mask_<arg> of further streams
+        state["_buffers"].pop(name)
+        state["_non_persistent_buffers_set"].discard(name)
     hooks = state.get("_load_state_dict_pre_hooks", {})
     for key in [k for k, hook in hooks.items() if _is_mask_hook(hook)]:
         del hooks[key]
@@ -303,8 +332,14 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
             stream = _stream_position(unit, cls) if role == "block" else None
             module.__class__ = _routed_class(cls, methods, role, stream, classes)
             module.register_buffer("dtr_mask", mask_table_for(unit.mask, unit.channels), persistent=False)
+            for extra in unit.streams:
+                module.register_buffer(extra.buffer, mask_table_for(unit.mask, extra.channels), persistent=False)
             module._dtr_axis = unit.channel_axis
             module._dtr_repr = unit_repr(unit)
+            module._dtr_fold = unit.fold
+            module._dtr_merge = unit.merge
+            if role == "block":
+                module._dtr_routes = _block_routes(unit, cls)
         elif methods:
             module.__class__ = _routed_class(cls, methods, "thread", None, classes)
             if path in unrouted:  # no unit, yet it runs its class's rewritten forward: no table, nothing masked

@@ -44,6 +44,7 @@ from dtrsurgeon.emit.edits import (
     collect_edits,
     functions_by_qualname,
     parse_file,
+    streams_by_class,
     unit_call_filter,
     unrouted_instances,
     unwrapped,
@@ -70,7 +71,7 @@ HELPERS = '''
 {settings}
 DTR_UNITS = {{  # routed module: (channels, mask settings); None: runs its class's routed forward unmasked
 {units}
-}}
+}}{streams}
 
 
 def dtr_attach_masks(model):
@@ -78,6 +79,16 @@ def dtr_attach_masks(model):
     for path, table in DTR_UNITS.items():
         mask = None if table is None else dtr_mask_table(table[0], **table[1])
         model.get_submodule(path).register_buffer("dtr_mask", mask, persistent=False)
+{attach_streams}'''
+
+STREAM_TABLES = '''
+DTR_STREAMS = {{  # further streams of units that carry several: (module, buffer): (channels, mask settings) or None
+{rows}
+}}'''
+
+ATTACH_STREAMS = '''    for (path, buffer), table in DTR_STREAMS.items():
+        mask = None if table is None else dtr_mask_table(table[0], **table[1])
+        model.get_submodule(path).register_buffer(buffer, mask, persistent=False)
 '''
 
 
@@ -87,10 +98,14 @@ def runtime_source(plan: Plan, binds_task: bool = False) -> str:
     names = [runtime.dtr_mask_table, runtime.dtr_task_index, runtime.dtr_channel_mask]
     if binds_task:
         names.append(runtime.dtr_bind_task)
-    if any(u.mode in ("branch", "pre_output") for u in plan.units):
+    if any(u.mode in ("branch", "pre_output") or not u.merge for u in plan.units):
         names.append(runtime.dtr_masked)
     if any(u.mode == "block" for u in plan.units):
         names += [runtime.DTRRoute, runtime.DTRMerge, runtime.dtr_route, runtime.dtr_merge]
+    if any(u.out_index is not None for u in plan.units):
+        names.append(runtime.dtr_merge_outputs)
+    if any(u.fold is not None for u in plan.units):
+        names.append(runtime.dtr_fold_task)
     texts = [inspect.getsource(obj).rstrip("\n") + "\n" for obj in names]
     if any(u.mode in ("block", "branch", "pre_output") for u in plan.units):  # the plain path under dtr_fused's name
         texts.append(inspect.getsource(runtime.dtr_plain).replace("def dtr_plain(", "def dtr_fused(", 1))
@@ -102,8 +117,10 @@ def _settings_literal(params: MaskParams) -> str:
     return f"dict({', '.join(items)})"
 
 
-def render_helpers(plan: Plan, unrouted: dict[str, str] | None = None, binds_task: bool = False) -> str:
-    """The helper block; ``unrouted``: path -> why, instances of routed classes that get no table."""
+def render_helpers(plan: Plan, unrouted: dict[str, str] | None = None, binds_task: bool = False,
+                   unrouted_classes: dict[str, str] | None = None) -> str:
+    """The helper block; ``unrouted``: path -> why, instances of routed classes that get no table
+    (``unrouted_classes``: path -> their class, for the further streams' tables)."""
     named: dict[str, str] = {}
     rows = []
     for unit in plan.units:
@@ -113,7 +130,26 @@ def render_helpers(plan: Plan, unrouted: dict[str, str] | None = None, binds_tas
         rows.append(f"    {json.dumps(unit.path)}: ({unit.channels}, {named[literal]}),")
     rows += [f"    {json.dumps(path)}: None,  # {why}" for path, why in (unrouted or {}).items()]
     settings = "\n".join(f"{name} = {literal}" for literal, name in named.items())
-    return HELPERS.format(runtime=runtime_source(plan, binds_task), settings=settings, units="\n".join(rows)).lstrip("\n")
+    streams = _stream_rows(plan, unrouted_classes or {}, named)
+    return HELPERS.format(runtime=runtime_source(plan, binds_task), settings=settings, units="\n".join(rows),
+                          streams=STREAM_TABLES.format(rows="\n".join(streams)) if streams else "",
+                          attach_streams=ATTACH_STREAMS if streams else "").lstrip("\n")
+
+
+def _stream_rows(plan: Plan, unrouted_classes: dict[str, str], named: dict[str, str]) -> list[str]:
+    """DTR_STREAMS rows: every buffer the routed forward of a multi-stream class reads, on each of
+    its instances (None where that instance does not route the stream)."""
+    by_class = streams_by_class(plan)
+    rows = []
+    for unit in plan.units:
+        own = {s.arg: s for s in unit.streams}
+        for stream in by_class.get(unit.cls, ()):
+            s = own.get(stream.arg)
+            table = f"({s.channels}, {named[_settings_literal(unit.mask)]})" if s is not None else "None"
+            rows.append(f"    ({json.dumps(unit.path)}, {json.dumps(stream.buffer)}): {table},")
+    for path, cls in unrouted_classes.items():
+        rows += [f"    ({json.dumps(path)}, {json.dumps(stream.buffer)}): None," for stream in by_class.get(cls, ())]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -346,7 +382,9 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     missing = sorted(set(edits) - _edited(routed, edits))
     if missing:
         raise EmitError(f"{model_py}: could not find {missing[0]} to rewrite")
-    helpers = render_helpers(plan, unrouted, binds_task="dtr_bind_task(" in routed.code)
+    named = dict(model.named_modules())
+    classes = {p: f"{type(named[p]).__module__}.{type(named[p]).__qualname__}" for p in unrouted}
+    helpers = render_helpers(plan, unrouted, binds_task="dtr_bind_task(" in routed.code, unrouted_classes=classes)
     return _insert_helpers(routed, helpers, header.render()).code
 
 

@@ -162,6 +162,7 @@ def _build(doc: Mapping[str, Any]) -> Spec:
         timestep=timestep,
         routing=base,
         mode=r.get("mode", "block"),
+        streams=r.get("streams", "sample"),
         include=tuple(targets.get("include", ())),
         exclude=tuple(targets.get("exclude", ())),
         overrides=overrides,

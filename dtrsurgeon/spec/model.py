@@ -159,6 +159,7 @@ class Spec:
     timestep: TimestepMap = field(default_factory=TimestepMap)
     routing: MaskParams = field(default_factory=MaskParams)
     mode: str = "block"
+    streams: str = "sample"  # units carrying several streams: route the sample's ("sample") or every one ("all")
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     overrides: tuple[Override, ...] = ()
@@ -179,6 +180,8 @@ class Spec:
         routing = self.routing.to_dict()
         routing.pop("num_tasks")
         routing["mode"] = self.mode
+        if self.streams != "sample":
+            routing["streams"] = self.streams
         d: dict[str, Any] = {
             "version": 1,
             "timestep": self.timestep.to_dict(),
