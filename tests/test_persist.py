@@ -282,7 +282,6 @@ def flux_inputs(batch=2, tokens=16, text=6):
     return (torch.randn(batch, tokens, 8, generator=g),), kwargs
 
 
-@pytest.mark.xfail(strict=True, reason="needs multi-stream units (issue 11)")
 def test_flux_round_trip_in_a_fresh_process(tmp_path):
     pytest.importorskip("diffusers")
     model = tiny_flux()
