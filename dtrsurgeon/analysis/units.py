@@ -303,7 +303,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     """Analyse ``model`` and return the plan for ``spec``; changes nothing."""
     given = load_spec(spec)
     spec = _resolve_timestep_arg(model, given)
-    cap = capture(model, *_inputs(model, spec, example_inputs))
+    cap = capture(model, *_inputs(model, spec, example_inputs), timestep_arg=spec.timestep.arg)
     params = set(cap.params)
     flow = dataflow_graph(cap.graph)
     chains = [c for c in group_chains(find_residual_adds(cap.graph, params, flow)) if "@" not in c.module_key]
