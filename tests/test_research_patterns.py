@@ -347,3 +347,95 @@ def test_a_source_edited_after_import_is_refused(edit, tmp_path):
                                            r"the model's module was imported") as info:
         dtrsurgeon.transform(model, spec_for())
     assert "\n" not in str(info.value)
+
+
+# -- diffusers backbones that need these patterns -------------------------------------------
+
+def _lumina():
+    from diffusers import Lumina2Transformer2DModel
+
+    model = Lumina2Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=2,
+                                      num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1, multiple_of=16,
+                                      axes_dim_rope=(4, 6, 6), axes_lens=(32, 32, 32), cap_feat_dim=16)
+
+    def example(batch):
+        mask = torch.ones(batch, 5, dtype=torch.bool)
+        mask[1:, 3:] = False  # captions of two lengths: len(set(seq_lengths)) > 1
+        return {"hidden_states": torch.randn(batch, 4, 8, 8), "timestep": torch.linspace(0.1, 0.9, batch),
+                "encoder_hidden_states": torch.randn(batch, 5, 16), "encoder_attention_mask": mask, "return_dict": False}
+
+    return model, example, {"arg": "timestep", "range": [0, 1]}, ["noise_refiner.0", "context_refiner.0", "layers.0", "layers.1"]
+
+
+def _hidream():
+    from diffusers import HiDreamImageTransformer2DModel
+
+    model = HiDreamImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=2,
+                                           attention_head_dim=8, num_attention_heads=4, caption_channels=[8, 4],
+                                           text_emb_dim=8, num_routed_experts=2, num_activated_experts=1,
+                                           axes_dims_rope=(4, 2, 2), max_resolution=(32, 32), llama_layers=(0, 1))
+
+    def example(batch):
+        return {"hidden_states": torch.randn(batch, 4, 8, 8), "timesteps": torch.linspace(10, 900, batch).long(),
+                "encoder_hidden_states_t5": torch.randn(batch, 4, 8), "pooled_embeds": torch.randn(batch, 8),
+                "encoder_hidden_states_llama3": torch.randn(2, batch, 4, 4), "return_dict": False}
+
+    return model, example, {"arg": "timesteps"}, ["single_stream_blocks.0.block", "single_stream_blocks.1.block"]
+
+
+def _stable_cascade():
+    from diffusers import StableCascadeUNet
+
+    model = StableCascadeUNet(in_channels=4, out_channels=4, timestep_ratio_embedding_dim=8, conditioning_dim=16,
+                              block_out_channels=(16, 16), num_attention_heads=(2, 2), down_num_layers_per_block=(1, 1),
+                              up_num_layers_per_block=(1, 1), clip_text_pooled_in_channels=8, clip_seq=2,
+                              dropout=(0.0, 0.0), switch_level=(False,))
+
+    def example(batch):
+        return {"sample": torch.randn(batch, 4, 8, 8), "timestep_ratio": torch.linspace(0.1, 0.9, batch),
+                "clip_text_pooled": torch.randn(batch, 1, 8), "return_dict": False}
+
+    units = [f"{side}_blocks.{i}.{j}" for side in ("down", "up") for i in (0, 1) for j in (0, 2)]
+    return model, example, {"arg": "timestep_ratio", "range": [0, 1]}, units
+
+
+def _one_sample(kwargs, i, batch):
+    def pick(key, value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        axis = 1 if key == "encoder_hidden_states_llama3" else 0
+        return value.narrow(axis, i, 1) if value.dim() > axis and value.shape[axis] == batch else value
+    return {k: pick(k, v) for k, v in kwargs.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory", [_lumina, _hidream, _stable_cascade], ids=["Lumina2", "HiDream", "StableCascade"])
+def test_diffusers_backbones_with_data_dependent_python_and_dispatch(factory):
+    """Lumina2 (len(set(seq_lengths))) and HiDream (.numpy() in its MoE router) are captured on real
+    tensors; StableCascadeUNet's checkpointing branch binds the task only to the blocks that take it."""
+    pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    model, example, timestep, units = factory()
+    model = model.eval()
+    torch.manual_seed(1)
+    kwargs = example(3)
+    spec = {"version": 1, "timestep": timestep}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # units left out (two-stream blocks) are reported as warnings
+        routed = dtrsurgeon.transform(model, spec, example_inputs=kwargs)
+        identity = dtrsurgeon.transform(model, {**spec, "routing": {"channel_ratio": 1.0}}, example_inputs=kwargs)
+    assert [u.path for u in routed.dtr_plan.units] == units
+    with torch.no_grad():
+        out, ref = routed(**kwargs)[0], model(**kwargs)[0]
+        assert torch.equal(identity(**kwargs)[0], ref)
+        one_by_one = torch.cat([routed(**_one_sample(kwargs, i, 3))[0] for i in range(3)])
+    assert not torch.allclose(out, ref, atol=1e-4)
+    assert torch.allclose(out, one_by_one, atol=1e-4)
+    routed.train()
+    if hasattr(routed, "enable_gradient_checkpointing") and routed._supports_gradient_checkpointing:
+        routed.enable_gradient_checkpointing()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no routed unit runs without its task
+        routed(**kwargs)[0].square().mean().backward()
+    grads = [p.grad for p in routed.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -159,10 +159,10 @@ def _graph(model, args, kwargs, paths) -> tuple[fx.GraphModule, dict[str, str], 
         try:
             with _quiet_torch_logs():
                 return (*trace_real(model, args, kwargs), "real-tensor trace")
-        except Exception:
-            raise _capture_error(model, paths, exported, "Capture exports the forward on fake tensors and, failing "
-                                 "that, traces it on real tensors; both failed: route the blocks below this code by "
-                                 "calling dtrsurgeon on that submodule.") from exported
+        except Exception as traced:
+            raise _capture_error(model, paths, traced, f"Capture exports the forward on fake tensors and, failing "
+                                 f"that, traces it on real tensors; both failed (export: {_first_line(exported)[:200]}): "
+                                 "route the blocks below this code by calling dtrsurgeon on that submodule.") from traced
     sig = ep.graph_signature
     params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
@@ -197,7 +197,7 @@ def trace_real(model: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphMod
 
     with torch.no_grad():
         gm = make_fx(Forward(), tracing_mode="real", pre_dispatch=True, record_module_stack=True,
-                     record_stack_traces=True)(params, buffers, [leaves[i] for i in at])
+                     record_stack_traces=True, _error_on_data_dependent_ops=False)(params, buffers, [leaves[i] for i in at])
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     names = list(params) + list(buffers)
     inputs = {}
@@ -251,10 +251,14 @@ def _check_timestep_used(gm: fx.GraphModule, inputs: dict[str, str], arg: str, o
                         "inputs, so it cannot be the timestep; set timestep.arg to the argument that carries the timesteps")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def _capture_error(model, paths, exc: BaseException, hint: str) -> CaptureError:
     """Every capture failure becomes one actionable line."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return CaptureError(f"cannot capture {type(model).__name__}.forward: {type(exc).__name__}: {first[:300]} -- "
+    return CaptureError(f"cannot capture {type(model).__name__}.forward: {_first_line(exc)[:300]} -- "
                         f"stopped in {_where_capture_stopped(paths, exc)}. {hint}")
 
 

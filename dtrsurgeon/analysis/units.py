@@ -36,6 +36,7 @@ from dtrsurgeon.analysis.callsites import (
 )
 from dtrsurgeon.analysis.capture import capture
 from dtrsurgeon.analysis.inputs import example_inputs as guess_inputs
+from dtrsurgeon.analysis.sources import absolute
 from dtrsurgeon.analysis.residuals import (
     PROJECTIONS,
     SHAPE_OPS,
@@ -369,9 +370,10 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         if path not in unit_paths:
             start = holders[path][0].start
             unmatched.append((path, int(start.meta["val"].shape[channel_axis(start)])))
+    seen = tuple(sorted({(absolute(f.file), f.line) for frames in cap.callers.values() for f in frames}))
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=given.sha256,
                 units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched),
-                threads=threads)
+                threads=threads, seen=seen)
 
 
 def _call_path(path: str, cap, named, model) -> tuple[SourceLine, ...]:

@@ -65,6 +65,7 @@ class FunctionEdit:
     owners: tuple = ()  # the model's modules this method runs on (for calls the example inputs did not reach)
     takes_task: frozenset = frozenset()  # ids of the model's modules whose forward takes dtr_task
     globals: dict = field(default_factory=dict)  # the method's module globals (class names for guards)
+    seen_lines: frozenset = frozenset()  # lines of its file on which the example call called a module
 
 
 def parse_file(path: str, mtime: float | None = None) -> MetadataWrapper:  # noqa: ARG001 - kept for callers
@@ -259,8 +260,9 @@ class RouteFunctions(cst.CSTTransformer):
         scope = edit.globals
         context = _isinstance_context(node)
         for call in _calls_in(node):
-            if id(call) in found:
-                continue
+            start, end = self.get_metadata(PositionProvider, call).start.line, self.get_metadata(PositionProvider, call).end.line
+            if id(call) in found or any(start <= line <= end for line in edit.seen_lines):
+                continue  # the example call ran this line: capture decided it
             modules = _narrowed(_denoted(call.func, loops, edit.owners), call.func, context.get(id(call), ()), scope)
             taking = [m for m in modules or () if id(m) in edit.takes_task]
             if not taking:
@@ -268,12 +270,11 @@ class RouteFunctions(cst.CSTTransformer):
             if len(taking) == len(modules):
                 found[id(call)] = ("task", (), id(call) in bare)
                 continue
-            classes = {type(m) for m in taking}
+            classes = sorted({type(m) for m in taking}, key=lambda c: c.__name__)
             if any(type(m) in classes for m in modules if id(m) not in edit.takes_task):
                 continue  # one class on both sides: no guard can tell them apart
-            names = sorted(c.__name__ for c in classes)
-            if all(scope.get(name) is cls for name, cls in zip(names, sorted(classes, key=lambda c: c.__name__))):
-                found[id(call)] = ("task", tuple(names), id(call) in bare)
+            if all(scope.get(c.__name__) is c for c in classes):  # the guard names them as the file does
+                found[id(call)] = ("task", tuple(c.__name__ for c in classes), id(call) in bare)
 
     def _call_at(self, func: cst.FunctionDef, span: tuple[int, int, int, int]) -> cst.Call | None:
         """The call whose callee starts at ``span``'s start and that ends at its end
@@ -683,6 +684,7 @@ def route_unseen_calls(model: nn.Module, plan: Plan, edits: dict[str, dict[str, 
             owners = tuple(m for m in named.values() if any(unwrapped(v) is func for c in type(m).__mro__
                                                             for v in vars(c).values()))
             edit.owners, edit.takes_task, edit.globals = owners, takes_task, func.__globals__
+            edit.seen_lines = frozenset(line for f, line in plan.seen if f == absolute(file))
             if edit.task_param == "required" and not edit.task_stmt and any(id(m) not in takes_task for m in owners):
                 edit.task_param = "optional"
     if any(_undecided_calls(file, qual, edit) for file, by_name in edits.items() for qual, edit in by_name.items()
@@ -696,12 +698,17 @@ def route_unseen_calls(model: nn.Module, plan: Plan, edits: dict[str, dict[str, 
 def _undecided_calls(file: str, qual: str, edit: FunctionEdit) -> list[str]:
     """Calls in a routed method whose callee the source does not name (a local: ``order[i](x)``,
     ``fn(x)``): they may reach a routed unit without its task."""
-    node = _function_nodes(absolute(file)).get(qual)
+    wrapper = parse_file(absolute(file))
+    node = _function_nodes(wrapper.module).get(qual)
     if node is None:
         return []
+    positions = wrapper.resolve(PositionProvider)
     loops = _loop_variables(node)
     undecided = []
     for call in _calls_in(node):
+        where = positions[call]
+        if any(where.start.line <= line <= where.end.line for line in edit.seen_lines):
+            continue  # the example call ran it: capture decided it
         root = call.func
         while isinstance(root, cst.Subscript):
             root = root.value
@@ -716,8 +723,8 @@ def _undecided_calls(file: str, qual: str, edit: FunctionEdit) -> list[str]:
     return undecided
 
 
-def _function_nodes(file: str) -> dict[str, cst.FunctionDef]:
-    """qualname -> FunctionDef of every function in ``file``."""
+def _function_nodes(module: cst.Module) -> dict[str, cst.FunctionDef]:
+    """qualname -> FunctionDef of every function in ``module``."""
     found: dict[str, cst.FunctionDef] = {}
     scope: list[str] = []
 
@@ -735,7 +742,7 @@ def _function_nodes(file: str) -> dict[str, cst.FunctionDef]:
         def leave_FunctionDef(self, n):
             scope.pop()
 
-    parse_file(file).module.visit(_V())
+    module.visit(_V())
     return found
 
 def _statement_level_calls(func: cst.FunctionDef) -> set[int]:
