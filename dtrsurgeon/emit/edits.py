@@ -21,7 +21,6 @@ from __future__ import annotations
 import ast
 import builtins
 import inspect
-import os
 import pydoc
 import sys
 from collections import defaultdict

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import inspect
 import linecache
-import os
 import sys
 import types
 
