@@ -305,8 +305,8 @@ def test_exec_of_a_string_is_refused_in_one_line():
     namespace = {"__name__": "__main__"}
     exec(NOTEBOOK_CELL, namespace)
     model = namespace["CellNet"]().eval()
-    with pytest.raises(CaptureError, match=r"CellBlock.forward \(<string>:\d+\) is defined in <string>, which has no "
-                                           r"source text \(a class built by exec\(\) of a string") as info:
+    with pytest.raises(CaptureError, match=r"CellBlock.forward \(<string>:\d+\): <string> holds no source text "
+                                           r"\(a class built by exec\(\) of a string") as info:
         dtrsurgeon.transform(model, spec_for())
     assert "\n" not in str(info.value)
 

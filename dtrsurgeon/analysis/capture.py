@@ -143,10 +143,11 @@ def _eager_call(model: nn.Module, args: tuple, kwargs: dict, paths: dict[int, st
 def _check_sources(model: nn.Module, callers: dict[str, list]) -> None:
     """The functions on the recorded call paths, and the forwards of the model's own classes,
     must have source text that is the code running (see :mod:`dtrsurgeon.analysis.sources`)."""
-    codes = {getattr(inspect.unwrap(type(module).forward), "__code__", None) for module in model.modules()}
+    codes = {getattr(inspect.unwrap(type(module).forward), "__code__", None) for module in model.modules()
+             if not isinstance(module, fx.GraphModule)}  # a GraphModule's forward is generated code
     codes |= {frame.code_object for frames in callers.values() for frame in frames}
-    for code in codes:
-        if code is not None and not code.co_filename.startswith(_TORCH_DIR):
+    for code in sorted((c for c in codes if c is not None), key=lambda c: (c.co_filename, c.co_firstlineno)):
+        if not code.co_filename.startswith(_TORCH_DIR):
             check_current(code)
 
 

@@ -47,7 +47,7 @@ def source_text(path: str) -> str | None:
             return f.read()
     for name in dict.fromkeys((path, os.path.basename(path))):
         entry = linecache.cache.get(name)
-        if entry is not None and entry[2]:
+        if entry is not None and len(entry) > 2 and entry[2]:  # (size, mtime, lines, name); lazy entries are 1-tuples
             return "".join(entry[2])
     return None
 
@@ -56,9 +56,9 @@ def require_source(path: str, what: str) -> str:
     """The text of ``path``, or a one-line :class:`CaptureError` naming ``what`` lives there."""
     text = source_text(path)
     if text is None:
-        raise CaptureError(f"{what} is defined in {path}, which has no source text (a class built by exec() of a "
-                           "string, or a file deleted since import); dtrsurgeon rewrites source: define it in a "
-                           "file or a notebook cell")
+        raise CaptureError(f"{what}: {path} holds no source text (a class built by exec() of a string, or a file "
+                           "deleted since import); dtrsurgeon rewrites source: define the model in a file or a "
+                           "notebook cell")
     return text
 
 

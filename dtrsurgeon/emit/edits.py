@@ -69,7 +69,7 @@ class FunctionEdit:
 
 def parse_file(path: str, mtime: float | None = None) -> MetadataWrapper:  # noqa: ARG001 - kept for callers
     """The parsed text of ``path``: the file, or the notebook cell :mod:`linecache` holds for it."""
-    return _parse_text(path, require_source(path, f"code of {path}"))
+    return _parse_text(path, require_source(path, "cannot rewrite the model's code"))
 
 
 @lru_cache(maxsize=64)
