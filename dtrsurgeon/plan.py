@@ -153,6 +153,9 @@ class Plan:
     # other instances of the classes that pass it on
     threads: tuple[tuple[str, tuple[SourceLine, ...]], ...] = field(default=())
     version: int = PLAN_VERSION
+    # (file, line) of the lines on which the example call called a module: calls elsewhere ran on paths
+    # the example inputs did not take, and the emitters decide them from the source (not serialised)
+    seen: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

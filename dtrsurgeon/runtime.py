@@ -3,7 +3,7 @@
 The module emitter calls these definitions; the source emitter copies their
 text into every generated file (see ``runtime_source`` in :mod:`dtrsurgeon.emit.source`), so a generated file
 imports nothing from dtrsurgeon and both emitters compute the same numbers by
-construction.  Everything here may use only ``bisect``, ``math`` and ``torch``.
+construction.  Everything here may use only ``bisect``, ``math``, ``warnings`` and ``torch``.
 
 A block-mode unit computes ``y = unit(x * m) + x * (1 - m)``.  Written with plain
 operators that costs three full passes over the stream forward and three in
@@ -67,8 +67,12 @@ def dtr_task_index(t, t0, t1, num_tasks, reverse):
 def dtr_channel_mask(table, task, like, axis):
     """The rows of `table` for `task` ([B] or 0-d), bool, shaped to broadcast along like's channel
     axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps.  No table (None): the module runs its
-    class's routed forward without being a routed unit itself, and nothing is masked."""
+    class's routed forward without being a routed unit itself, and nothing is masked.  No task (None):
+    the unit was called on a path the analysis did not see; it runs unrouted, with a warning."""
     if table is None:
+        return None
+    if task is None:
+        dtr_warn_unrouted()
         return None
     shape = [1] * like.dim()
     shape[0] = -1
@@ -78,12 +82,21 @@ def dtr_channel_mask(table, task, like, axis):
 
 def dtr_masked(x, table, task, axis):
     """x with the channels its task does not use zeroed (x itself where the module has no table)."""
-    if table is None:
-        return x
     keep = dtr_channel_mask(table, task, x, axis)
+    if keep is None:
+        return x
     fused = dtr_fused(x)
     masked = None if fused is None else fused.masked(x, keep)
     return x * keep.to(x.dtype) if masked is None else masked
+
+
+def dtr_warn_unrouted():
+    """A routed unit called without dtr_task: a call on a path the example inputs did not take, that
+    the source did not show to reach it (warned once per call site, by Python's default filter)."""
+    import warnings
+
+    warnings.warn("dtrsurgeon: a routed unit was called without dtr_task (from code the analysis did not see "
+                  "run); it runs unrouted on this call", UserWarning, stacklevel=3)
 
 
 class DTRRoute(torch.autograd.Function):

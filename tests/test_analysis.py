@@ -93,12 +93,17 @@ def test_timestep_arg_not_in_forward_is_a_spec_error(dit):
         dtrsurgeon.plan(dit, {"version": 1, "timestep": {"arg": "timestep"}})
 
 
-def test_untraceable_model_names_module_and_line():
+def test_data_dependent_control_flow_is_captured_on_real_tensors():
+    """export cannot follow `if x.sum() > 0:` on fake tensors; the trace on the real inputs can."""
+    assert [u.path for u in dtrsurgeon.plan(toy_models.DataDependent(), {"version": 1}).units] == ["block"]
+
+
+def test_uncapturable_model_names_module_and_line():
     with pytest.raises(CaptureError) as info:
-        dtrsurgeon.plan(toy_models.DataDependent(), {"version": 1})
+        dtrsurgeon.plan(toy_models.BrokenExample(), {"version": 1})
     msg = str(info.value)
     assert "module 'block' (DataDependentBlock)" in msg
-    assert "toy_models.py:" in msg and "if x.sum() > 0:" in msg
+    assert "toy_models.py:" in msg and "x = x + self.fc(x)" in msg
     assert "\n" not in msg
 
 

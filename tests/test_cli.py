@@ -73,8 +73,8 @@ def test_plot_takes_widths_from_a_model(tmp_path):
      "spec /targets/include/0: pattern 'block.*' matches no routable unit"),
     ({"version": 1, "timestep": {"arg": "timesteps"}}, ["model_zoo/dit.py", "--entry", "tiny_dit"],
      "spec /timestep/arg: 'timesteps' is not an argument of DiT.forward(x, t, y)"),
-    ({"version": 1}, ["tests/toy_models.py", "--entry", "DataDependent"],
-     "cannot capture DataDependent.forward"),
+    ({"version": 1}, ["tests/toy_models.py", "--entry", "BrokenExample"],
+     "cannot capture BrokenExample.forward"),
 ])
 @pytest.mark.parametrize("verb", ["inspect", "apply"])
 def test_model_level_errors_exit_2(spec, argv_tail, needle, verb, tmp_path, capsys):

@@ -150,6 +150,13 @@ class DataDependent(nn.Module):
         return (torch.randn(batch_size, 8), torch.arange(batch_size)), {}
 
 
+class BrokenExample(DataDependent):
+    """Its example inputs do not fit its forward (5 features where the block's Linear takes 8)."""
+
+    def example_inputs(self, batch_size=2):
+        return (torch.rand(batch_size, 5) + 1, torch.arange(batch_size)), {}
+
+
 class MPBlock(nn.Module):
     """EDM2-style magnitude-preserving residual: lerp, then rescale."""
 

@@ -32,6 +32,7 @@ class Frame:
     # ``call_span``); ``line`` then carries it too (a SpanLine), so a SourceLine
     # made from this frame's fields keeps it
     span: tuple[int, int, int, int] | None = field(default=None, compare=False)
+    code_object: object = field(default=None, compare=False, repr=False)  # the frame's code (live frames)
 
     def __post_init__(self):
         if self.span is not None:
@@ -72,7 +73,8 @@ def live_frames(frame) -> list[Frame]:
     while frame is not None:
         code = frame.f_code
         text = linecache.getline(code.co_filename, frame.f_lineno or code.co_firstlineno, frame.f_globals)
-        frames.append(Frame(code.co_filename, frame.f_lineno or code.co_firstlineno, code.co_name, text.strip(), span=call_span(frame)))
+        frames.append(Frame(code.co_filename, frame.f_lineno or code.co_firstlineno, code.co_name, text.strip(), span=call_span(frame),
+                            code_object=code))
         frame = frame.f_back
     return frames[::-1]
 

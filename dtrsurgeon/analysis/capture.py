@@ -11,6 +11,7 @@ is only analysed; the model that trains is the user's own code.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import operator
@@ -27,7 +28,8 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils import _pytree as pytree
 
 from dtrsurgeon.analysis.callsites import live_frames
-from dtrsurgeon.errors import CaptureError
+from dtrsurgeon.analysis.sources import check_current
+from dtrsurgeon.errors import CaptureError, SpecError
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Capture:
     output_shapes: dict[str, tuple] = field(default_factory=dict)
     # (operator, module path, modules inside) of sub-graph regions left opaque (torch.cond, ...): not analysed
     opaque: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    method: str = "export"  # or "real-tensor trace": export could not follow the forward
 
 
 class OpaqueRegionWarning(UserWarning):
@@ -71,13 +74,51 @@ def _where_capture_stopped(paths: dict[int, str], exc: BaseException) -> str:
     return f"module {path!r} ({cls}) at {filename}:{lineno}: {code}"
 
 
-def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
-    """Export ``model(*args, **kwargs)`` in eval mode (restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    paths = _module_paths(model)
-    callers: dict[str, list] = {}
+def capture(model: nn.Module, args: tuple, kwargs: dict, timestep_arg: str | None = None) -> Capture:
+    """One eager call of ``model(*args, **kwargs)`` (who calls each module), then its graph:
+    ``torch.export``, else a trace of a second call on real tensors (data-dependent Python).
 
+    The model is left as it was: its modules' ``training`` flags are set off for the capture and
+    restored, without calling ``train()``/``eval()`` (which some models override to re-parameterise).
+    ``timestep_arg``: the forward argument the spec reads timesteps from, checked to be one.
+    """
+    paths = _module_paths(model)
+    if timestep_arg is not None:
+        check_timestep_input(model, args, kwargs, timestep_arg)
+    with _inference_flags(model):
+        callers, returns_tensor, output_shapes = _eager_call(model, args, kwargs, paths)
+        _check_sources(model, callers)
+        gm, params, inputs, method = _graph(model, args, kwargs, paths)
+    if timestep_arg is not None:
+        _check_timestep_used(gm, inputs, timestep_arg, type(model).__name__)
+    graph, opaque = inline_subgraphs(gm)
+    for op, path, inside in opaque:
+        where = f"module {path!r} ({named_class(model, path)})" if path else f"{type(model).__name__}.forward"
+        warnings.warn(
+            f"dtrsurgeon: a {op} region in {where} is a sub-graph the analysis does not enter; residual blocks "
+            f"that run inside it ({', '.join(inside) if inside else 'none found'}) are not routed",
+            OpaqueRegionWarning, stacklevel=3)
+    return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params,
+                   returns_tensor=returns_tensor, output_shapes=output_shapes, opaque=tuple(opaque), method=method)
+
+
+@contextlib.contextmanager
+def _inference_flags(model: nn.Module):
+    """Every module's ``training`` flag off, restored afterwards; ``train()``/``eval()`` are not called."""
+    flags = [(m, m.training) for m in model.modules()]
+    for m, _ in flags:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _eager_call(model: nn.Module, args: tuple, kwargs: dict, paths: dict[int, str]) -> tuple[dict, dict, dict]:
+    """Run the model once under hooks: module path -> the source frames of its first call,
+    whether that call returned a plain tensor, and the shapes of a tuple it returned.  (Export may run copies of the modules, so it cannot tell.)"""
+    callers: dict[str, list] = {}
     returns_tensor: dict[str, bool] = {}
     output_shapes: dict[str, tuple] = {}
 
@@ -93,45 +134,140 @@ def capture(model: nn.Module, args: tuple, kwargs: dict) -> Capture:
             if isinstance(output, tuple):
                 output_shapes[path] = tuple(tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in output)
 
-    # One eager call records who calls each module (export may run copies of the
-    # modules, so it cannot tell); then export gives the graph.
     handles = [nn.modules.module.register_module_forward_pre_hook(record_caller),
                nn.modules.module.register_module_forward_hook(record_output)]
-    stage = "eager"
     try:
-        _recording_run(model, args, kwargs, (callers, returns_tensor))
-        for h in handles:
-            h.remove()
-        stage = "export"
-        with _quiet_torch_logs():
-            ep = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
-    except Exception as exc:  # every capture failure becomes one actionable line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ("The model failed on the example inputs themselves: check them (pass example_inputs=, "
-                "CLI --example-inputs FILE.pt)." if stage == "eager" else
-                "Capture runs the forward on fake tensors, so data-dependent Python (if on tensor values, "
-                ".item(), .tolist(), numpy) cannot be followed: make that code shape-only, or route the "
-                "blocks below it by calling dtrsurgeon on that submodule.")
-        raise CaptureError(
-            f"cannot capture {type(model).__name__}.forward: {type(exc).__name__}: {first[:300]} -- "
-            f"stopped in {_where_capture_stopped(paths, exc)}. {hint}"
-        ) from exc
+        _recording_run(model, args, kwargs, (callers, returns_tensor, output_shapes))
+    except Exception as exc:
+        raise _capture_error(model, paths, exc, "The model failed on the example inputs themselves: check them "
+                             "(pass example_inputs=, CLI --example-inputs FILE.pt).") from exc
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+    return callers, returns_tensor, output_shapes
+
+
+def _check_sources(model: nn.Module, callers: dict[str, list]) -> None:
+    """The functions on the recorded call paths, and the forwards of the model's own classes,
+    must have source text that is the code running (see :mod:`dtrsurgeon.analysis.sources`)."""
+    codes = {getattr(inspect.unwrap(type(module).forward), "__code__", None) for module in model.modules()
+             if not isinstance(module, fx.GraphModule)}  # a GraphModule's forward is generated code
+    codes |= {frame.code_object for frames in callers.values() for frame in frames}
+    for code in sorted((c for c in codes if c is not None), key=lambda c: (c.co_filename, c.co_firstlineno)):
+        if not code.co_filename.startswith(_TORCH_DIR):
+            check_current(code)
+
+
+def _graph(model, args, kwargs, paths) -> tuple[fx.GraphModule, dict[str, str], dict[str, str], str]:
+    """(graph module, placeholder -> parameter/buffer name, argument name -> placeholder, method)."""
+    try:
+        with _quiet_torch_logs():
+            ep = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
+    except Exception as exported:
+        try:
+            with _quiet_torch_logs():
+                return (*trace_real(model, args, kwargs), "real-tensor trace")
+        except Exception as traced:
+            raise _capture_error(model, paths, traced, f"Capture exports the forward on fake tensors and, failing "
+                                 f"that, traces it on real tensors; both failed (export: {_first_line(exported)[:200]}): "
+                                 "route the blocks below this code by calling dtrsurgeon on that submodule.") from traced
     sig = ep.graph_signature
     params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
-    graph, opaque = inline_subgraphs(ep.graph_module)
-    for op, path, inside in opaque:
-        where = f"module {path!r} ({named_class(model, path)})" if path else f"{type(model).__name__}.forward"
-        warnings.warn(
-            f"dtrsurgeon: a {op} region in {where} is a sub-graph the analysis does not enter; residual blocks "
-            f"that run inside it ({', '.join(inside) if inside else 'none found'}) are not routed",
-            OpaqueRegionWarning, stacklevel=3)
-    return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params,
-                   returns_tensor=returns_tensor, output_shapes=output_shapes, opaque=tuple(opaque))
+    names = {n.name for n in ep.graph_module.graph.nodes if n.op == "placeholder"}
+    inputs = {name: name for name in sig.user_inputs if name in names}
+    return ep.graph_module, params, inputs, "export"
+
+
+def trace_real(model: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphModule, dict[str, str], dict[str, str]]:
+    """The forward traced while it runs on the real example inputs (``make_fx``, real tracing mode),
+    for code ``torch.export`` cannot follow on fake tensors: ``len(set(lengths))``, ``.numpy()``,
+    ``.tolist()``, ``if x.sum() > 0``.  Python takes the branches these inputs take; nodes carry the
+    same ``nn_module_stack``, ``stack_trace`` and ``val`` as exported ones.  Parameters and buffers
+    enter as placeholders (through ``functional_call``), so the analysis tells them from activations.
+    Returns (graph module, placeholder -> parameter/buffer name, top-level argument -> placeholder)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils import _pytree as pytree
+
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    leaves, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
+    at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+
+    class Forward:  # make_fx records module paths for a callable whose ``_orig_mod`` is the root
+        _orig_mod = model
+
+        def __call__(self, params, buffers, tensors):
+            values = list(leaves)
+            for i, tensor in zip(at, tensors):
+                values[i] = tensor
+            call_args, call_kwargs = pytree.tree_unflatten(values, spec)
+            return torch.func.functional_call(model, (params, buffers), call_args, call_kwargs)
+
+    with torch.no_grad():
+        gm = make_fx(Forward(), tracing_mode="real", pre_dispatch=True, record_module_stack=True,
+                     record_stack_traces=True, _error_on_data_dependent_ops=False)(params, buffers, [leaves[i] for i in at])
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    names = list(params) + list(buffers)
+    inputs = {}
+    top = _top_level_tensors(model, args, kwargs)
+    for j, i in enumerate(at):
+        if id(leaves[i]) in top:
+            inputs.setdefault(top[id(leaves[i])], placeholders[len(names) + j])
+    return gm, dict(zip(placeholders, names)), inputs
+
+
+def _top_level_tensors(model, args, kwargs) -> dict[int, str]:
+    """id of each tensor passed directly as a forward argument -> that argument's name."""
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    except TypeError:
+        return {}
+    return {id(v): k for k, v in bound.items() if isinstance(v, torch.Tensor)}
+
+
+def check_timestep_input(model: nn.Module, args: tuple, kwargs: dict, arg: str) -> None:
+    """timestep.arg must carry timesteps: a real or integer tensor of shape [B] (B the samples'
+    batch) or 0-d, or a Python number.  Raises SpecError at /timestep/arg otherwise."""
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    except TypeError:
+        return  # the eager call reports inputs that do not fit the forward
+    value = bound.get(arg)
+    owner = f"{type(model).__name__}.forward"
+    batches = {int(v.shape[0]) for k, v in bound.items() if k != arg and isinstance(v, torch.Tensor) and v.dim() >= 2}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return
+    if not isinstance(value, torch.Tensor):
+        got = "nothing (its default)" if value is None else f"a {type(value).__name__}"
+        raise SpecError("/timestep/arg", f"{arg!r} of {owner} gets {got} in the example inputs, not timesteps; set "
+                        "timestep.arg to the argument that carries the timesteps")
+    if value.dtype == torch.bool or value.is_complex() or value.dim() > 1 or (
+            value.dim() == 1 and batches and int(value.shape[0]) not in batches):
+        want = f"[{'/'.join(map(str, sorted(batches)))}]" if batches else "[B]"
+        raise SpecError("/timestep/arg", f"{arg!r} of {owner} is a {str(value.dtype).removeprefix('torch.')} tensor "
+                        f"of shape {list(value.shape)}, not timesteps (a real or integer tensor of shape {want} or a "
+                        "0-d one); set timestep.arg to the argument that carries the timesteps")
+
+
+def _check_timestep_used(gm: fx.GraphModule, inputs: dict[str, str], arg: str, owner: str) -> None:
+    """The timestep tensor must reach the computation (an unused input cannot pick the tasks' masks
+    for what the model computes)."""
+    name = inputs.get(arg)
+    node = next((n for n in gm.graph.nodes if n.op == "placeholder" and n.name == name), None)
+    if node is not None and not node.users:
+        raise SpecError("/timestep/arg", f"{arg!r} of {owner}.forward is not used by the forward on the example "
+                        "inputs, so it cannot be the timestep; set timestep.arg to the argument that carries the timesteps")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _capture_error(model, paths, exc: BaseException, hint: str) -> CaptureError:
+    """Every capture failure becomes one actionable line."""
+    return CaptureError(f"cannot capture {type(model).__name__}.forward: {_first_line(exc)[:300]} -- "
+                        f"stopped in {_where_capture_stopped(paths, exc)}. {hint}")
 
 
 def _recording_run(model: nn.Module, args: tuple, kwargs: dict, records: tuple[dict, ...]) -> None:

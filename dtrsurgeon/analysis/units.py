@@ -38,6 +38,7 @@ from dtrsurgeon.analysis.callsites import (
 )
 from dtrsurgeon.analysis.capture import capture
 from dtrsurgeon.analysis.inputs import example_inputs as guess_inputs
+from dtrsurgeon.analysis.sources import absolute
 from dtrsurgeon.analysis.residuals import (
     PROJECTIONS,
     SHAPE_OPS,
@@ -270,7 +271,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     given = load_spec(spec)
     spec = _resolve_timestep_arg(model, given)
     args, kwargs = _inputs(model, spec, example_inputs)
-    cap = capture(model, args, kwargs)
+    cap = capture(model, args, kwargs, timestep_arg=spec.timestep.arg)
     params = set(cap.params)
     flow = dataflow_graph(cap.graph)
     chains = [c for c in group_chains(find_residual_adds(cap.graph, params, flow)) if "@" not in c.module_key]
@@ -342,9 +343,10 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         if path not in unit_paths:
             start = holders[path][0].start
             unmatched.append((path, int(start.meta["val"].shape[channel_axis(start)])))
+    seen = tuple(sorted({(absolute(f.file), f.line) for frames in cap.callers.values() for f in frames}))
     return Plan(model=_qualname(type(model)), timestep=spec.timestep, spec_sha256=given.sha256,
                 units=tuple(units), skipped=tuple(skipped), passthrough=passthrough, unmatched=tuple(unmatched),
-                threads=threads)
+                threads=threads, seen=seen)
 
 
 def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[ResidualChain]], dict[str, list[FoundStream]], set[str]]:

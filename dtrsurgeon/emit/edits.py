@@ -18,10 +18,11 @@ passes it on; in branch mode the unit's residual lines mask their branch input::
 
 from __future__ import annotations
 
+import ast
 import builtins
 import inspect
-import os
 import pydoc
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -32,6 +33,7 @@ import torch
 from libcst.metadata import MetadataWrapper, PositionProvider
 from torch import nn
 
+from dtrsurgeon.analysis.sources import absolute, require_source
 from dtrsurgeon.errors import EmitError
 from dtrsurgeon.plan import Plan
 
@@ -58,12 +60,20 @@ class FunctionEdit:
     site_calls: dict[int, tuple[str, int, str]] = field(default_factory=dict)  # line -> (via, axis, name hint)
     call_guards: dict[int, tuple[str, ...]] = field(default_factory=dict)  # line -> classes that take dtr_task
     bind_methods: set[str] = field(default_factory=set)  # self.<name> handed on (or called) with dtr_task
+    pass_if_given: bool = False  # a module-level helper: passes dtr_task on only when its caller gave one
+    owners: tuple = ()  # the model's modules this method runs on (for calls the example inputs did not reach)
+    takes_task: frozenset = frozenset()  # ids of the model's modules whose forward takes dtr_task
+    globals: dict = field(default_factory=dict)  # the method's module globals (class names for guards)
+    seen_lines: frozenset = frozenset()  # lines of its file on which the example call called a module
+
+
+def parse_file(path: str, mtime: float | None = None) -> MetadataWrapper:  # noqa: ARG001 - kept for callers
+    """The parsed text of ``path``: the file, or the notebook cell :mod:`linecache` holds for it."""
+    return _parse_text(path, require_source(path, "cannot rewrite the model's code"))
 
 
 @lru_cache(maxsize=64)
-def parse_file(path: str, mtime: float) -> MetadataWrapper:  # noqa: ARG001 - mtime keys the cache
-    with open(path) as f:
-        source = f.read()
+def _parse_text(path: str, source: str) -> MetadataWrapper:
     try:
         return MetadataWrapper(cst.parse_module(source))
     except cst.ParserSyntaxError as e:
@@ -190,6 +200,10 @@ class RouteFunctions(cst.CSTTransformer):
             for call in chosen:
                 found[id(call)] = ("task", edit.call_guards.get(line, ()), id(call) in bare)
         self._collect_checkpointed_calls(node, found, bare)
+        if edit.pass_if_given:
+            self._collect_helper_calls(node, found)
+        if edit.owners:
+            self._collect_unseen_calls(node, edit, found, bare)
         calls, refs = _method_refs(node, edit.bind_methods)
         found.update((id(c), ("task", (), id(c) in bare)) for c in calls)
         found.update((id(r), ("bind",)) for r in refs)
@@ -199,10 +213,16 @@ class RouteFunctions(cst.CSTTransformer):
         which the example inputs did not take: calls of a module that gets ``dtr_task`` elsewhere in the
         function get it too, and ``checkpoint(block, h, ...)`` / ``self._gradient_checkpointing_func(block, h, ...)``
         take the block with its task bound, since checkpoint functions need not pass keywords on
-        (diffusers' does not): ``checkpoint(dtr_bind_task(block, dtr_task), h, ...)``."""
-        def routed_in(scope) -> set[str]:
-            return {_code(c.func) for c in _calls_in(scope) if found.get(id(c), ("",))[0] == "task"
-                    and not found[id(c)][1] and isinstance(c.func, (cst.Name, cst.Attribute))}
+        (diffusers' does not): ``checkpoint(dtr_bind_task(block, dtr_task), h, ...)``.  Calls are matched
+        with their ``isinstance`` dispatch: where one loop variable runs over blocks of several classes
+        (``if isinstance(block, ResBlock): ... elif isinstance(block, AttnBlock): ...``), only the calls
+        under the tests whose twin calls took the task get it."""
+        context = _isinstance_context(node)
+
+        def routed_in(scope) -> set[tuple[str, tuple]]:
+            return {(_code(c.func), context.get(id(c), ())) for c in _calls_in(scope)
+                    if found.get(id(c), ("",))[0] == "task" and not found[id(c)][1]
+                    and isinstance(c.func, (cst.Name, cst.Attribute))}
 
         for branch in _checkpointing_ifs(node):
             other = branch.orelse.body if isinstance(branch.orelse, cst.Else) else None
@@ -212,12 +232,48 @@ class RouteFunctions(cst.CSTTransformer):
             for call in _calls_in(branch.body) + _calls_in(other):
                 if id(call) in found:
                     continue
-                if _code(call.func) in routed:  # the same module, called on the other branch's own line
+                where = context.get(id(call), ())
+                if (_code(call.func), where) in routed:  # the same module, called on the other branch's own line
                     found[id(call)] = ("task", (), id(call) in bare)
                     continue
-                first = call.args[0].value if call.args and call.args[0].keyword is None else None
-                if _code(call.func).split(".")[-1] in _CHECKPOINT_CALLS and first is not None and _code(first) in routed:
+                first = _first_arg(call)
+                if _is_checkpoint_call(call) and first is not None and (_code(first), where) in routed:
                     found[id(call)] = ("bind",)
+
+    def _collect_helper_calls(self, node, found) -> None:
+        """In a module-level helper that calls the unit it is handed (``def checkpoint(fn, *args)``), the
+        branch the example inputs did not take hands that unit to a checkpoint function: bind the task
+        there too (``torch.utils.checkpoint.checkpoint(dtr_bind_task(fn, dtr_task), *args)``)."""
+        routed = {_code(c.func) for c in _calls_in(node) if found.get(id(c), ("",))[0] == "task"}
+        for call in _calls_in(node):
+            first = _first_arg(call)
+            if id(call) not in found and _is_checkpoint_call(call) and first is not None and _code(first) in routed:
+                found[id(call)] = ("bind",)
+
+    def _collect_unseen_calls(self, node, edit: FunctionEdit, found, bare) -> None:
+        """Calls the example inputs did not reach (a training-only branch), decided from the source: a
+        call whose callee can only be modules that take ``dtr_task`` (``self.side(...)``, ``blk(...)`` in
+        ``for blk in self.blocks[:2]:``) gets it, with an ``isinstance`` guard where the callee may also
+        be a module that does not take it and their classes tell them apart."""
+        loops = _loop_variables(node)
+        scope = edit.globals
+        context = _isinstance_context(node)
+        for call in _calls_in(node):
+            start, end = self.get_metadata(PositionProvider, call).start.line, self.get_metadata(PositionProvider, call).end.line
+            if id(call) in found or any(start <= line <= end for line in edit.seen_lines):
+                continue  # the example call ran this line: capture decided it
+            modules = _narrowed(_denoted(call.func, loops, edit.owners), call.func, context.get(id(call), ()), scope)
+            taking = [m for m in modules or () if id(m) in edit.takes_task]
+            if not taking:
+                continue
+            if len(taking) == len(modules):
+                found[id(call)] = ("task", (), id(call) in bare)
+                continue
+            classes = sorted({type(m) for m in taking}, key=lambda c: c.__name__)
+            if any(type(m) in classes for m in modules if id(m) not in edit.takes_task):
+                continue  # one class on both sides: no guard can tell them apart
+            if all(scope.get(c.__name__) is c for c in classes):  # the guard names them as the file does
+                found[id(call)] = ("task", tuple(c.__name__ for c in classes), id(call) in bare)
 
     def _call_at(self, func: cst.FunctionDef, span: tuple[int, int, int, int]) -> cst.Call | None:
         """The call whose callee starts at ``span``'s start and that ends at its end
@@ -268,7 +324,9 @@ class RouteFunctions(cst.CSTTransformer):
         if what[0] == "site":
             return _mask_call_input(updated, what[1], what[2])
         if what[0] == "bind":
-            bound = cst.parse_expression(f"dtr_bind_task({_code(updated.args[0].value)}, {TASK})")
+            unit = _code(updated.args[0].value)
+            bound = cst.parse_expression(f"dtr_bind_task({unit}, {TASK})" if not self.active[-1][1].pass_if_given
+                                         else f"(dtr_bind_task({unit}, {TASK}) if {TASK} is not None else {unit})")
             return updated.with_changes(args=[updated.args[0].with_changes(value=bound), *updated.args[1:]])
         if any(a.keyword and a.keyword.value == TASK for a in updated.args):
             return updated
@@ -279,10 +337,15 @@ class RouteFunctions(cst.CSTTransformer):
             whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
         with_task = updated.with_changes(args=args + [kw])
         guards, bare = what[1], what[2]
-        if not guards:
+        tests = []
+        if guards:
+            classes = guards[0] if len(guards) == 1 else "(" + ", ".join(guards) + ")"
+            tests.append(f"isinstance({_code(updated.func)}, {classes})")
+        if self.active[-1][1].pass_if_given:  # a helper other callers call without a task
+            tests.append(f"{TASK} is not None")
+        if not tests:
             return with_task
-        classes = guards[0] if len(guards) == 1 else "(" + ", ".join(guards) + ")"
-        test = cst.parse_expression(f"isinstance({_code(updated.func)}, {classes})")
+        test = cst.parse_expression(" and ".join(tests))
         guarded = cst.IfExp(test=test, body=with_task, orelse=updated)
         # inside a larger expression (`block(x, emb) if isinstance(...) else block(x)`) the guard needs parentheses
         return guarded if bare else guarded.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
@@ -396,15 +459,25 @@ _CHECKPOINT_CALLS = ("checkpoint", "_gradient_checkpointing_func")  # call their
 
 
 def functions_by_qualname(model: nn.Module) -> dict[tuple[str, str], object]:
-    """(file, qualname) -> function, over the MROs of all the model's classes."""
+    """(file, qualname) -> function, over the MROs of all the model's classes, and the module-level
+    functions of the files that define them (helpers such as ``checkpoint(fn, *args)``)."""
     found = {}
+    modules = set()
     for module in model.modules():
         for cls in type(module).__mro__:
+            modules.add(cls.__module__)
             for value in vars(cls).values():
                 func = unwrapped(value)
                 code = getattr(func, "__code__", None)
                 if code is not None:
-                    found.setdefault((os.path.abspath(code.co_filename), func.__qualname__), func)
+                    found.setdefault((absolute(code.co_filename), func.__qualname__), func)
+    for name in modules - {"builtins"}:
+        if name.split(".")[0] == "torch" or name not in sys.modules:
+            continue
+        for value in vars(sys.modules[name]).values():
+            code = getattr(value, "__code__", None)
+            if inspect.isfunction(value) and value.__module__ == name and value.__qualname__ == value.__name__:
+                found.setdefault((absolute(code.co_filename), value.__qualname__), value)
     return found
 
 
@@ -435,6 +508,245 @@ def unit_call_filter(functions):
 
     return is_unit_call
 
+
+
+def _first_arg(call: cst.Call) -> cst.BaseExpression | None:
+    return call.args[0].value if call.args and call.args[0].keyword is None and not call.args[0].star else None
+
+
+def _is_checkpoint_call(call: cst.Call) -> bool:
+    return _code(call.func).split(".")[-1] in _CHECKPOINT_CALLS
+
+
+def _isinstance_context(func: cst.FunctionDef) -> dict[int, tuple[tuple[str, bool], ...]]:
+    """id of each call -> the ``isinstance`` tests of the ``if`` statements around it, each with
+    whether the call is in its body (True) or its ``else``/``elif`` part (False)."""
+    context: dict[int, tuple] = {}
+    stack: list[tuple[str, bool]] = []
+
+    def dispatch(node: cst.If) -> str | None:
+        test = node.test
+        is_dispatch = isinstance(test, cst.Call) and isinstance(test.func, cst.Name) and test.func.value == "isinstance"
+        return _code(test) if is_dispatch else None
+
+    class _V(cst.CSTVisitor):
+        def visit_FunctionDef(self, n):
+            return n is func
+
+        def visit_Call(self, n):
+            context[id(n)] = tuple(stack)
+
+        def visit_If_body(self, n):
+            stack.append((dispatch(n), True))
+
+        def leave_If_body(self, n):
+            stack.pop()
+
+        def visit_If_orelse(self, n):
+            stack.append((dispatch(n), False))
+
+        def leave_If_orelse(self, n):
+            stack.pop()
+
+    func.visit(_V())
+    return {k: tuple(t for t in v if t[0] is not None) for k, v in context.items()}
+
+
+def _narrowed(modules, callee, tests, scope: dict):
+    """``modules`` that pass the ``isinstance`` tests around a call of ``callee``: in the body of
+    ``if isinstance(block, ConvRes):`` only ConvRes instances, in its ``else`` the others."""
+    if not modules or not isinstance(callee, cst.Name):
+        return modules
+    for test, in_body in tests:
+        call = cst.parse_expression(test)
+        if len(call.args) != 2 or _code(call.args[0].value) != callee.value:
+            continue
+        names = call.args[1].value
+        names = [e.value for e in names.elements] if isinstance(names, cst.Tuple) else [names]
+        classes = tuple(scope.get(n.value) for n in names if isinstance(n, cst.Name))
+        if len(classes) != len(names) or not all(isinstance(c, type) for c in classes):
+            continue
+        modules = [m for m in modules if isinstance(m, classes) == in_body]
+    return modules
+
+
+def _loop_variables(func: cst.FunctionDef) -> dict[str, cst.BaseExpression]:
+    """``for blk in self.blocks[:2]:`` -> {"blk": self.blocks[:2]}; ``for i, blk in enumerate(E)`` -> E."""
+    loops: dict[str, cst.BaseExpression] = {}
+
+    class _V(cst.CSTVisitor):
+        def visit_FunctionDef(self, n):
+            return n is func
+
+        def visit_For(self, n):
+            target, source = n.target, n.iter
+            if (isinstance(source, cst.Call) and isinstance(source.func, cst.Name) and source.func.value == "enumerate"
+                    and source.args and isinstance(target, cst.Tuple) and len(target.elements) == 2):
+                target, source = target.elements[1].value, source.args[0].value
+            if (isinstance(source, cst.Call) and isinstance(source.func, cst.Attribute) and not source.args
+                    and source.func.attr.value in ("items", "values")):  # a ModuleDict's modules
+                if source.func.attr.value == "items":
+                    if not (isinstance(target, cst.Tuple) and len(target.elements) == 2):
+                        return
+                    target = target.elements[1].value
+                source = source.func.value
+            if isinstance(target, cst.Name):
+                loops[target.value] = source
+
+    func.visit(_V())
+    return loops
+
+
+def _literal_index(node) -> int | slice | None:
+    """The integer or slice a subscript writes with literals (``[0]``, ``[:2]``, ``[-1]``), else None."""
+    def number(expr) -> int | None:
+        if expr is None:
+            return None
+        try:
+            value = ast.literal_eval(_code(expr))
+        except (ValueError, SyntaxError):
+            raise LookupError from None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise LookupError
+        return value
+
+    try:
+        if isinstance(node, cst.Index):
+            return number(node.value)
+        if isinstance(node, cst.Slice):
+            return slice(number(node.lower), number(node.upper), number(node.step))
+    except LookupError:
+        return None
+    return None
+
+
+def _children(module: nn.Module) -> list[nn.Module]:
+    return list(module.children())
+
+
+def _denoted(expr: cst.BaseExpression, loops: dict, owners: tuple) -> list[nn.Module] | None:
+    """The modules ``expr`` can denote when the method runs on any of ``owners``, or None where the
+    source does not say (a local, a call result, a non-module attribute)."""
+    if isinstance(expr, cst.Name):
+        if expr.value == "self":
+            return list(owners)
+        if expr.value in loops:
+            return _elements(loops[expr.value], loops, owners)
+        return None
+    if isinstance(expr, cst.Attribute):
+        parents = _denoted(expr.value, loops, owners)
+        if parents is None:
+            return None
+        found = [m._modules.get(expr.attr.value) for m in parents]
+        return found if found and all(isinstance(m, nn.Module) for m in found) else None
+    if isinstance(expr, cst.Subscript) and len(expr.slice) == 1:
+        parents = _denoted(expr.value, loops, owners)
+        if parents is None:
+            return None
+        index = _literal_index(expr.slice[0].slice)
+        if isinstance(index, slice):
+            return None  # a slice of a container is a container: called, it is not one module
+        out = []
+        for m in parents:
+            items = _children(m)
+            out += [items[index]] if isinstance(index, int) and -len(items) <= index < len(items) else items
+        return out
+    return None
+
+
+def _elements(source: cst.BaseExpression, loops: dict, owners: tuple) -> list[nn.Module] | None:
+    """The modules a ``for`` loop over ``source`` binds: the children of a container, or of a slice of one."""
+    if isinstance(source, cst.Subscript) and len(source.slice) == 1:
+        index = _literal_index(source.slice[0].slice)
+        containers = _denoted(source.value, loops, owners)
+        if isinstance(index, slice) and containers is not None:
+            return [m for c in containers for m in _children(c)[index]]
+    containers = _denoted(source, loops, owners)
+    if containers is None:
+        return None
+    return [m for c in containers for m in _children(c)]
+
+
+def route_unseen_calls(model: nn.Module, plan: Plan, edits: dict[str, dict[str, FunctionEdit]], functions) -> None:
+    """Prepare ``edits`` for calls the example inputs did not run.
+
+    * every edited method learns the modules it runs on and which modules take ``dtr_task``, so
+      RouteFunctions routes calls of those modules on other paths (a masked-training branch);
+    * a method that gains ``dtr_task`` but also runs on modules the capture never saw called (or saw
+      called without the task) takes it as ``dtr_task=None``: such a call runs unrouted with a
+      warning (see ``dtr_channel_mask``) instead of failing on a missing argument.
+    """
+    named = dict(model.named_modules())
+    taking = {u.path for u in plan.units} | {p for p, _ in plan.threads}
+    takes_task = frozenset(id(named[p]) for p in taking if p in named)
+    for file, by_name in edits.items():
+        for qual, edit in by_name.items():
+            func = functions.get((absolute(file), qual))
+            if func is None or "." not in qual:
+                continue
+            owners = tuple(m for m in named.values() if any(unwrapped(v) is func for c in type(m).__mro__
+                                                            for v in vars(c).values()))
+            edit.owners, edit.takes_task, edit.globals = owners, takes_task, func.__globals__
+            edit.seen_lines = frozenset(line for f, line in plan.seen if f == absolute(file))
+            if edit.task_param == "required" and not edit.task_stmt and any(id(m) not in takes_task for m in owners):
+                edit.task_param = "optional"
+    if any(_undecided_calls(file, qual, edit) for file, by_name in edits.items() for qual, edit in by_name.items()
+           if edit.owners):
+        for by_name in edits.values():
+            for edit in by_name.values():
+                if edit.task_param == "required" and not edit.task_stmt:
+                    edit.task_param = "optional"
+
+
+def _undecided_calls(file: str, qual: str, edit: FunctionEdit) -> list[str]:
+    """Calls in a routed method whose callee the source does not name (a local: ``order[i](x)``,
+    ``fn(x)``): they may reach a routed unit without its task."""
+    wrapper = parse_file(absolute(file))
+    node = _function_nodes(wrapper.module).get(qual)
+    if node is None:
+        return []
+    positions = wrapper.resolve(PositionProvider)
+    loops = _loop_variables(node)
+    undecided = []
+    for call in _calls_in(node):
+        where = positions[call]
+        if any(where.start.line <= line <= where.end.line for line in edit.seen_lines):
+            continue  # the example call ran it: capture decided it
+        root = call.func
+        while isinstance(root, cst.Subscript):
+            root = root.value
+        if not isinstance(root, cst.Name) or root.value == "self":
+            continue
+        name = root.value
+        if name in loops:
+            if _elements(loops[name], loops, edit.owners) is None:
+                undecided.append(_code(call.func))
+        elif not hasattr(builtins, name) and name not in edit.globals:
+            undecided.append(_code(call.func))
+    return undecided
+
+
+def _function_nodes(module: cst.Module) -> dict[str, cst.FunctionDef]:
+    """qualname -> FunctionDef of every function in ``module``."""
+    found: dict[str, cst.FunctionDef] = {}
+    scope: list[str] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_ClassDef(self, n):
+            scope.append(n.name.value)
+
+        def leave_ClassDef(self, n):
+            scope.pop()
+
+        def visit_FunctionDef(self, n):
+            scope.append(n.name.value)
+            found[".".join(scope)] = n
+
+        def leave_FunctionDef(self, n):
+            scope.pop()
+
+    module.visit(_V())
+    return found
 
 def _statement_level_calls(func: cst.FunctionDef) -> set[int]:
     """ids of calls that are a whole statement's value (``x = f(x)``, ``return f(x)``, ``f(x)``)."""
@@ -567,6 +879,9 @@ def collect_edits(plan: Plan, block_in_source: bool = False) -> dict[str, dict[s
                 edit.call_spans.setdefault(sl.line, set()).add(sl.span)
             if i == 0:
                 edit.task_stmt = f"{TASK} = dtr_task_index({ts.arg}, {ts.t0!r}, {ts.t1!r}, {ts.num_tasks}, {ts.reverse})"
+            elif "." not in sl.function:  # a module-level helper (checkpoint(fn, *args)): others call it too
+                edit.task_param = edit.task_param or "optional"
+                edit.pass_if_given = True
             else:
                 edit.task_param = "required"
     # classes whose forward (or the helper it hands on) routes every instance after a line inside
@@ -693,5 +1008,9 @@ def unrouted_instances(model: nn.Module, plan: Plan) -> dict[str, str]:
     for path, _ in plan.threads:
         if type(named[path]) in unit_classes and path not in why:
             why[path] = "no residual chain recognised in it"
+    units = {u.path for u in plan.units}
+    for path, module in named.items():
+        if type(module) in unit_classes and path not in units and path not in why:
+            why[path] = "not called by the example inputs"
     order = list(named)
     return {p: why[p] for p in sorted(why, key=order.index)}

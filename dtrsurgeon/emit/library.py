@@ -42,6 +42,7 @@ from dtrsurgeon.emit.edits import (
     collect_edits,
     functions_by_qualname,
     parse_file,
+    route_unseen_calls,
     unit_call_filter,
     unrouted_instances,
     unwrapped,
@@ -153,9 +154,11 @@ def _class_names(model: nn.Module) -> dict[type, str]:
 
 def routed_function_nodes(model: nn.Module, plan: Plan, names: dict[type, str]) -> dict[tuple[str, str], cst.FunctionDef]:
     """(file, qualname) -> the rewritten definition of every function routing ``model`` edits."""
-    edits = {os.path.abspath(f): dict(fe) for f, fe in collect_edits(plan, block_in_source=True).items() if fe}
-    passthrough_edits(model, plan, edits, is_editable, lambda cls: names[cls])
     functions = functions_by_qualname(model)
+    all_edits = collect_edits(plan, block_in_source=True)
+    route_unseen_calls(model, plan, all_edits, functions)
+    edits = {os.path.abspath(f): dict(fe) for f, fe in all_edits.items() if fe}
+    passthrough_edits(model, plan, edits, is_editable, lambda cls: names[cls])
     is_unit_call = unit_call_filter(functions)
     nodes = {}
     for file, file_edits in edits.items():

@@ -19,11 +19,13 @@ from __future__ import annotations
 import copy
 import inspect
 import linecache
-import os
 import sys
 import types
 
+import libcst as cst
 from torch import nn
+
+from dtrsurgeon.analysis.sources import absolute, check_current
 
 from dtrsurgeon.emit.edits import (
     TASK,
@@ -31,6 +33,7 @@ from dtrsurgeon.emit.edits import (
     collect_edits,
     functions_by_qualname,
     parse_file,
+    route_unseen_calls,
     unit_call_filter,
     unrouted_instances,
     unwrapped,
@@ -51,34 +54,94 @@ from dtrsurgeon.plan import Plan, RoutedUnit
 
 
 def compile_routed_functions(model: nn.Module, plan: Plan) -> dict[tuple[str, str], object]:
-    """Rewrite and compile every function the plan touches: (file, qualname) -> function."""
+    """Rewrite and compile every function the plan touches: (file, qualname) -> function.
+
+    Module-level helpers on the path (``checkpoint(fn, *args)``) are compiled too and put in the
+    routed module that the routed methods use as their globals, so the routed forward calls the
+    rewritten helper while the user's module keeps the original."""
     functions = functions_by_qualname(model)
     is_unit_call = unit_call_filter(functions)
-    compiled = {}
-    for file, edits in collect_edits(plan).items():
-        file = os.path.abspath(file)
-        wrapper = parse_file(file, os.path.getmtime(file))
+    rewritten = {}
+    all_edits = collect_edits(plan)
+    route_unseen_calls(model, plan, all_edits, functions)
+    for file, edits in all_edits.items():
+        file = absolute(file)
+        wrapper = parse_file(file)
         routed = RouteFunctions(file, edits, lambda q, c, f=file: is_unit_call(f, q, c))
         wrapper.visit(routed)
         for qual, node in routed.done.items():
             original = functions.get((file, qual))
             if original is None:
-                raise EmitError(f"{file}: function {qual} is not a method of the model's classes")
-            compiled[(file, qual)] = _compile(node, original, qual)
+                raise EmitError(f"{file}: function {qual} is neither a method of the model's classes nor a "
+                                "module-level function of their files")
+            check_current(original.__code__)
+            rewritten[(file, qual)] = (node, original)
+    compiled: dict[tuple[str, str], object] = {}
+    for (file, qual), (node, original) in rewritten.items():
+        node = node.visit(_RoutedSuper(original, rewritten))
+        compiled[(file, qual)] = _compile(node, original, qual, compiled)
+        if "." not in qual:  # a module-level helper: the routed methods find it by name
+            _routed_module(original.__globals__).__dict__[qual] = compiled[(file, qual)]
     return compiled
 
 
-def _compile(node, original, qual: str):
-    import libcst as cst
+_ROUTED = "__dtr_routed__"
 
-    code = cst.Module(body=[]).code_for_node(node)
-    if "super()" in code:
-        raise EmitError(f"{qual}: zero-argument super() cannot be re-compiled outside its class; write super(Class, self)")
+
+class _RoutedSuper(cst.CSTTransformer):
+    """``super().forward(x, dtr_task=dtr_task)`` -> ``__dtr_routed__[(file, "Base.forward")](self, x, ...)``
+    where the method ``super()`` reaches is rewritten too: the routed class holds one ``forward``, so
+    ``super()`` would reach the original one."""
+
+    def __init__(self, original, rewritten):
+        code = original.__code__
+        cell = dict(zip(code.co_freevars, original.__closure__ or ())).get("__class__")
+        self.cls = cell.cell_contents if cell is not None else None
+        self.rewritten = rewritten
+
+    def leave_Call(self, original, updated):
+        func = updated.func
+        if (self.cls is None or not isinstance(func, cst.Attribute) or not isinstance(func.value, cst.Call)
+                or not isinstance(func.value.func, cst.Name) or func.value.func.value != "super" or func.value.args):
+            return updated
+        name = func.attr.value
+        target = next((unwrapped(vars(c)[name]) for c in self.cls.__mro__[1:] if name in vars(c)), None)
+        code = getattr(target, "__code__", None)
+        key = (absolute(code.co_filename), target.__qualname__) if code is not None else None
+        if key not in self.rewritten:
+            return updated
+        first = self.rewritten[key][0].params.params[0].name.value if self.rewritten[key][0].params.params else "self"
+        call = cst.parse_expression(f"{_ROUTED}[{key!r}]({first})")
+        return updated.with_changes(func=call.func, args=[*call.args[:1], *updated.args]) if updated.args else \
+            updated.with_changes(func=call.func, args=call.args)
+
+
+_FACTORY = "__dtr_factory__"
+
+
+def _compile(node, original, qual: str, routed: dict):
+    """Compile the rewritten ``node`` with ``original``'s globals (plus the routing helpers) and
+    closure: inside a factory whose parameters are the original's free variables, so zero-argument
+    ``super()`` finds its class cell (``__class__``) and nested classes their enclosing names
+    (``routed``: the rewritten functions, for calls of a rewritten ``super()`` method)::
+
+        def __dtr_factory__(__class__):
+            def forward(self, x, t):
+                return super().forward(x, t, dtr_task=dtr_task)
+            return forward
+    """
+    freevars = (*original.__code__.co_freevars, _ROUTED)
+    cells = [*(c.cell_contents for c in original.__closure__ or ()), routed]
+    factory = cst.FunctionDef(
+        name=cst.Name(_FACTORY), params=cst.Parameters(params=[cst.Param(cst.Name(v)) for v in freevars]),
+        body=cst.IndentedBlock(body=[node.with_changes(leading_lines=[]),
+                                     cst.parse_statement(f"return {node.name.value}\n")]))
+    code = cst.Module(body=[factory]).code
     filename = f"<dtrsurgeon routed {qual}>"
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     namespace = _routed_module(original.__globals__).__dict__
     exec(compile(code, filename, "exec"), namespace)
-    func = namespace.pop(node.name.value)
+    func = namespace.pop(_FACTORY)(*cells)
     func.__qualname__ = original.__qualname__
     return func
 
@@ -113,14 +176,12 @@ ROUTING_ATTRS = ("_dtr_axis", "_dtr_repr", "_dtr_fold", "_dtr_merge", "_dtr_rout
 
 def _block_forward(self, *args, dtr_task=None, **kwargs):
     """y = unit(x * m, ...) + x * (1 - m) on each routed stream x of the unit (see dtrsurgeon.runtime);
-    a unit returning several streams (MMDiT) gets each merged at its place in the returned tuple."""
-    if dtr_task is None:
-        raise EmitError(f"routed unit {type(self).__qualname__} was called without dtr_task; call the routed "
-                        "model's forward, which computes it from the timestep")
+    a unit returning several streams (MMDiT) gets each merged at its place in the returned tuple.
+    Called without dtr_task (a path the analysis did not see), it runs unrouted with a warning."""
     task, merges = dtr_task, []
     for name, index, buffer, axis, out_index in self._dtr_routes:
         x = kwargs[name] if name in kwargs else args[index]
-        if self._dtr_fold is not None and not merges:
+        if self._dtr_fold is not None and not merges and dtr_task is not None:
             task = dtr_fold_task(dtr_task, x, self._dtr_fold)
         keep = dtr_channel_mask(getattr(self, buffer), task, x, axis)
         routed, skip = dtr_route(x, keep)
@@ -366,7 +427,7 @@ def _routed_methods(cls: type, compiled: dict[tuple[str, str], object]) -> dict[
         for name, value in vars(base).items():
             func = unwrapped(value)
             code = getattr(func, "__code__", None)
-            key = (os.path.abspath(code.co_filename), func.__qualname__) if code else None
+            key = (absolute(code.co_filename), func.__qualname__) if code else None
             if key in compiled and name not in methods:
                 methods[name] = compiled[key]
     return methods

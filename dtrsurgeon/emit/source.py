@@ -44,6 +44,7 @@ from dtrsurgeon.emit.edits import (
     collect_edits,
     functions_by_qualname,
     parse_file,
+    route_unseen_calls,
     streams_by_class,
     unit_call_filter,
     unrouted_instances,
@@ -95,7 +96,7 @@ ATTACH_STREAMS = '''    for (path, buffer), table in DTR_STREAMS.items():
 def runtime_source(plan: Plan, binds_task: bool = False) -> str:
     """The definitions of :mod:`dtrsurgeon.runtime` this plan's generated code calls, as text
     (``binds_task``: the code passes units to checkpoint functions through ``dtr_bind_task``)."""
-    names = [runtime.dtr_mask_table, runtime.dtr_task_index, runtime.dtr_channel_mask]
+    names = [runtime.dtr_mask_table, runtime.dtr_task_index, runtime.dtr_channel_mask, runtime.dtr_warn_unrouted]
     if binds_task:
         names.append(runtime.dtr_bind_task)
     if any(u.mode in ("branch", "pre_output") or not u.merge for u in plan.units):
@@ -368,8 +369,10 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     if others:
         raise EmitError(f"{model_py}: routing {type(model).__qualname__} also rewrites {', '.join(others)}; "
                         "emit_library writes one file of subclasses for such a model")
+    all_edits = collect_edits(plan, block_in_source=True)
+    route_unseen_calls(model, plan, all_edits, functions_by_qualname(model))
     edits = {file: {}}
-    for file_edits in collect_edits(plan, block_in_source=True).values():  # all in `file`: other_files is empty
+    for file_edits in all_edits.values():  # all in `file`: other_files is empty
         edits[file].update(file_edits)
     edits[file].setdefault(root_init(model).__qualname__, FunctionEdit()).append_stmt = "dtr_attach_masks(self)"
     passthrough_edits(model, plan, edits, lambda cls: defined_in(cls.forward) == file, lambda cls: cls.__name__)

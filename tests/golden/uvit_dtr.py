@@ -93,13 +93,26 @@ def dtr_task_index(t, t0, t1, num_tasks, reverse):
 def dtr_channel_mask(table, task, like, axis):
     """The rows of `table` for `task` ([B] or 0-d), bool, shaped to broadcast along like's channel
     axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps.  No table (None): the module runs its
-    class's routed forward without being a routed unit itself, and nothing is masked."""
+    class's routed forward without being a routed unit itself, and nothing is masked.  No task (None):
+    the unit was called on a path the analysis did not see; it runs unrouted, with a warning."""
     if table is None:
+        return None
+    if task is None:
+        dtr_warn_unrouted()
         return None
     shape = [1] * like.dim()
     shape[0] = -1
     shape[axis] = table.shape[1]
     return table[task].view(shape)
+
+
+def dtr_warn_unrouted():
+    """A routed unit called without dtr_task: a call on a path the example inputs did not take, that
+    the source did not show to reach it (warned once per call site, by Python's default filter)."""
+    import warnings
+
+    warnings.warn("dtrsurgeon: a routed unit was called without dtr_task (from code the analysis did not see "
+                  "run); it runs unrouted on this call", UserWarning, stacklevel=3)
 
 
 class DTRRoute(torch.autograd.Function):
