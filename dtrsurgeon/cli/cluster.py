@@ -54,13 +54,18 @@ def register(sub) -> None:
 
 def _schedule(args, default_timesteps: int):
     from dtrsurgeon.mtl.schedules import load_alphas_cumprod, make_schedule
+    from dtrsurgeon.mtl.setup import MAX_CLUSTERS, MAX_TIMESTEPS
 
     if args.alphas_cumprod and args.schedule:
         raise MtlError("give --schedule or --alphas-cumprod, not both")
-    if args.timesteps is not None and args.timesteps < 1:
-        raise MtlError(f"--timesteps must be >= 1, got {args.timesteps}")
+    if args.timesteps is not None and not 1 <= args.timesteps <= MAX_TIMESTEPS:
+        raise MtlError(f"--timesteps must be between 1 and {MAX_TIMESTEPS}, got {args.timesteps}")
+    if not 1 <= args.k <= MAX_CLUSTERS:
+        raise MtlError(f"--k must be between 1 and {MAX_CLUSTERS}, got {args.k}")
     if args.alphas_cumprod:
         sched = load_alphas_cumprod(args.alphas_cumprod)
+        if sched.num_timesteps > MAX_TIMESTEPS:
+            raise MtlError(f"{args.alphas_cumprod} holds {sched.num_timesteps} values; ANT clusters at most {MAX_TIMESTEPS} timesteps")
         if args.timesteps is not None and args.timesteps != sched.num_timesteps:
             raise MtlError(f"--timesteps {args.timesteps} disagrees with {args.alphas_cumprod}, which holds {sched.num_timesteps} values")
         return sched

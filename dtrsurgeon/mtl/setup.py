@@ -48,6 +48,7 @@ from dtrsurgeon.mtl.schedules import NoiseSchedule, load_alphas_cumprod, make_sc
 from dtrsurgeon.mtl.weighting import MinSNRWeighting, UncertaintyWeighting
 
 MAX_TIMESTEPS = 4096  # mtl.schema.json's bound on num_timesteps, for custom schedules too
+MAX_CLUSTERS = 100  # mtl.schema.json's bound on clustering.k
 WEIGHTINGS = ("uw", "pcgrad", "nash", "min_snr", "none")
 _GRADIENT_WEIGHTINGS = ("pcgrad", "nash")
 

@@ -4,6 +4,7 @@
 # dtrsurgeon: spec adm.json sha256=bd76590a62faf9adcdd050df421dd9e1e0b98a81661d0a931b2db4135676d772
 # dtrsurgeon: entry adm_unet
 # dtrsurgeon: kwargs {"name": "tiny"}
+# dtrsurgeon: inputs guessed
 """ADM U-Net: the "ablated diffusion model" backbone of Dhariwal & Nichol.
 
 Reference: P. Dhariwal, A. Nichol, "Diffusion Models Beat GANs on Image Synthesis", NeurIPS 2021
@@ -82,9 +83,10 @@ def dtr_mask_table(channels, channel_ratio, num_tasks, window_shift="sliding", c
 
 
 def dtr_task_index(t, t0, t1, num_tasks, reverse):
-    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped); tensor ops only,
-    so torch.compile sees one graph for every t."""
-    task = ((torch.as_tensor(t).to(torch.float32) - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
+    """Timesteps in [t0, t1] -> task indices 0 .. num_tasks - 1 (rounded, clamped: -inf counts as t0,
+    +inf as t1, NaN as t0); tensor ops only, so torch.compile sees one graph for every t."""
+    t = torch.nan_to_num(torch.as_tensor(t).to(torch.float32), nan=t0, posinf=t1, neginf=t0)
+    task = ((t - t0) * ((num_tasks - 1) / (t1 - t0))).round().clamp(0, num_tasks - 1).long()
     return (num_tasks - 1) - task if reverse else task
 
 
@@ -116,7 +118,16 @@ def dtr_warn_unrouted():
 def dtr_masked(x, table, task, axis):
     """x with the channels its task does not use zeroed (x itself where the module has no table)."""
     keep = dtr_channel_mask(table, task, x, axis)
-    return x if keep is None else x * keep.to(x.dtype)
+    if keep is None:
+        return x
+    fused = dtr_fused(x)
+    masked = None if fused is None else fused.masked(x, keep)
+    return x * keep.to(x.dtype) if masked is None else masked
+
+
+def dtr_fused(x):
+    """dtr_fused as generated files define it (``runtime_source`` names it so): always the plain path."""
+    return None
 
 
 DTR_ROUTING = dict(channel_ratio=0.8, num_tasks=1000, window_shift="sliding", curve="power", alpha=4.0)

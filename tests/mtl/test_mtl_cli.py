@@ -61,11 +61,13 @@ def test_table_and_plot(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--k", "1001"], "k = 1001 clusters cannot be formed from T = 1000 timesteps"),
-        (["--k", "0"], "must be >= 1"),
-        (["--k", "-2"], "must be >= 1"),
+        (["--k", "50", "--timesteps", "40"], "k = 50 clusters cannot be formed from T = 40 timesteps"),
+        (["--k", "101"], "--k must be between 1 and 100, got 101"),
+        (["--k", "0"], "--k must be between 1 and 100, got 0"),
+        (["--k", "-2"], "--k must be between 1 and 100"),
         (["--schedule", "sigmoid"], "unknown noise schedule 'sigmoid'"),
-        (["--timesteps", "0"], "--timesteps must be >= 1"),
+        (["--timesteps", "0"], "--timesteps must be between 1 and 4096, got 0"),
+        (["--timesteps", "1000000000"], "--timesteps must be between 1 and 4096, got 1000000000"),
         (["--cost", "median"], "unknown --cost 'median'"),
         (["--convention", "paper"], "unknown --convention 'paper'"),
         (["--cost", "affinity"], "needs --affinity"),
