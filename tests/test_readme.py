@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -14,18 +15,43 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
-def python_blocks() -> list[tuple[int, str]]:
+def _since_last_heading(text: str) -> str:
+    """``text`` from its last Markdown heading on (``#`` lines inside code fences are no headings)."""
+    start, fenced, offset = 0, False, 0
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif line.startswith("#") and not fenced:
+            start = offset
+        offset += len(line)
+    return text[start:]
+
+
+def python_blocks() -> list[tuple[int, str, str]]:
+    """(line, code, the shell block before it in the same section, or "") of each Python block."""
     text = README.read_text(encoding="utf-8")
-    return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in BLOCK.finditer(text)]
+    blocks = []
+    for m in BLOCK.finditer(text):
+        section = _since_last_heading(text[:m.start()])
+        shell = re.findall(r"^```bash\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
+        blocks.append((text.count("\n", 0, m.start()) + 1, m.group(1), shell[-1] if shell else ""))
+    return blocks
 
 
 def test_readme_has_python_blocks():
     assert python_blocks(), "README.md lost its Python examples"
 
 
-@pytest.mark.parametrize("line,code", python_blocks(), ids=lambda v: f"README.md:{v}" if isinstance(v, int) else "")
-def test_readme_block_runs(line, code, tmp_path, monkeypatch):
+@pytest.mark.parametrize("line,code,shell", python_blocks(), ids=lambda v: f"README.md:{v}" if isinstance(v, int) else "")
+def test_readme_block_runs(line, code, shell, tmp_path, monkeypatch):
+    """Each block runs in a fresh folder, after the shell commands its section shows before it."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    if shell:
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        done = subprocess.run(["bash", "-e", "-c", shell], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr
     exec(compile(code, f"{README}:{line}", "exec"), {"__name__": f"readme_block_{line}"})
 
 
