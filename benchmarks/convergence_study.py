@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dtrsurgeon.spec.document import preset_path
+
 ROOT = Path(__file__).resolve().parent.parent
 
 STUDY_VARIANTS = {
@@ -63,7 +65,7 @@ def spec_file(backbone: str, variant: str, cfg: dict, work: Path) -> Path | None
     ``dtr-fixed``) a copy with that ``routing.window_shift``, the paper's ablations."""
     if "dtr" not in variant:
         return None
-    path = ROOT / cfg["spec"]
+    path = preset_path(cfg["spec"]) or ROOT / cfg["spec"]
     if variant in ("dtr-random", "dtr-fixed"):
         doc = json.loads(path.read_text())
         doc["routing"]["window_shift"] = variant.split("-")[1]
