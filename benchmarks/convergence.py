@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from examples.data import load_dataset
 from examples.diffusion import Schedule, ddim_sample, model_eps
+from dtrsurgeon.spec.document import preset_path
 
 # The DTR authors' ANT-UW: equal-width timestep intervals (8 of them), cluster-balanced batches,
 # uncertainty weighting whose log-variances start at ln k (their scripts divide each cluster loss by k).
@@ -232,7 +233,7 @@ def run_variant(backbone: str, variant: str, args, data, classifier, real_feats,
     if args.mnist_wheel:
         argv += ["--mnist-wheel", args.mnist_wheel]
     if "dtr" in variant:
-        argv += ["--spec", str(ROOT / cfg["spec"])]
+        argv += ["--spec", str(preset_path(cfg["spec"]) or ROOT / cfg["spec"])]
     if "ant" in variant:
         argv += ["--mtl", str(mtl_file)]
     targs = train.build_parser().parse_args(argv)
@@ -345,7 +346,7 @@ def run_parallel(args, argv) -> int:
              [(b, v) for b in args.backbones.split(",") for v in args.variants.split(",")])
     base = _drop_option(_drop_option(base, "--runs"), "--backbones")
     for backbone, variant in pairs:
-        if not (ROOT / BACKBONES[backbone]["spec"]).is_file():
+        if not (preset_path(BACKBONES[backbone]["spec"]) or ROOT / BACKBONES[backbone]["spec"]).is_file():
             print(f"!! {backbone}: skipped, its spec {BACKBONES[backbone]['spec']} does not exist", flush=True)
             continue
         cmd = [sys.executable, __file__, *_drop_option(base, "--variants"), "--backbones", backbone,
@@ -401,7 +402,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/convergence.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for backbone in args.backbones.split(","):
         cfg = BACKBONES[backbone]
-        if not (ROOT / cfg["spec"]).is_file():
+        if not (preset_path(cfg["spec"]) or ROOT / cfg["spec"]).is_file():
             print(f"!! {backbone}: skipped, its spec {cfg['spec']} does not exist", flush=True)
             continue
         meta = {"command": command, "backbone": backbone, "model": cfg["model"], "model_kwargs": cfg["model_kwargs"],

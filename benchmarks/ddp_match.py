@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from benchmarks.convergence import ANT_UW
+from dtrsurgeon.spec.document import preset_path
 
 # NVLink multicast stays off on shared hosts (see the device notes); children inherit this.
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -84,7 +85,7 @@ def train_argv(args, pair: str, out: Path, mtl_file: Path, accum: int = 1) -> li
             "--data", args.data, "--image-size", str(args.image_size), "--steps", str(args.steps),
             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--device", args.device,
             "--precision", args.precision, "--out", str(out), "--num-samples", "0", "--log-every", "50",
-            "--no-progress", "--spec", str(ROOT / args.spec), "--grad-accum", str(accum)]
+            "--no-progress", "--spec", str(preset_path(args.spec) or ROOT / args.spec), "--grad-accum", str(accum)]
     if "ant" in pair:
         argv += ["--mtl", str(mtl_file)]
     return argv
