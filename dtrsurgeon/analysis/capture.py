@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils import _pytree as pytree
 
 from dtrsurgeon.analysis.callsites import live_frames
@@ -130,14 +129,15 @@ def _eager_call(model: nn.Module, args: tuple, kwargs: dict, paths: dict[int, st
     def record_output(module, _inputs, output):
         path = paths.get(id(module))
         if path is not None and path not in returns_tensor:
-            returns_tensor[path] = type(output) in (torch.Tensor, FakeTensor) or isinstance(output, torch.nn.Parameter)
+            returns_tensor[path] = type(output) is torch.Tensor or isinstance(output, torch.nn.Parameter)
             if isinstance(output, tuple):
                 output_shapes[path] = tuple(tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in output)
 
     handles = [nn.modules.module.register_module_forward_pre_hook(record_caller),
                nn.modules.module.register_module_forward_hook(record_output)]
     try:
-        _recording_run(model, args, kwargs, (callers, returns_tensor, output_shapes))
+        with torch.no_grad():
+            model(*args, **kwargs)
     except Exception as exc:
         raise _capture_error(model, paths, exc, "The model failed on the example inputs themselves: check them "
                              "(pass example_inputs=, CLI --example-inputs FILE.pt).") from exc
@@ -187,7 +187,6 @@ def trace_real(model: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphMod
     enter as placeholders (through ``functional_call``), so the analysis tells them from activations.
     Returns (graph module, placeholder -> parameter/buffer name, top-level argument -> placeholder)."""
     from torch.fx.experimental.proxy_tensor import make_fx
-    from torch.utils import _pytree as pytree
 
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     leaves, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
@@ -268,31 +267,6 @@ def _capture_error(model, paths, exc: BaseException, hint: str) -> CaptureError:
     """Every capture failure becomes one actionable line."""
     return CaptureError(f"cannot capture {type(model).__name__}.forward: {_first_line(exc)[:300]} -- "
                         f"stopped in {_where_capture_stopped(paths, exc)}. {hint}")
-
-
-def _recording_run(model: nn.Module, args: tuple, kwargs: dict, records: tuple[dict, ...]) -> None:
-    """One forward for the recording hooks, on fake tensors (shapes only, no arithmetic: a real forward
-    of DiT-XL/2 was most of plan()'s time on CPU); where the model's Python needs real values (``.item()``,
-    branching on a tensor) it runs again on the real inputs.  Attributes a module sets on itself during
-    the fake run are put back, so no fake tensor stays in the model."""
-    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in model.modules()]
-    try:
-        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            fake_args, fake_kwargs = pytree.tree_map_only(torch.Tensor, mode.from_tensor, (tuple(args), dict(kwargs)))
-            model(*fake_args, **fake_kwargs)
-    except Exception:
-        for record in records:
-            record.clear()
-        with torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for module, attrs, params, buffers in saved:
-            module.__dict__.clear()
-            module.__dict__.update(attrs)
-            module._parameters.clear()
-            module._parameters.update(params)
-            module._buffers.clear()
-            module._buffers.update(buffers)
 
 
 def named_class(model: nn.Module, path: str) -> str:

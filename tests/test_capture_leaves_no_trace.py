@@ -1,0 +1,27 @@
+"""Capture runs the model's own Python once on the real inputs: whatever the forward stores in place
+(a cache dict of rotary tables, as diffusers' Qwen-Image keeps) holds real tensors afterwards."""
+
+import torch
+from torch import nn
+
+from dtrsurgeon.analysis.capture import capture
+
+
+class CachingBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.cache = {}  # filled in place during forward
+
+    def forward(self, x, t):
+        table = self.cache.setdefault(x.shape[-1], torch.linspace(0, 1, x.shape[-1]))
+        return x + self.lin(x * table) * t[:, None, None]
+
+
+def test_in_place_caches_hold_real_tensors_after_capture():
+    model = CachingBlock()
+    x, t = torch.randn(2, 3, 8), torch.rand(2)
+    capture(model, (x, t), {})
+    assert all(type(v) is torch.Tensor for v in model.cache.values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), x + model.lin(x * torch.linspace(0, 1, 8)) * t[:, None, None])
