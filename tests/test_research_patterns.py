@@ -381,7 +381,7 @@ def _hidream():
                 "encoder_hidden_states_t5": torch.randn(batch, 4, 8), "pooled_embeds": torch.randn(batch, 8),
                 "encoder_hidden_states_llama3": torch.randn(2, batch, 4, 4), "return_dict": False}
 
-    return model, example, {"arg": "timesteps"}, ["single_stream_blocks.0.block", "single_stream_blocks.1.block"]
+    return model, example, {"arg": "timesteps"}, ["double_stream_blocks.0.block", "single_stream_blocks.0.block", "single_stream_blocks.1.block"]
 
 
 def _stable_cascade():
@@ -422,7 +422,7 @@ def test_diffusers_backbones_with_data_dependent_python_and_dispatch(factory):
     kwargs = example(3)
     spec = {"version": 1, "timestep": timestep}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # units left out (two-stream blocks) are reported as warnings
+        warnings.simplefilter("ignore")  # units left out are reported as warnings
         routed = dtrsurgeon.transform(model, spec, example_inputs=kwargs)
         identity = dtrsurgeon.transform(model, {**spec, "routing": {"channel_ratio": 1.0}}, example_inputs=kwargs)
     assert [u.path for u in routed.dtr_plan.units] == units
