@@ -256,12 +256,21 @@ def _wan_inputs(model, g, b, t):
                 timestep=t)
 
 
+def _all_sweep_factories():
+    from tests import sweep
+
+    factories = _sweep_factories()
+    for group in sweep.GROUPS:
+        factories.update(group.FACTORIES)
+    return factories
+
+
 def sweep_inputs(name: str, model, batch_size: int = 3, timestep=None, seed: int = SEED) -> dict:
     """Keyword arguments of one forward call of sweep class ``name`` (``return_dict=False``)."""
     g = torch.Generator().manual_seed(seed)
     t = torch.linspace(0, 999, batch_size).round().long() if timestep is None else timestep
-    return {**_sweep_factories()[name][1](model, g, batch_size, t), "return_dict": False}
+    return {**_all_sweep_factories()[name][1](model, g, batch_size, t), "return_dict": False}
 
 
 def sweep_model(name: str):
-    return _sweep_factories()[name][0]()
+    return _all_sweep_factories()[name][0]()

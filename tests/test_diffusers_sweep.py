@@ -16,6 +16,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import dtrsurgeon  # noqa: E402
 from tests import diffusers_models as dm  # noqa: E402
+from tests import sweep  # noqa: E402
 
 SPEC = {"version": 1, "routing": {"channel_ratio": 0.5}}
 
@@ -39,40 +40,16 @@ UNITS = {
     "SanaTransformer2DModel": {"SanaTransformerBlock": 2},
     "WanTransformer3DModel": {"WanTransformerBlock": 2},
 }
-NOT_YET = "no tiny config and inputs written in tests/diffusers_models.py yet"
 LEFT_OUT = {
-    name: NOT_YET for name in (
-        "AceStepTransformer1DModel", "AllegroTransformer3DModel", "AnyFlowFARTransformer3DModel",
-        "AnyFlowTransformer3DModel", "BriaFibo2Transformer2DModel", "BriaFiboTransformer2DModel",
-        "BriaTransformer2DModel", "ChronoEditTransformer3DModel", "CogView3PlusTransformer2DModel",
-        "ConsisIDTransformer3DModel", "CosmosTransformer3DModel", "DreamLiteTransformer2DModel", "DreamLiteUNetModel",
-        "EasyAnimateTransformer3DModel", "ErnieImageTransformer2DModel", "Flux2Transformer2DModel",
-        "Flux3Transformer2DModel", "GlmImageTransformer2DModel", "HeliosTransformer3DModel",
-        "HunyuanDiT2DModel", "HunyuanImageTransformer2DModel", "HunyuanVideo15Transformer3DModel",
-        "HunyuanVideoFramepackTransformer3DModel", "HunyuanVideoTransformer3DModel", "I2VGenXLUNet",
-        "Ideogram4Transformer2DModel", "JoyImageEditPlusTransformer3DModel", "JoyImageEditTransformer3DModel",
-        "Kandinsky3UNet", "Kandinsky5Transformer3DModel", "Kandinsky6SRTransformer3DModel",
-        "Kandinsky6Transformer3DModel", "Krea2Transformer2DModel", "LTX2VideoTransformer3DModel",
-        "LTXVideoTransformer3DModel", "LongCatAudioDiTTransformer", "LongCatImageTransformer2DModel",
-        "LuminaNextDiT2DModel", "MiniMaxH3Transformer3DModel", "MiniMaxMusic3Transformer1DModel",
-        "MochiTransformer3DModel", "MotifVideoTransformer3DModel", "NucleusMoEImageTransformer2DModel",
-        "OmniGenTransformer2DModel", "OvisImageTransformer2DModel", "PRXTransformer2DModel",
-        "QwenImage21Transformer2DModel",
-        "SanaVideoTransformer3DModel", "SanaWMLTX2RefinerTransformer3DModel", "SanaWMTransformer3DModel",
-        "SkyReelsV2Transformer3DModel", "StableAudio3DiTModel", "StableAudioDiTModel", "UNet1DModel",
-        "UNetMotionModel", "UNetSpatioTemporalConditionModel", "WanAnimate2Transformer3DModel",
-        "WanAnimateTransformer3DModel", "WanVACETransformer3DModel", "ZImageTransformer2DModel",
-    )
-}
-LEFT_OUT.update({
-    "Lumina2Transformer2DModel": "capture fails on data-dependent Python (len(set(seq_lengths))): issue 11 item 4",
-    "HiDreamImageTransformer2DModel": "capture fails on .numpy() in its MoE router: issue 11 item 4",
     "Transformer2DModel": "a wrapper of BasicTransformerBlocks that returns an output object; routed inside the "
                           "U-Nets and DiT above, where it is used",
     "DualTransformer2DModel": "two Transformer2DModels mixed by a ratio, used inside versatile-diffusion U-Nets only",
     "TransformerTemporalModel": "the temporal layer of the video U-Nets; routed inside UNet3DConditionModel above",
     "PriorTransformer": "a prior over CLIP image embeddings (unCLIP), not a denoiser of a sample grid",
-})
+}
+for _group in sweep.GROUPS:
+    UNITS.update(_group.UNITS)
+    LEFT_OUT.update(_group.LEFT_OUT)
 
 
 def timestep_classes() -> list[str]:
