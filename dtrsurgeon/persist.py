@@ -59,8 +59,7 @@ def save_pretrained(model: nn.Module, directory: PathLike) -> None:
     if callable(getattr(type(root), "save_pretrained", None)):
         root.save_pretrained(directory)
         return
-    from safetensors.torch import save_model
-
+    save_model = _safetensors("save_model")
     os.makedirs(directory, exist_ok=True)
     save_model(root, os.path.join(directory, WEIGHTS_NAME))
     write_routing(root, directory)
@@ -162,13 +161,22 @@ def _model(model_or_class, directory: PathLike, kwargs: dict) -> tuple[nn.Module
 
 
 def _load_safetensors(model: nn.Module, directory: PathLike) -> None:
-    from safetensors.torch import load_model
-
+    load_model = _safetensors("load_model")
     weights = Path(directory, WEIGHTS_NAME)
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}; a directory saved by a library's save_pretrained "
                               f"loads through its class: dtrsurgeon.from_pretrained({type(model).__name__}, directory)")
     load_model(model, str(weights), strict=True)
+
+
+def _safetensors(name: str) -> Callable[..., Any]:
+    """``safetensors.torch.<name>``; an optional dependency, so its absence is one line saying how to add it."""
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ImportError("saving or loading a routed plain torch module needs safetensors: "
+                          "pip install 'dtrsurgeon[persist]' (or pip install safetensors)") from None
+    return getattr(safetensors.torch, name)
 
 
 @contextlib.contextmanager

@@ -293,3 +293,13 @@ def test_flux_round_trip_in_a_fresh_process(tmp_path):
     routed.save_pretrained(tmp_path / "model")
     dtrsurgeon.save_pretrained(copy.deepcopy(routed), tmp_path / "ema")
     fresh_process(diffusers_round_trip.format(cls="FluxTransformer2DModel"), tmp_path)
+
+
+def test_save_pretrained_without_safetensors_says_how_to_install_it(dit, tmp_path, monkeypatch):
+    routed = dtrsurgeon.transform(dit, SPEC)
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import safetensors -> ImportError
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(ImportError, match=r"needs safetensors: pip install 'dtrsurgeon\[persist\]'") as caught:
+        dtrsurgeon.save_pretrained(routed, tmp_path / "ckpt")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "ckpt").exists()
