@@ -310,3 +310,30 @@ def test_routed_library_model_compiles_once_and_pickles(tmp_path_factory, tmp_pa
         loaded = torch.load(tmp_path / "routed.pt", weights_only=False)
         assert type(loaded) is type(model)
         torch.testing.assert_close(loaded(*args, **kwargs)[0], expected, atol=0, rtol=0)
+
+
+# -- every backbone of the diffusers sweep ------------------------------------------------------------------
+
+def _sweep_classes():
+    from tests.test_diffusers_sweep import UNITS
+
+    return sorted(UNITS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _sweep_classes())
+def test_the_library_file_of_every_sweep_backbone_equals_transform(name, tmp_path):
+    """What `dtrsurgeon apply SPEC pkg.module:Class` writes, for each backbone the sweep routes: its
+    `route()` on a freshly built model gives the outputs of `transform()` at mixed timesteps."""
+    spec = {"version": 1, "routing": {"channel_ratio": 0.5}}
+    model = dm.sweep_model(name)
+    kwargs = dm.sweep_inputs(name, model)
+    plan = dtrsurgeon.plan(model, spec, example_inputs=((), kwargs))
+    header = LibraryHeader(f"{type(model).__module__}:{name}", "", "<dict>", "0" * 64, name, "{}")
+    out = tmp_path / f"sweep_{name}_dtr.py"
+    out.write_text(emit_library(model, plan, header))
+    module = import_path(out, f"sweep_{name}_dtr")
+    generated = module.route(dm.sweep_model(name))
+    with torch.no_grad():
+        expected = apply_plan(model, plan, load_spec(spec))(**kwargs)[0]
+        torch.testing.assert_close(generated(**kwargs)[0], expected, atol=1e-6, rtol=0)

@@ -1003,7 +1003,7 @@ def unrouted_instances(model: nn.Module, plan: Plan) -> dict[str, str]:
     forward: path -> why.  They get no mask table and compute what the original forward does."""
     named = dict(model.named_modules())
     unit_classes = {type(named[u.path]) for u in plan.units}
-    why = {p: "left out by the spec's targets" for p, _ in plan.unmatched}
+    why = {p: "left out by the spec's targets" for p, _ in plan.unmatched if type(named[p]) in unit_classes}
     why.update((p, f"not routed: {reason}") for p, reason in plan.skipped if p in why)
     for path, _ in plan.threads:
         if type(named[path]) in unit_classes and path not in why:
