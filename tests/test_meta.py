@@ -74,6 +74,7 @@ def test_meta_model_that_export_cannot_follow_gets_one_clear_error():
     assert "\n" not in str(info.value) and "DataDependent.forward" in str(info.value)
 
 
+@pytest.mark.slow
 def test_meta_flux_transformed_in_place_then_loaded_equals_the_real_model_transformed():
     """A dual-stream MMDiT (diffusers' Flux, tiny config) through the same steps."""
     diffusers = pytest.importorskip("diffusers")

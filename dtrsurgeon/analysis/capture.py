@@ -4,13 +4,17 @@ Plain ``torch.fx.symbolic_trace`` fails on real backbones (``int()`` of a
 Proxy, Python control flow on shapes, iterating a Proxy), so capture uses
 ``torch.export.export(..., strict=False)``: the model's own Python runs on fake
 tensors, shapes are concrete, and every node keeps ``nn_module_stack`` (which
-module it belongs to) and ``stack_trace`` (file and line).  The captured graph
-is only analysed; the model that trains is the user's own code.
+module it belongs to) and ``stack_trace`` (file and line).  Module hooks active
+while export runs that Python record the live frames of each module's call (the
+call's column span and the helper frames the graph's stack traces drop), so the
+capture costs one export and no forward on real tensors.  The captured graph is
+only analysed; the model that trains is the user's own code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
 import logging
@@ -134,12 +138,12 @@ def _recording_calls(model: nn.Module, paths: dict[int, str]) -> Iterator[Module
     calls = ModuleCalls()
 
     def record_caller(module, _inputs):
-        path = paths.get(id(module))
+        path = paths.get(id(_traced_base(module)))
         if path is not None and path not in calls.callers:
             calls.callers[path] = _user_frames(model, live_frames(sys._getframe(1)))
 
     def record_output(module, _inputs, output):
-        path = paths.get(id(module))
+        path = paths.get(id(_traced_base(module)))
         if path is not None and path not in calls.returns_tensor:
             calls.returns_tensor[path] = isinstance(output, torch.Tensor)
             if isinstance(output, tuple):
@@ -153,6 +157,15 @@ def _recording_calls(model: nn.Module, paths: dict[int, str]) -> Iterator[Module
     finally:
         for h in handles:
             h.remove()
+
+
+def _traced_base(module: nn.Module) -> nn.Module:
+    """The model's own module behind a stand-in that export calls in its place: where a model
+    holds one module under two names (ADM), export's tracer calls a proxy of each module that
+    records the path it was reached by (``_AttrProxy``; ``get_base()`` is the module)."""
+    while isinstance(module, _ATTR_PROXY) and hasattr(module, "get_base"):
+        module = module.get_base()
+    return module
 
 
 def _check_sources(model: nn.Module, callers: dict[str, list]) -> None:
@@ -399,6 +412,7 @@ def _quiet_torch_logs():
 
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_ATTR_PROXY = getattr(importlib.import_module("torch.fx.experimental.proxy_tensor"), "_AttrProxy", ())
 _CONTAINERS = os.path.join(_TORCH_DIR, "nn", "modules", "container.py")
 
 
