@@ -1,5 +1,6 @@
-"""Capture runs the model's own Python once on the real inputs: whatever the forward stores in place
-(a cache dict of rotary tables, as diffusers' Qwen-Image keeps) holds real tensors afterwards."""
+"""Capture runs the model's own Python once, under torch.export on fake tensors: whatever the forward
+stores in place (a cache dict of rotary tables, as diffusers' Qwen-Image keeps) holds no fake tensor
+afterwards, and the next real forward works."""
 
 import torch
 from torch import nn

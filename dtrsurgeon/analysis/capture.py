@@ -4,13 +4,17 @@ Plain ``torch.fx.symbolic_trace`` fails on real backbones (``int()`` of a
 Proxy, Python control flow on shapes, iterating a Proxy), so capture uses
 ``torch.export.export(..., strict=False)``: the model's own Python runs on fake
 tensors, shapes are concrete, and every node keeps ``nn_module_stack`` (which
-module it belongs to) and ``stack_trace`` (file and line).  The captured graph
-is only analysed; the model that trains is the user's own code.
+module it belongs to) and ``stack_trace`` (file and line).  Module hooks active
+while export runs that Python record the live frames of each module's call (the
+call's column span and the helper frames the graph's stack traces drop), so the
+capture costs one export and no forward on real tensors.  The captured graph is
+only analysed; the model that trains is the user's own code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
 import logging
@@ -20,6 +24,7 @@ import sys
 import traceback
 import warnings
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import fx, nn
@@ -74,10 +79,12 @@ def _where_capture_stopped(paths: dict[int, str], exc: BaseException) -> str:
 
 
 def capture(model: nn.Module, args: tuple, kwargs: dict, timestep_arg: str | None = None) -> Capture:
-    """One eager call of ``model(*args, **kwargs)`` (who calls each module), then its graph:
-    ``torch.export``, else a trace of a second call on real tensors (data-dependent Python).
+    """The forward's graph, and who calls each module, from one run of the model's Python:
+    ``torch.export`` on fake tensors, else a trace of a call on real tensors (data-dependent Python).
 
-    The model is left as it was: its modules' ``training`` flags are set off for the capture and
+    Module hooks record the calls while that run executes the model's own code, so no separate
+    forward is made.  The model is left as it was: export puts back whatever the forward stores
+    (attributes, cache dicts), and the modules' ``training`` flags are set off for the capture and
     restored, without calling ``train()``/``eval()`` (which some models override to re-parameterise).
     ``timestep_arg``: the forward argument the spec reads timesteps from, checked to be one.
     """
@@ -85,9 +92,8 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, timestep_arg: str | Non
     if timestep_arg is not None:
         check_timestep_input(model, args, kwargs, timestep_arg)
     with _inference_flags(model):
-        callers, returns_tensor, output_shapes = _eager_call(model, args, kwargs, paths)
-        _check_sources(model, callers)
-        gm, params, inputs, method = _graph(model, args, kwargs, paths)
+        gm, params, inputs, method, calls = _graph(model, args, kwargs, paths)
+    _check_sources(model, calls.callers)
     if timestep_arg is not None:
         _check_timestep_used(gm, inputs, timestep_arg, type(model).__name__)
     graph, opaque = inline_subgraphs(gm)
@@ -97,8 +103,9 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, timestep_arg: str | Non
             f"dtrsurgeon: a {op} region in {where} is a sub-graph the analysis does not enter; residual blocks "
             f"that run inside it ({', '.join(inside) if inside else 'none found'}) are not routed",
             OpaqueRegionWarning, stacklevel=3)
-    return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params,
-                   returns_tensor=returns_tensor, output_shapes=output_shapes, opaque=tuple(opaque), method=method)
+    return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=calls.callers, params=params,
+                   returns_tensor=calls.returns_tensor, output_shapes=calls.output_shapes, opaque=tuple(opaque),
+                   method=method)
 
 
 @contextlib.contextmanager
@@ -114,37 +121,51 @@ def _inference_flags(model: nn.Module):
             m.training = training
 
 
-def _eager_call(model: nn.Module, args: tuple, kwargs: dict, paths: dict[int, str]) -> tuple[dict, dict, dict]:
-    """Run the model once under hooks: module path -> the source frames of its first call,
-    whether that call returned a plain tensor, and the shapes of a tuple it returned.  (Export may run copies of the modules, so it cannot tell.)"""
-    callers: dict[str, list] = {}
-    returns_tensor: dict[str, bool] = {}
-    output_shapes: dict[str, tuple] = {}
+@dataclass
+class ModuleCalls:
+    """What hooks saw of each module's first call while the capture ran the forward."""
+
+    callers: dict[str, list] = field(default_factory=dict)  # path -> source frames, root.forward first
+    returns_tensor: dict[str, bool] = field(default_factory=dict)  # path -> returned a plain tensor
+    output_shapes: dict[str, tuple] = field(default_factory=dict)  # path -> shapes of a returned tuple
+
+
+@contextlib.contextmanager
+def _recording_calls(model: nn.Module, paths: dict[int, str]) -> Iterator[ModuleCalls]:
+    """Global module hooks for the duration of one traced forward: the live frames of each
+    module's first call (with the column span of the call, which the graph's stack traces lack,
+    and the helper frames they drop), and what it returned (fake tensors under export)."""
+    calls = ModuleCalls()
 
     def record_caller(module, _inputs):
-        path = paths.get(id(module))
-        if path is not None and path not in callers:
-            callers[path] = _user_frames(model, live_frames(sys._getframe(1)))
+        path = paths.get(id(_traced_base(module)))
+        if path is not None and path not in calls.callers:
+            calls.callers[path] = _user_frames(model, live_frames(sys._getframe(1)))
 
     def record_output(module, _inputs, output):
-        path = paths.get(id(module))
-        if path is not None and path not in returns_tensor:
-            returns_tensor[path] = type(output) is torch.Tensor or isinstance(output, torch.nn.Parameter)
+        path = paths.get(id(_traced_base(module)))
+        if path is not None and path not in calls.returns_tensor:
+            calls.returns_tensor[path] = isinstance(output, torch.Tensor)
             if isinstance(output, tuple):
-                output_shapes[path] = tuple(tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in output)
+                calls.output_shapes[path] = tuple(tuple(o.shape) if isinstance(o, torch.Tensor) else None
+                                                  for o in output)
 
     handles = [nn.modules.module.register_module_forward_pre_hook(record_caller),
                nn.modules.module.register_module_forward_hook(record_output)]
     try:
-        with torch.no_grad():
-            model(*args, **kwargs)
-    except Exception as exc:
-        raise _capture_error(model, paths, exc, "The model failed on the example inputs themselves: check them "
-                             "(pass example_inputs=, CLI --example-inputs FILE.pt).") from exc
+        yield calls
     finally:
         for h in handles:
             h.remove()
-    return callers, returns_tensor, output_shapes
+
+
+def _traced_base(module: nn.Module) -> nn.Module:
+    """The model's own module behind a stand-in that export calls in its place: where a model
+    holds one module under two names (ADM), export's tracer calls a proxy of each module that
+    records the path it was reached by (``_AttrProxy``; ``get_base()`` is the module)."""
+    while isinstance(module, _ATTR_PROXY) and hasattr(module, "get_base"):
+        module = module.get_base()
+    return module
 
 
 def _check_sources(model: nn.Module, callers: dict[str, list]) -> None:
@@ -158,25 +179,39 @@ def _check_sources(model: nn.Module, callers: dict[str, list]) -> None:
             check_current(code)
 
 
-def _graph(model, args, kwargs, paths) -> tuple[fx.GraphModule, dict[str, str], dict[str, str], str]:
-    """(graph module, placeholder -> parameter/buffer name, argument name -> placeholder, method)."""
+def _graph(model, args, kwargs, paths) -> tuple[fx.GraphModule, dict[str, str], dict[str, str], str, ModuleCalls]:
+    """(graph module, placeholder -> parameter/buffer name, argument name -> placeholder, method,
+    the module calls recorded while it ran)."""
     try:
-        with _quiet_torch_logs():
+        with _quiet_torch_logs(), _recording_calls(model, paths) as calls, torch.no_grad():
             ep = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
     except Exception as exported:
+        if on_meta(model, args, kwargs):
+            raise _capture_error(model, paths, exported, "A model on the meta device is captured by torch.export "
+                                 "alone (a trace on real tensors needs values): plan it on a real device, or pass "
+                                 "example_inputs= that export can follow.") from exported
         try:
-            with _quiet_torch_logs():
-                return (*trace_real(model, args, kwargs), "real-tensor trace")
+            with _quiet_torch_logs(), _recording_calls(model, paths) as calls:
+                return (*trace_real(model, args, kwargs), "real-tensor trace", calls)
         except Exception as traced:
             raise _capture_error(model, paths, traced, f"Capture exports the forward on fake tensors and, failing "
-                                 f"that, traces it on real tensors; both failed (export: {_first_line(exported)[:200]}): "
-                                 "route the blocks below this code by calling dtrsurgeon on that submodule.") from traced
+                                 f"that, traces it on the real example inputs; both failed (export: "
+                                 f"{_first_line(exported)[:200]}): check the example inputs (pass example_inputs=, "
+                                 "CLI --example-inputs FILE.pt), or route the blocks below this code by calling "
+                                 "dtrsurgeon on that submodule.") from traced
     sig = ep.graph_signature
     params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
     names = {n.name for n in ep.graph_module.graph.nodes if n.op == "placeholder"}
     inputs = {name: name for name in sig.user_inputs if name in names}
-    return ep.graph_module, params, inputs, "export"
+    return ep.graph_module, params, inputs, "export", calls
+
+
+def on_meta(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> bool:
+    """Does the model hold, or the call pass, tensors on the meta device (shapes without storage)?"""
+    leaves = pytree.tree_leaves((tuple(args), dict(kwargs or {})))
+    tensors = [*model.parameters(), *model.buffers(), *(x for x in leaves if isinstance(x, torch.Tensor))]
+    return any(t.is_meta for t in tensors)
 
 
 def trace_real(model: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphModule, dict[str, str], dict[str, str]]:
@@ -377,6 +412,7 @@ def _quiet_torch_logs():
 
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_ATTR_PROXY = getattr(importlib.import_module("torch.fx.experimental.proxy_tensor"), "_AttrProxy", ())
 _CONTAINERS = os.path.join(_TORCH_DIR, "nn", "modules", "container.py")
 
 
