@@ -25,13 +25,51 @@ def _unet1d_inputs(model, g, b, t):
     return dict(sample=torch.randn(b, 2, 32, generator=g), timestep=t)
 
 
+def _stable_audio():
+    """Stable Audio DiT: 2 StableAudioDiTBlocks of width 16 (2 heads of 8, 1 key/value head) over a
+    4-channel latent; one global token is prepended to the sequence and cut off at the output."""
+    import diffusers as d
+
+    return _seeded(d.StableAudioDiTModel, sample_size=8, in_channels=4, num_layers=2, attention_head_dim=8,
+                   num_attention_heads=2, num_key_value_attention_heads=1, out_channels=4, cross_attention_dim=16,
+                   time_proj_dim=16, global_states_input_dim=8, cross_attention_input_dim=8)
+
+
+def _stable_audio_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 8, generator=g), timestep=t.float() / 1000,
+                encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                global_hidden_states=torch.randn(b, 1, 8, generator=g))
+
+
+def _stable_audio3():
+    """Stable Audio 3 DiT: 2 StableAudio3DiTBlocks of width 16 (differential attention, 2 heads of 8) and
+    2 memory tokens prepended to the sequence."""
+    import diffusers as d
+
+    return _seeded(d.StableAudio3DiTModel, io_channels=4, embed_dim=16, depth=2, num_heads=2, cond_token_dim=8,
+                   global_cond_dim=8, local_add_cond_dim=4, timestep_features_dim=8, ff_mult=2.0,
+                   num_memory_tokens=2)
+
+
+def _stable_audio3_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 8, generator=g), timestep=t.float() / 1000,
+                encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                global_hidden_states=torch.randn(b, 8, generator=g))
+
+
 FACTORIES: dict = {
     "UNet1DModel": (_unet1d, _unet1d_inputs),
+    "StableAudioDiTModel": (_stable_audio, _stable_audio_inputs),
+    "StableAudio3DiTModel": (_stable_audio3, _stable_audio3_inputs),
 }
 UNITS: dict = {
     # 3 ResConvBlocks in each of the 4 down / up blocks and 6 in the mid block; a SelfAttention1d after each
     # ResConvBlock of AttnDownBlock1D, AttnUpBlock1D and the mid block
     "UNet1DModel": {"ResConvBlock": 18, "SelfAttention1d": 12},
+    # the blocks, and the 1x1 convs written as root-level residuals (preprocess_conv(x) + x before proj_in,
+    # postprocess_conv(x) + x after proj_out)
+    "StableAudioDiTModel": {"StableAudioDiTBlock": 2, "Conv1d": 2},
+    "StableAudio3DiTModel": {"StableAudio3DiTBlock": 2, "Conv1d": 2},
 }
 NOT_YET = "no tiny config and inputs written in tests/sweep/other.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
@@ -49,6 +87,4 @@ LEFT_OUT = {name: NOT_YET for name in (
     "AceStepTransformer1DModel",
     "LongCatAudioDiTTransformer",
     "MiniMaxMusic3Transformer1DModel",
-    "StableAudio3DiTModel",
-    "StableAudioDiTModel",
 )}
