@@ -57,10 +57,58 @@ def _stable_audio3_inputs(model, g, b, t):
                 global_hidden_states=torch.randn(b, 8, generator=g))
 
 
+def _minimax_music3():
+    """MiniMax Music 3: 2 MiniMaxMusic3TransformerBlocks of width 16; the timestep embedding is prepended to
+    the sequence as one token."""
+    import diffusers as d
+
+    return _seeded(d.MiniMaxMusic3Transformer1DModel, in_channels=4, condition_dim=8, num_layers=2,
+                   num_attention_heads=2, attention_head_dim=8, ff_inner_dim=32, rotary_dim=4,
+                   fourier_embedding_dim=8)
+
+
+def _minimax_music3_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 4, 8, generator=g), timestep=t.float() / 1000,
+                encoder_hidden_states=torch.randn(b, 8, 8, generator=g))
+
+
+def _longcat_audio():
+    """LongCat audio DiT: 2 AudioDiTBlocks of width 16 with a global adaLN and a long skip around them; the
+    text tokens pass 4 ConvNeXt blocks first."""
+    import diffusers as d
+
+    return _seeded(d.LongCatAudioDiTTransformer, dit_dim=16, dit_depth=2, dit_heads=2, dit_text_dim=8,
+                   latent_dim=4, ff_mult=2.0)
+
+
+def _longcat_audio_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 8, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                encoder_attention_mask=torch.ones(b, 5, dtype=torch.bool), timestep=t.float() / 1000)
+
+
+def _ace_step():
+    """ACE-Step 1.5: 2 AceStepTransformerBlocks of width 16 (sliding-window then full self-attention), patch 2
+    over the concatenated context and noisy latents."""
+    import diffusers as d
+
+    return _seeded(d.AceStepTransformer1DModel, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                   num_attention_heads=2, num_key_value_heads=1, head_dim=8, in_channels=8,
+                   audio_acoustic_hidden_dim=4, patch_size=2, sliding_window=4)
+
+
+def _ace_step_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 8, 4, generator=g), timestep=t.float() / 1000,
+                timestep_r=t.float() / 1000, encoder_hidden_states=torch.randn(b, 5, 16, generator=g),
+                context_latents=torch.randn(b, 8, 4, generator=g))
+
+
 FACTORIES: dict = {
     "UNet1DModel": (_unet1d, _unet1d_inputs),
     "StableAudioDiTModel": (_stable_audio, _stable_audio_inputs),
     "StableAudio3DiTModel": (_stable_audio3, _stable_audio3_inputs),
+    "MiniMaxMusic3Transformer1DModel": (_minimax_music3, _minimax_music3_inputs),
+    "LongCatAudioDiTTransformer": (_longcat_audio, _longcat_audio_inputs),
+    "AceStepTransformer1DModel": (_ace_step, _ace_step_inputs),
 }
 UNITS: dict = {
     # 3 ResConvBlocks in each of the 4 down / up blocks and 6 in the mid block; a SelfAttention1d after each
@@ -70,6 +118,10 @@ UNITS: dict = {
     # postprocess_conv(x) + x after proj_out)
     "StableAudioDiTModel": {"StableAudioDiTBlock": 2, "Conv1d": 2},
     "StableAudio3DiTModel": {"StableAudio3DiTBlock": 2, "Conv1d": 2},
+    "MiniMaxMusic3Transformer1DModel": {"MiniMaxMusic3TransformerBlock": 2, "Conv1d": 2},
+    # the ConvNeXt blocks of text_conv_layer run on the text tokens only, not on the routed stream
+    "LongCatAudioDiTTransformer": {"AudioDiTBlock": 2},
+    "AceStepTransformer1DModel": {"AceStepTransformerBlock": 2},
 }
 NOT_YET = "no tiny config and inputs written in tests/sweep/other.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
@@ -84,7 +136,4 @@ LEFT_OUT = {name: NOT_YET for name in (
     "I2VGenXLUNet",
     "UNetMotionModel",
     "UNetSpatioTemporalConditionModel",
-    "AceStepTransformer1DModel",
-    "LongCatAudioDiTTransformer",
-    "MiniMaxMusic3Transformer1DModel",
 )}
