@@ -102,6 +102,38 @@ def _ace_step_inputs(model, g, b, t):
                 context_latents=torch.randn(b, 8, 4, generator=g))
 
 
+def _ltx():
+    """LTX-Video: 2 LTXVideoTransformerBlocks of width 16 over 2x2x2 latent tokens (frames, height, width)."""
+    import diffusers as d
+
+    return _seeded(d.LTXVideoTransformer3DModel, in_channels=4, out_channels=4, num_attention_heads=2,
+                   attention_head_dim=8, cross_attention_dim=16, num_layers=2, caption_channels=8)
+
+
+def _ltx_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 8, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                timestep=t, encoder_attention_mask=torch.ones(b, 5), num_frames=2, height=2, width=2)
+
+
+def _ltx2():
+    """LTX-2 audio-video: 2 LTX2VideoTransformerBlocks, each carrying the video tokens (width 16) and the
+    audio tokens (width 16) with cross-attention between them."""
+    import diffusers as d
+
+    return _seeded(d.LTX2VideoTransformer3DModel, in_channels=4, out_channels=4, num_attention_heads=2,
+                   attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4,
+                   audio_num_attention_heads=2, audio_attention_head_dim=8, audio_cross_attention_dim=16,
+                   num_layers=2, caption_channels=8)
+
+
+def _ltx2_inputs(model, g, b, t):
+    return dict(hidden_states=torch.randn(b, 8, 4, generator=g), audio_hidden_states=torch.randn(b, 4, 4, generator=g),
+                encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                audio_encoder_hidden_states=torch.randn(b, 5, 8, generator=g), timestep=t,
+                encoder_attention_mask=torch.ones(b, 5), audio_encoder_attention_mask=torch.ones(b, 5),
+                num_frames=2, height=2, width=2, audio_num_frames=4)
+
+
 FACTORIES: dict = {
     "UNet1DModel": (_unet1d, _unet1d_inputs),
     "StableAudioDiTModel": (_stable_audio, _stable_audio_inputs),
@@ -109,6 +141,8 @@ FACTORIES: dict = {
     "MiniMaxMusic3Transformer1DModel": (_minimax_music3, _minimax_music3_inputs),
     "LongCatAudioDiTTransformer": (_longcat_audio, _longcat_audio_inputs),
     "AceStepTransformer1DModel": (_ace_step, _ace_step_inputs),
+    "LTXVideoTransformer3DModel": (_ltx, _ltx_inputs),
+    "LTX2VideoTransformer3DModel": (_ltx2, _ltx2_inputs),
 }
 UNITS: dict = {
     # 3 ResConvBlocks in each of the 4 down / up blocks and 6 in the mid block; a SelfAttention1d after each
@@ -122,11 +156,11 @@ UNITS: dict = {
     # the ConvNeXt blocks of text_conv_layer run on the text tokens only, not on the routed stream
     "LongCatAudioDiTTransformer": {"AudioDiTBlock": 2},
     "AceStepTransformer1DModel": {"AceStepTransformerBlock": 2},
+    "LTXVideoTransformer3DModel": {"LTXVideoTransformerBlock": 2},
 }
 NOT_YET = "no tiny config and inputs written in tests/sweep/other.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
     "LTX2VideoTransformer3DModel",
-    "LTXVideoTransformer3DModel",
     "MiniMaxH3Transformer3DModel",
     "MochiTransformer3DModel",
     "MotifVideoTransformer3DModel",
