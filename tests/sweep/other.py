@@ -215,6 +215,40 @@ def _svd_unet_inputs(model, g, b, t):
                 encoder_hidden_states=torch.randn(b, 1, 16, generator=g), added_time_ids=torch.randn(b, 3, generator=g))
 
 
+def _i2vgen_xl():
+    """I2VGen-XL U-Net: the UNet3DConditionModel layout (2 levels of width 16 and 32, frames folded into the
+    batch) with a temporal transformer on the input and the image latents encoded beside the sample."""
+    import diffusers as d
+
+    return _seeded(d.I2VGenXLUNet, sample_size=8, in_channels=4, out_channels=4,
+                   down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+                   block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
+                   attention_head_dim=4)
+
+
+def _i2vgen_xl_inputs(model, g, b, t):
+    return dict(sample=torch.randn(b, 4, 2, 8, 8, generator=g), timestep=t, fps=torch.full((b,), 8),
+                image_latents=torch.randn(b, 4, 2, 8, 8, generator=g), image_embeddings=torch.randn(b, 16, generator=g),
+                encoder_hidden_states=torch.randn(b, 5, 16, generator=g))
+
+
+def _unet_motion():
+    """AnimateDiff U-Net: the UNet2DConditionModel layout (2 levels of width 16 and 32) with a motion module
+    (AnimateDiffTransformer3D, temporal attention over the frames) after every resnet."""
+    import diffusers as d
+
+    return _seeded(d.UNetMotionModel, sample_size=8, in_channels=4, out_channels=4,
+                   down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+                   up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"), block_out_channels=(16, 32),
+                   layers_per_block=1, norm_num_groups=8, cross_attention_dim=16, num_attention_heads=2,
+                   motion_num_attention_heads=2, motion_max_seq_length=8)
+
+
+def _unet_motion_inputs(model, g, b, t):
+    return dict(sample=torch.randn(b, 4, 2, 8, 8, generator=g), timestep=t,
+                encoder_hidden_states=torch.randn(b, 5, 16, generator=g))
+
+
 FACTORIES: dict = {
     "UNet1DModel": (_unet1d, _unet1d_inputs),
     "StableAudioDiTModel": (_stable_audio, _stable_audio_inputs),
@@ -229,6 +263,8 @@ FACTORIES: dict = {
     "SanaVideoTransformer3DModel": (_sana_video, _sana_video_inputs),
     "SanaWMLTX2RefinerTransformer3DModel": (_sana_wm_refiner, _sana_wm_refiner_inputs),
     "UNetSpatioTemporalConditionModel": (_svd_unet, _svd_unet_inputs),
+    "I2VGenXLUNet": (_i2vgen_xl, _i2vgen_xl_inputs),
+    "UNetMotionModel": (_unet_motion, _unet_motion_inputs),
 }
 UNITS: dict = {
     # 3 ResConvBlocks in each of the 4 down / up blocks and 6 in the mid block; a SelfAttention1d after each
@@ -247,12 +283,12 @@ UNITS: dict = {
     "LTX2VideoTransformer3DModel": {"LTX2VideoTransformerBlock": 2},
     "MochiTransformer3DModel": {"MochiTransformerBlock": 2},
     "MotifVideoTransformer3DModel": {"MotifVideoTransformerBlock": 2, "MotifVideoSingleTransformerBlock": 2},
+    "SanaVideoTransformer3DModel": {"SanaVideoTransformerBlock": 2},
+    "SanaWMLTX2RefinerTransformer3DModel": {"SanaWMLTX2RefinerTransformerBlock": 2},
 }
 NOT_YET = "no tiny config and inputs written in tests/sweep/other.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
     "MiniMaxH3Transformer3DModel",
-    "SanaVideoTransformer3DModel",
-    "SanaWMLTX2RefinerTransformer3DModel",
     "SanaWMTransformer3DModel",
     "I2VGenXLUNet",
     "UNetMotionModel",
