@@ -198,16 +198,17 @@ def _sana_wm_refiner_inputs(model, g, b, t):
 
 
 def _svd_unet():
-    """Stable Video Diffusion U-Net: 2 levels of width 32 (its ResnetBlock2Ds take 32 norm groups), one
-    SpatioTemporalResBlock per level and a TransformerSpatioTemporalModel in the first down / last up level
-    and the mid block; the frames are folded into the batch in the root's forward."""
+    """Stable Video Diffusion U-Net: one level of width 32 (its ResnetBlock2Ds take 32 norm groups) with
+    cross-attention, and the mid block; each SpatioTemporalResBlock holds a spatial ResnetBlock2D and a
+    TemporalResnetBlock, each TransformerSpatioTemporalModel a spatial BasicTransformerBlock and a
+    TemporalBasicTransformerBlock.  The frames are folded into the batch in the root's forward."""
     import diffusers as d
 
     return _seeded(d.UNetSpatioTemporalConditionModel, sample_size=8, in_channels=4, out_channels=4,
-                   down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-                   up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-                   block_out_channels=(32, 32), addition_time_embed_dim=4, projection_class_embeddings_input_dim=12,
-                   layers_per_block=1, cross_attention_dim=16, num_attention_heads=(2, 2), num_frames=2)
+                   down_block_types=("CrossAttnDownBlockSpatioTemporal",),
+                   up_block_types=("CrossAttnUpBlockSpatioTemporal",), block_out_channels=(32,),
+                   addition_time_embed_dim=4, projection_class_embeddings_input_dim=12, layers_per_block=1,
+                   cross_attention_dim=16, num_attention_heads=(2,), num_frames=2)
 
 
 def _svd_unet_inputs(model, g, b, t):
@@ -245,7 +246,10 @@ def _unet_motion():
 
 
 def _unet_motion_inputs(model, g, b, t):
-    return dict(sample=torch.randn(b, 4, 2, 8, 8, generator=g), timestep=t,
+    """One frame: the model takes the text embeddings per frame ([B * F, S, D], the AnimateDiff pipeline
+    repeats them), which the sweep's per-sample split cannot slice for F > 1; tests/test_diffusers_folded.py
+    checks two frames per sample."""
+    return dict(sample=torch.randn(b, 4, 1, 8, 8, generator=g), timestep=t,
                 encoder_hidden_states=torch.randn(b, 5, 16, generator=g))
 
 
@@ -285,12 +289,27 @@ UNITS: dict = {
     "MotifVideoTransformer3DModel": {"MotifVideoTransformerBlock": 2, "MotifVideoSingleTransformerBlock": 2},
     "SanaVideoTransformer3DModel": {"SanaVideoTransformerBlock": 2},
     "SanaWMLTX2RefinerTransformer3DModel": {"SanaWMLTX2RefinerTransformerBlock": 2},
+    # as UNet3DConditionModel: frames folded into the batch (sample-major); the spatial resnets, the
+    # spatial / temporal transformer blocks and the one of transformer_in; the TemporalConvLayers start their
+    # stream inside a reshape and are left out (plan.skipped); image_latents_temporal_encoder runs on the
+    # image latents only, not on the routed stream
+    "I2VGenXLUNet": {"ResnetBlock2D": 8, "BasicTransformerBlock": 9},
+    # the spatial resnets and transformer blocks, and the motion modules (AnimateDiffTransformer3D:
+    # x + proj_out(blocks(proj_in(norm(x)))), a residual block around its temporal BasicTransformerBlock);
+    # one frame here (see _unet_motion_inputs), two folded into the batch in tests/test_diffusers_folded.py
+    "UNetMotionModel": {"ResnetBlock2D": 8, "BasicTransformerBlock": 4, "AnimateDiffTransformer3D": 7},
+    # frames folded into the batch (sample-major) for the spatial ResnetBlock2Ds and BasicTransformerBlocks;
+    # the TemporalResnetBlocks run on [B, C, F, H, W]; the TemporalBasicTransformerBlocks fold the positions
+    # into the batch inside their forward ([B * F, S, C] -> [B * S, F, C]), so their stream starts inside the
+    # unit and they are left out (plan.skipped)
+    "UNetSpatioTemporalConditionModel": {"ResnetBlock2D": 5, "TemporalResnetBlock": 5, "BasicTransformerBlock": 4},
 }
-NOT_YET = "no tiny config and inputs written in tests/sweep/other.py yet"
-LEFT_OUT = {name: NOT_YET for name in (
-    "MiniMaxH3Transformer3DModel",
-    "SanaWMTransformer3DModel",
-    "I2VGenXLUNet",
-    "UNetMotionModel",
-    "UNetSpatioTemporalConditionModel",
-)}
+LEFT_OUT = {
+    "MiniMaxH3Transformer3DModel": "its timestep is not per sample: it holds the distinct noise levels of the packed "
+                                   "video / audio / text sequence ([num_timesteps], shared by the batch) and every "
+                                   "row picks one through timestep_indices, so a task is per row; DTR's task index "
+                                   "is one per sample (a [B] or 0-d timestep)",
+    "SanaWMTransformer3DModel": "its timestep is per frame ([B, 1, T], diffusion forcing; a [B] timestep fails in "
+                                "its blocks at t.shape[2]), so a task is per frame; DTR's task index is one per "
+                                "sample (a [B] or 0-d timestep)",
+}
