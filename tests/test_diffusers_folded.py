@@ -12,8 +12,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
-import dtrsurgeon  # noqa: E402
-from tests.sweep import other  # noqa: E402
+import dtrsurgeon
+from tests.sweep import other
 
 SPEC = {"version": 1, "routing": {"channel_ratio": 0.5}}
 FRAMES = 2
@@ -21,10 +21,10 @@ FRAMES = 2
 
 def _inputs(batch_size):
     g = torch.Generator().manual_seed(0)
-    return dict(sample=torch.randn(batch_size, 4, FRAMES, 8, 8, generator=g),
-                timestep=torch.linspace(0, 999, batch_size).round().long(),
-                encoder_hidden_states=torch.randn(batch_size, 5, 16, generator=g).repeat_interleave(FRAMES, 0),
-                return_dict=False)
+    return {"sample": torch.randn(batch_size, 4, FRAMES, 8, 8, generator=g),
+            "timestep": torch.linspace(0, 999, batch_size).round().long(),
+            "encoder_hidden_states": torch.randn(batch_size, 5, 16, generator=g).repeat_interleave(FRAMES, 0),
+            "return_dict": False}
 
 
 def _alone(kwargs, i):

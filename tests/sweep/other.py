@@ -22,7 +22,7 @@ def _unet1d():
 
 
 def _unet1d_inputs(model, g, b, t):
-    return dict(sample=torch.randn(b, 2, 32, generator=g), timestep=t)
+    return {"sample": torch.randn(b, 2, 32, generator=g), "timestep": t}
 
 
 def _stable_audio():
@@ -36,9 +36,9 @@ def _stable_audio():
 
 
 def _stable_audio_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 4, 8, generator=g), timestep=t.float() / 1000,
-                encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
-                global_hidden_states=torch.randn(b, 1, 8, generator=g))
+    return {"hidden_states": torch.randn(b, 4, 8, generator=g), "timestep": t.float() / 1000,
+            "encoder_hidden_states": torch.randn(b, 5, 8, generator=g),
+            "global_hidden_states": torch.randn(b, 1, 8, generator=g)}
 
 
 def _stable_audio3():
@@ -52,9 +52,9 @@ def _stable_audio3():
 
 
 def _stable_audio3_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 4, 8, generator=g), timestep=t.float() / 1000,
-                encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
-                global_hidden_states=torch.randn(b, 8, generator=g))
+    return {"hidden_states": torch.randn(b, 4, 8, generator=g), "timestep": t.float() / 1000,
+            "encoder_hidden_states": torch.randn(b, 5, 8, generator=g),
+            "global_hidden_states": torch.randn(b, 8, generator=g)}
 
 
 def _minimax_music3():
@@ -68,8 +68,8 @@ def _minimax_music3():
 
 
 def _minimax_music3_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 4, 8, generator=g), timestep=t.float() / 1000,
-                encoder_hidden_states=torch.randn(b, 8, 8, generator=g))
+    return {"hidden_states": torch.randn(b, 4, 8, generator=g), "timestep": t.float() / 1000,
+            "encoder_hidden_states": torch.randn(b, 8, 8, generator=g)}
 
 
 def _longcat_audio():
@@ -82,8 +82,9 @@ def _longcat_audio():
 
 
 def _longcat_audio_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 8, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
-                encoder_attention_mask=torch.ones(b, 5, dtype=torch.bool), timestep=t.float() / 1000)
+    return {"hidden_states": torch.randn(b, 8, 4, generator=g),
+            "encoder_hidden_states": torch.randn(b, 5, 8, generator=g),
+            "encoder_attention_mask": torch.ones(b, 5, dtype=torch.bool), "timestep": t.float() / 1000}
 
 
 def _ace_step():
@@ -97,9 +98,9 @@ def _ace_step():
 
 
 def _ace_step_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 8, 4, generator=g), timestep=t.float() / 1000,
-                timestep_r=t.float() / 1000, encoder_hidden_states=torch.randn(b, 5, 16, generator=g),
-                context_latents=torch.randn(b, 8, 4, generator=g))
+    return {"hidden_states": torch.randn(b, 8, 4, generator=g), "timestep": t.float() / 1000,
+            "timestep_r": t.float() / 1000, "encoder_hidden_states": torch.randn(b, 5, 16, generator=g),
+            "context_latents": torch.randn(b, 8, 4, generator=g)}
 
 
 def _ltx():
@@ -111,8 +112,9 @@ def _ltx():
 
 
 def _ltx_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 8, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
-                timestep=t, encoder_attention_mask=torch.ones(b, 5), num_frames=2, height=2, width=2)
+    return {"hidden_states": torch.randn(b, 8, 4, generator=g),
+            "encoder_hidden_states": torch.randn(b, 5, 8, generator=g),
+            "timestep": t, "encoder_attention_mask": torch.ones(b, 5), "num_frames": 2, "height": 2, "width": 2}
 
 
 def _ltx2():
@@ -127,11 +129,12 @@ def _ltx2():
 
 
 def _ltx2_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 8, 4, generator=g), audio_hidden_states=torch.randn(b, 4, 4, generator=g),
-                encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
-                audio_encoder_hidden_states=torch.randn(b, 5, 8, generator=g), timestep=t,
-                encoder_attention_mask=torch.ones(b, 5), audio_encoder_attention_mask=torch.ones(b, 5),
-                num_frames=2, height=2, width=2, audio_num_frames=4)
+    return {"hidden_states": torch.randn(b, 8, 4, generator=g),
+            "audio_hidden_states": torch.randn(b, 4, 4, generator=g),
+            "encoder_hidden_states": torch.randn(b, 5, 8, generator=g),
+            "audio_encoder_hidden_states": torch.randn(b, 5, 8, generator=g), "timestep": t,
+            "encoder_attention_mask": torch.ones(b, 5), "audio_encoder_attention_mask": torch.ones(b, 5),
+            "num_frames": 2, "height": 2, "width": 2, "audio_num_frames": 4}
 
 
 def _mochi():
@@ -145,8 +148,9 @@ def _mochi():
 
 
 def _mochi_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 4, 2, 4, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 16, generator=g),
-                timestep=t, encoder_attention_mask=torch.ones(b, 5, dtype=torch.bool))
+    return {"hidden_states": torch.randn(b, 4, 2, 4, 4, generator=g),
+            "encoder_hidden_states": torch.randn(b, 5, 16, generator=g),
+            "timestep": t, "encoder_attention_mask": torch.ones(b, 5, dtype=torch.bool)}
 
 
 def _motif_video():
@@ -160,8 +164,8 @@ def _motif_video():
 
 
 def _motif_video_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 4, 2, 4, 4, generator=g), timestep=t,
-                encoder_hidden_states=torch.randn(b, 5, 8, generator=g), encoder_attention_mask=torch.ones(b, 5))
+    return {"hidden_states": torch.randn(b, 4, 2, 4, 4, generator=g), "timestep": t,
+            "encoder_hidden_states": torch.randn(b, 5, 8, generator=g), "encoder_attention_mask": torch.ones(b, 5)}
 
 
 def _sana_video():
@@ -175,8 +179,9 @@ def _sana_video():
 
 
 def _sana_video_inputs(model, g, b, t):
-    return dict(hidden_states=torch.randn(b, 4, 2, 4, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
-                timestep=t)
+    return {"hidden_states": torch.randn(b, 4, 2, 4, 4, generator=g),
+            "encoder_hidden_states": torch.randn(b, 5, 8, generator=g),
+            "timestep": t}
 
 
 def _sana_wm_refiner():
@@ -193,8 +198,9 @@ def _sana_wm_refiner():
 def _sana_wm_refiner_inputs(model, g, b, t):
     """The RoPE is built for one sample (it broadcasts over the batch, so each sample alone gets the same)."""
     rope = model.build_rotary_emb_for_absolute_positions(1, [0, 1], 2, 2, torch.device("cpu"), fps=24.0)
-    return dict(hidden_states=torch.randn(b, 8, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
-                timestep=t, video_rotary_emb=rope, encoder_attention_mask=torch.ones(b, 5))
+    return {"hidden_states": torch.randn(b, 8, 4, generator=g),
+            "encoder_hidden_states": torch.randn(b, 5, 8, generator=g),
+            "timestep": t, "video_rotary_emb": rope, "encoder_attention_mask": torch.ones(b, 5)}
 
 
 def _svd_unet():
@@ -212,8 +218,9 @@ def _svd_unet():
 
 
 def _svd_unet_inputs(model, g, b, t):
-    return dict(sample=torch.randn(b, 2, 4, 8, 8, generator=g), timestep=t,
-                encoder_hidden_states=torch.randn(b, 1, 16, generator=g), added_time_ids=torch.randn(b, 3, generator=g))
+    return {"sample": torch.randn(b, 2, 4, 8, 8, generator=g), "timestep": t,
+            "encoder_hidden_states": torch.randn(b, 1, 16, generator=g),
+            "added_time_ids": torch.randn(b, 3, generator=g)}
 
 
 def _i2vgen_xl():
@@ -222,15 +229,17 @@ def _i2vgen_xl():
     import diffusers as d
 
     return _seeded(d.I2VGenXLUNet, sample_size=8, in_channels=4, out_channels=4,
-                   down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+                   down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D",
+            "CrossAttnUpBlock3D"),
                    block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
                    attention_head_dim=4)
 
 
 def _i2vgen_xl_inputs(model, g, b, t):
-    return dict(sample=torch.randn(b, 4, 2, 8, 8, generator=g), timestep=t, fps=torch.full((b,), 8),
-                image_latents=torch.randn(b, 4, 2, 8, 8, generator=g), image_embeddings=torch.randn(b, 16, generator=g),
-                encoder_hidden_states=torch.randn(b, 5, 16, generator=g))
+    return {"sample": torch.randn(b, 4, 2, 8, 8, generator=g), "timestep": t, "fps": torch.full((b,), 8),
+            "image_latents": torch.randn(b, 4, 2, 8, 8, generator=g),
+            "image_embeddings": torch.randn(b, 16, generator=g),
+            "encoder_hidden_states": torch.randn(b, 5, 16, generator=g)}
 
 
 def _unet_motion():
@@ -249,8 +258,8 @@ def _unet_motion_inputs(model, g, b, t):
     """One frame: the model takes the text embeddings per frame ([B * F, S, D], the AnimateDiff pipeline
     repeats them), which the sweep's per-sample split cannot slice for F > 1; tests/test_diffusers_folded.py
     checks two frames per sample."""
-    return dict(sample=torch.randn(b, 4, 1, 8, 8, generator=g), timestep=t,
-                encoder_hidden_states=torch.randn(b, 5, 16, generator=g))
+    return {"sample": torch.randn(b, 4, 1, 8, 8, generator=g), "timestep": t,
+            "encoder_hidden_states": torch.randn(b, 5, 16, generator=g)}
 
 
 FACTORIES: dict = {
