@@ -163,14 +163,20 @@ def run_dit_case():
     import dtrsurgeon
     from model_zoo.dit import dit
 
-    say("== DiT-B/2 routed by transform(specs/dit-paper.json), batch 8, bf16 autocast: plain vs fused")
+    say("== DiT-B/2 routed by transform(dit-paper), batch 8, bf16 autocast: plain vs fused")
     torch.manual_seed(0)
-    model = dtrsurgeon.transform(dit("B/2", input_size=32, in_channels=4, num_classes=1000), "specs/dit-paper.json").cuda()
+    model = dtrsurgeon.transform(dit("B/2", input_size=32, in_channels=4, num_classes=1000), "dit-paper").cuda()
     x = torch.randn(8, 4, 32, 32, device="cuda")
     t = torch.randint(0, 1000, (8,), device="cuda")
     y = torch.randint(0, 1000, (8,), device="cuda")
     target = torch.randn(8, 8, 32, 32, device="cuda")
-    res = []
+    res, launches, launch = [], {}, kernels._launch
+
+    def counted(op, *rest):
+        launches[op] = launches.get(op, 0) + 1
+        return launch(op, *rest)
+
+    kernels._launch = counted
     for on in (False, True):
         model.zero_grad(set_to_none=True)
         with fused(on):
@@ -180,6 +186,11 @@ def run_dit_case():
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 sample = model(x, t, y)
         res.append([out.detach(), sample] + [p.grad for p in model.parameters() if p.grad is not None])
+    kernels._launch = launch
+    names = {kernels.ROUTE: "route", kernels.MERGE: "merge (new tensor)", kernels.MERGE_INPLACE: "merge in place",
+             kernels.SELECT: "backward select"}
+    say("  fused kernel launches in one train step and one sampling forward: "
+        + (", ".join(f"{names[op]} {n}" for op, n in sorted(launches.items())) or "none (the plain path ran)"))
     ok, worst = compare("DiT-B/2", res[0], res[1], exact=False, rtol=1e-3)
     exact = all(torch.equal(a, b) for a, b in zip(*res))
     say(f"  {'PASS' if ok else 'FAIL'} train output, sample and {len(res[0]) - 2} parameter gradients: "

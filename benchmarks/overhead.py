@@ -123,8 +123,9 @@ class AuthorsDTR(nn.Module):
 
 def authors_variant(vanilla, spec_path):
     from dtrsurgeon.runtime import dtr_mask_table
+    from dtrsurgeon.spec.document import preset_path
 
-    routing = json.loads(Path(spec_path).read_text())["routing"]
+    routing = json.loads((preset_path(spec_path) or Path(spec_path)).read_text())["routing"]
     weights = routing.get("task_weights", {})
     table = dtr_mask_table(vanilla.pos_embed.shape[-1], routing["channel_ratio"], 1000,
                            routing.get("window_shift", "sliding"), weights.get("curve", "power"), weights.get("alpha", 4.0))

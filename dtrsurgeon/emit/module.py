@@ -17,12 +17,15 @@ load both ways with ``strict=True``.  Nothing is stored per forward.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import keyword
 import linecache
 import sys
 import types
 
 import libcst as cst
+import torch
 from torch import nn
 
 from dtrsurgeon.analysis.sources import absolute, check_current
@@ -190,13 +193,42 @@ def _block_forward(self, *args, dtr_task=None, **kwargs):
         else:
             args = args[:index] + (routed,) + args[index + 1:]
         merges.append((out_index, skip, keep))
-    inner = type(self)._dtr_inner
-    out = inner(self, *args, dtr_task=dtr_task, **kwargs) if type(self)._dtr_inner_takes_task else inner(self, *args, **kwargs)
+    routed = None
+    if type(self)._dtr_inner_takes_task:
+        kwargs["dtr_task"] = dtr_task
+    pending = list(args)
+    del args
+    call = _call_plain if torch.compiler.is_compiling() else _handing_over(len(pending), tuple(kwargs))
+    out = call(type(self)._dtr_inner, self, pending, kwargs)
     if not self._dtr_merge:  # the caller adds the skip: attn(x * m) + x
         return out
     if merges[0][0] is None:
         return dtr_merge(out, merges[0][1], merges[0][2])
     return dtr_merge_outputs(out, merges)
+
+
+@functools.lru_cache(maxsize=None)
+def _handing_over(positional: int, keywords: tuple[str, ...]):
+    """A caller ``(fn, self, args, kwargs) -> fn(self, *args, **kwargs)`` that pops each argument out
+    of ``args`` (a list) and ``kwargs`` while the call's arguments are evaluated, so that the unit's own
+    frame holds the only reference to its routed input.  Why: a unit's code usually rebinds its input
+    (``x = x + attn(norm(x))``); in the generated source ``x * m`` is then freed at that line, but a
+    wrapper holding ``args`` would keep it alive through the whole unit, one more stream-sized tensor
+    at a no-grad forward's peak (+5 % on DiT-B/2 sampling).  A call written out with its arguments
+    (CPython >= 3.11) hands them to the callee's frame; ``fn(*args)`` would keep the tuple alive::
+
+        _handing_over(2, ("dtr_task",))  ->  lambda fn, self, a, k: fn(self, a.pop(0), a.pop(0), dtr_task=k.pop('dtr_task'))
+    """
+    if not all(name.isidentifier() and not keyword.iskeyword(name) for name in keywords):
+        return _call_plain
+    call = "".join([", a.pop(0)"] * positional) + "".join(f", {name}=k.pop({name!r})" for name in keywords)
+    return eval(f"lambda fn, self, a, k: fn(self{call})")  # noqa: S307 - built from identifiers only
+
+
+def _call_plain(fn, self, args, kwargs):
+    """fn(self, *args, **kwargs): under torch.compile (one graph, no frames to free) and for keyword
+    names a call cannot spell."""
+    return fn(self, *args, **kwargs)
 
 
 def _block_routes(unit: RoutedUnit, cls: type) -> tuple[tuple[str, int, str, int, int | None], ...]:
