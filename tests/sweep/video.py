@@ -2,13 +2,44 @@
 
 ``build()`` returns the model under a fixed seed in eval mode; ``inputs(model, g, b, t)`` returns the
 keyword arguments of one forward call for batch ``b``, generator ``g`` and timesteps ``t`` (long, [b]).
+Every video here has 2 latent frames of 8x8 pixels and a text of 5 tokens.
 """
 
-FACTORIES: dict = {}
-UNITS: dict = {}
+import torch
+
+from tests.diffusers_models import _seeded
+
+FRAMES, SIZE, TEXT_LEN = 2, 8, 5
+
+
+def _video(g, b, channels=4, frames=FRAMES):
+    return torch.randn(b, channels, frames, SIZE, SIZE, generator=g)
+
+
+def _text(g, b, width=16, length=TEXT_LEN):
+    return torch.randn(b, length, width, generator=g)
+
+
+def _allegro():
+    import diffusers as d
+
+    return _seeded(d.AllegroTransformer3DModel, patch_size=2, num_attention_heads=2, attention_head_dim=8,
+                   in_channels=4, out_channels=4, num_layers=2, cross_attention_dim=16, sample_height=SIZE,
+                   sample_width=SIZE, sample_frames=FRAMES, caption_channels=16)
+
+
+def _allegro_inputs(model, g, b, t):
+    return dict(hidden_states=_video(g, b), encoder_hidden_states=_text(g, b), timestep=t)
+
+
+FACTORIES: dict = {
+    "AllegroTransformer3DModel": (_allegro, _allegro_inputs),
+}
+UNITS: dict = {
+    "AllegroTransformer3DModel": {"AllegroTransformerBlock": 2},
+}
 NOT_YET = "no tiny config and inputs written in tests/sweep/video.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
-    "AllegroTransformer3DModel",
     "AnyFlowFARTransformer3DModel",
     "AnyFlowTransformer3DModel",
     "ChronoEditTransformer3DModel",
