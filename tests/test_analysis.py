@@ -146,3 +146,20 @@ def test_magnitude_preserving_lerp_residuals_are_found():
     routed.load_state_dict(model.state_dict())
     (x, sigma), _ = model.example_inputs()
     assert torch.equal(routed(x, sigma), model(x, sigma))
+
+
+def test_adds_of_two_casts_of_one_stream_are_residual():
+    """``(x.float() + f(x.float())).type_as(x)``: the skip and the branch read two casts of x.
+    Each block's chain holds both adds and starts at the block's input, which is masked there; the
+    tuple-returning blocks (adds written over two lines) find their stream by its name."""
+    model = toy_models.CastNet()
+    cap = capture(model, *model.example_inputs())
+    chains = group_chains(find_residual_adds(cap.graph, set(cap.params)))
+    assert [(c.module, len(c.adds)) for c in chains] == [
+        ("hint_blocks.0", 2), ("blocks.0", 2), ("hint_blocks.1", 2), ("blocks.1", 2)]
+    assert not any(a.projection for c in chains for a in c.adds)
+    p = dtrsurgeon.plan(model, {"version": 1})
+    assert [u.path for u in p.units] == ["blocks.0", "blocks.1", "hint_blocks.0", "hint_blocks.1"]
+    assert {(u.mode, u.mode_note, u.stream_arg, u.masked_at) for u in p.units if u.out_index is None} == {
+        ("block", "", "x", "unit input (x)")}
+    assert {(u.stream_arg, u.out_index) for u in p.units if u.out_index is not None} == {("x", 1)}

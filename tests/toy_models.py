@@ -316,3 +316,48 @@ class NamedLoopNet(TokenNet):
             else:
                 h = block(h, c)
         return self.out(h)
+
+
+class CastBlock(nn.Module):
+    """Wan's block: each residual add computes in float32, ``x.float()`` once for the skip and once
+    for the branch, and casts back with ``.type_as(x)``."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x, c):
+        x = (x.float() + self.fc1(self.norm1(x.float()) + c[:, None])).type_as(x)
+        x = (x.float() + self.fc2(self.norm2(x.float()))).type_as(x)
+        return x
+
+
+class CastHintBlock(CastBlock):
+    """A VACE-style control block: returns a hint and its stream, its adds written over two lines."""
+
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.hint = nn.Linear(dim, dim)
+
+    def forward(self, x, c):
+        x = (x.float() +
+             self.fc1(self.norm1(x.float()) + c[:, None])).type_as(x)
+        x = (x.float() +
+             self.fc2(self.norm2(x.float()))).type_as(x)
+        return self.hint(x), x
+
+
+class CastNet(TokenNet):
+    def __init__(self, dim=16, depth=2, tokens=5):
+        super().__init__(dim, depth, tokens)
+        self.blocks = nn.ModuleList([CastBlock(dim) for _ in range(depth)])
+        self.hint_blocks = nn.ModuleList([CastHintBlock(dim) for _ in range(depth)])
+
+    def forward(self, x, t):
+        c = self.time(t)
+        h = self.inp(x) + self.pos
+        for block, hint_block in zip(self.blocks, self.hint_blocks):
+            hint, h = hint_block(h, c)
+            h = block(h, c) * torch.sigmoid(hint)
+        return self.out(h)

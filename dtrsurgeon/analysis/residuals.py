@@ -36,6 +36,9 @@ _SKIP_OPS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten
              aten.linear.default, aten.avg_pool1d.default, aten.avg_pool2d.default, aten.max_pool2d.default,
              aten.upsample_nearest2d.default, aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.default,
              aten.upsample_bilinear2d.vec, aten._upsample_nearest_exact2d.default}
+# ops that re-type or copy a tensor and nothing else (``x.float()``, ``x.type_as(y)``): their first argument
+_CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default, aten.alias.default,
+          aten.clone.default, aten.contiguous.default}
 PROJECTIONS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
                aten.linear.default, aten.addmm.default, aten.mm.default}
 
@@ -51,7 +54,7 @@ class ResidualAdd:
 
     @property
     def projection(self) -> bool:
-        return self.skip is not self.stream
+        return uncast(self.skip) is not uncast(self.stream)
 
 
 @dataclass
@@ -68,6 +71,21 @@ class ResidualChain:
     @property
     def end(self) -> fx.Node:
         return self.adds[-1].node
+
+
+def uncast(node: fx.Node) -> fx.Node:
+    """The tensor ``node`` re-types or copies: ``x.float()`` and ``x.float().type_as(y)`` -> ``x``."""
+    while node.op == "call_function" and node.target in _CASTS and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
+
+
+def _cast_source(skip: fx.Node, branch: fx.Node, flow: nx.DiGraph) -> fx.Node | None:
+    """The stream when ``skip`` is a cast of a tensor the branch is computed from.  Each ``.float()``
+    call is a node of its own, so ``(x.float() + attn(norm(x.float()))).type_as(x)`` (Wan's blocks)
+    adds one cast of ``x`` to a branch computed from another: the stream is ``x``."""
+    source = uncast(skip)
+    return source if source is not skip and nx.has_path(flow, source, branch) else None
 
 
 def dataflow_graph(graph: fx.Graph) -> nx.DiGraph:
@@ -156,6 +174,10 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
             stream, skip, branch = a, a, b
         elif nx.has_path(flow, b, a):
             stream, skip, branch = b, b, a
+        elif (src := _cast_source(a, b, flow)) is not None:
+            stream, skip, branch = src, a, b
+        elif (src := _cast_source(b, a, flow)) is not None:
+            stream, skip, branch = src, b, a
         elif (src := _projection_source(a, b, flow, params)) is not None:
             stream, skip, branch = src, a, b
         elif (src := _projection_source(b, a, flow, params)) is not None:
@@ -171,14 +193,15 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
 
 def _on_stream(src: fx.Node, dst: fx.Node, depth: int = 3) -> bool:
     """Is ``dst`` ``src`` itself, or ``src`` passed through at most ``depth``
-    single-input, shape-preserving ops (``(x + h) / scale``, a view)?"""
+    single-input, shape-preserving ops (``(x + h) / scale``, a view, ``.type_as(y)``)?"""
     frontier = [src]
     for _ in range(depth + 1):
         if dst in frontier:
             return True
         frontier = [
             u for n in frontier for u in n.users
-            if len(u.all_input_nodes) == 1 and getattr(u.meta.get("val"), "shape", None) == n.meta["val"].shape
+            if (len(u.all_input_nodes) == 1 or (u.target in _CASTS and u.args[0] is n))
+            and getattr(u.meta.get("val"), "shape", None) == n.meta["val"].shape
         ]
     return False
 

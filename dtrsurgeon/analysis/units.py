@@ -38,7 +38,7 @@ from dtrsurgeon.analysis.callsites import (
 )
 from dtrsurgeon.analysis.capture import capture
 from dtrsurgeon.analysis.inputs import example_inputs as guess_inputs
-from dtrsurgeon.analysis.sources import absolute
+from dtrsurgeon.analysis.sources import absolute, statement_at
 from dtrsurgeon.analysis.residuals import (
     PROJECTIONS,
     SHAPE_OPS,
@@ -360,16 +360,30 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
     streams: dict[str, list[FoundStream]] = {}
     for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
         module = named[path]
-        starts = [(c.start, (_frame_in(_origin(c.start, path, params), module) or _frame_in(c.adds[0].node, module)))
-                  for c in holders[path]]
+        starts = [(c.start, _chain_frame(c, path, module, params)) for c in holders[path]]
         try:
-            streams[path] = tuple_streams(path, module, [(n, f.code if f else "") for n, f in starts],
+            streams[path] = tuple_streams(path, module, [(n, _statement(f)) for n, f in starts],
                                           cap.output_shapes.get(path, ()), params)
         except NoStreams as e:
             skipped.append((path, f"{e}; residual blocks inside it are routed"))
             del holders[path]
     holders.update(calls)
     return holders, streams, set(calls)
+
+
+def _chain_frame(chain: ResidualChain, path: str, module: nn.Module, params: set[str]) -> Frame | None:
+    """The line of ``module``'s forward that makes the stream of ``chain`` when it is made inside the
+    unit, else the line of its first residual add (a frame of the same forward run by the unit before,
+    which a stream of repeated blocks comes from, is not this unit's line)."""
+    start = _origin(chain.start, path, params)
+    return (_inside(start, path) and _frame_in(start, module)) or _frame_in(chain.adds[0].node, module)
+
+
+def _statement(frame: Frame | None) -> str:
+    """The code of ``frame``'s whole statement (a stack trace shows its first line only)."""
+    if frame is None:
+        return ""
+    return statement_at(frame.file, frame.line) or frame.code
 
 
 def _root_calls(root_chains: list[ResidualChain], holders, cap) -> dict[str, list[ResidualChain]]:

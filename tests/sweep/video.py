@@ -32,8 +32,28 @@ def _allegro_inputs(model, g, b, t):
     return dict(hidden_states=_video(g, b), encoder_hidden_states=_text(g, b), timestep=t)
 
 
+def _wan_kwargs(**extra):
+    return dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32, **extra)
+
+
+def _wan_inputs(model, g, b, t):
+    return dict(hidden_states=_video(g, b), encoder_hidden_states=_text(g, b), timestep=t)
+
+
+def _wan_vace():
+    import diffusers as d
+
+    return _seeded(d.WanVACETransformer3DModel, **_wan_kwargs(vace_layers=[0, 1], vace_in_channels=4))
+
+
+def _wan_vace_inputs(model, g, b, t):
+    return {**_wan_inputs(model, g, b, t), "control_hidden_states": _video(g, b)}
+
+
 FACTORIES: dict = {
     "AllegroTransformer3DModel": (_allegro, _allegro_inputs),
+    "WanVACETransformer3DModel": (_wan_vace, _wan_vace_inputs),
 }
 UNITS: dict = {
     "AllegroTransformer3DModel": {"AllegroTransformerBlock": 2},
@@ -58,5 +78,10 @@ LEFT_OUT = {name: NOT_YET for name in (
     "SkyReelsV2Transformer3DModel",
     "WanAnimate2Transformer3DModel",
     "WanAnimateTransformer3DModel",
-    "WanVACETransformer3DModel",
 )}
+LEFT_OUT.update({
+    "WanVACETransformer3DModel": "the first VACE block makes its control stream inside itself (control_hidden_states = "
+                                 "proj_in(control_hidden_states) + hidden_states) and returns (hint, stream): a "
+                                 "tuple-returning unit routes only streams that are forward parameters, so "
+                                 "vace_blocks.0 is left out while vace_blocks.1.. are routed",
+})
