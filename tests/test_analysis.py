@@ -98,6 +98,16 @@ def test_data_dependent_control_flow_is_captured_on_real_tensors():
     assert [u.path for u in dtrsurgeon.plan(toy_models.DataDependent(), {"version": 1}).units] == ["block"]
 
 
+def test_a_real_tensor_trace_knows_the_sample_input():
+    """The trace names its inputs arg0_1, ...; the mapping network on the timestep is still no unit."""
+    model = toy_models.DataDependentMapped()
+    assert capture(model, *model.example_inputs()).method == "real-tensor trace"
+    p = dtrsurgeon.plan(model, {"version": 1})
+    assert [u.path for u in p.units] == ["block"]
+    assert "processes only the timestep or the conditioning (no stream of it is computed from the sample 'x')" in \
+        dict(p.skipped)["mapping"]
+
+
 def test_uncapturable_model_names_module_and_line():
     with pytest.raises(CaptureError) as info:
         dtrsurgeon.plan(toy_models.BrokenExample(), {"version": 1})
@@ -163,3 +173,6 @@ def test_adds_of_two_casts_of_one_stream_are_residual():
     assert {(u.mode, u.mode_note, u.stream_arg, u.masked_at) for u in p.units if u.out_index is None} == {
         ("block", "", "x", "unit input (x)")}
     assert {(u.stream_arg, u.out_index) for u in p.units if u.out_index is not None} == {("x", 1)}
+    branch = dtrsurgeon.plan(model, {"version": 1, "routing": {"mode": "branch"}})
+    assert {tuple(sl.code for sl in u.branch_lines) for u in branch.units if u.out_index is None} == {
+        ("h = self.norm1(x.float()) + c[:, None]", "h = self.norm2(x.float())")}

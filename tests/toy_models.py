@@ -150,6 +150,31 @@ class DataDependent(nn.Module):
         return (torch.randn(batch_size, 8), torch.arange(batch_size)), {}
 
 
+class ResidualMLP(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return x + self.fc(F.gelu(x))
+
+
+class DataDependentMapped(DataDependent):
+    """A mapping network (a residual MLP on the timestep embedding) beside the data-dependent block:
+    conditioning, not a unit, in a real-tensor trace too."""
+
+    def __init__(self, dim=8):
+        super().__init__(dim)
+        self.time = nn.Linear(1, dim)
+        self.mapping = ResidualMLP(dim)
+
+    def forward(self, x, t):
+        return self.block(x) * self.mapping(self.time(t.float()[:, None]))
+
+    def example_inputs(self, batch_size=2):
+        return (torch.ones(batch_size, 8), torch.arange(batch_size)), {}
+
+
 class BrokenExample(DataDependent):
     """Its example inputs do not fit its forward (5 features where the block's Linear takes 8)."""
 
@@ -328,8 +353,10 @@ class CastBlock(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
 
     def forward(self, x, c):
-        x = (x.float() + self.fc1(self.norm1(x.float()) + c[:, None])).type_as(x)
-        x = (x.float() + self.fc2(self.norm2(x.float()))).type_as(x)
+        h = self.norm1(x.float()) + c[:, None]
+        x = (x.float() + self.fc1(h)).type_as(x)
+        h = self.norm2(x.float())
+        x = (x.float() + self.fc2(h)).type_as(x)
         return x
 
 

@@ -56,6 +56,15 @@ class ResidualAdd:
     def projection(self) -> bool:
         return uncast(self.skip) is not uncast(self.stream)
 
+    @property
+    def skip_casts(self) -> list[fx.Node]:
+        """The casts that make the skip from the stream (``x.float()``), skip first; [] for a projection."""
+        casts, node = [], self.skip
+        while node is not self.stream and node.op == "call_function" and node.target in _CASTS:
+            casts.append(node)
+            node = node.args[0]
+        return casts if node is self.stream else []
+
 
 @dataclass
 class ResidualChain:
@@ -80,11 +89,16 @@ def uncast(node: fx.Node) -> fx.Node:
     return node
 
 
-def _cast_source(skip: fx.Node, branch: fx.Node, flow: nx.DiGraph) -> fx.Node | None:
+def _cast_source(skip: fx.Node, branch: fx.Node, flow: nx.DiGraph, path: str) -> fx.Node | None:
     """The stream when ``skip`` is a cast of a tensor the branch is computed from.  Each ``.float()``
     call is a node of its own, so ``(x.float() + attn(norm(x.float()))).type_as(x)`` (Wan's blocks)
-    adds one cast of ``x`` to a branch computed from another: the stream is ``x``."""
-    source = uncast(skip)
+    adds one cast of ``x`` to a branch computed from another: the stream is ``x``, the value the casts
+    start from inside module ``path`` (a float32 ``x.float()`` is ``x`` itself, so the graph may chain
+    one such cast onto the last: the branch's own ``norm(x.float())`` is no stream)."""
+    source = skip
+    while (source.op == "call_function" and source.target in _CASTS and isinstance(source.args[0], fx.Node)
+           and (not path or _computed_in(source, path))):
+        source = source.args[0]
     return source if source is not skip and nx.has_path(flow, source, branch) else None
 
 
@@ -174,9 +188,9 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
             stream, skip, branch = a, a, b
         elif nx.has_path(flow, b, a):
             stream, skip, branch = b, b, a
-        elif (src := _cast_source(a, b, flow)) is not None:
+        elif (src := _cast_source(a, b, flow, innermost_module(node)[0])) is not None:
             stream, skip, branch = src, a, b
-        elif (src := _cast_source(b, a, flow)) is not None:
+        elif (src := _cast_source(b, a, flow, innermost_module(node)[0])) is not None:
             stream, skip, branch = src, b, a
         elif (src := _projection_source(a, b, flow, params)) is not None:
             stream, skip, branch = src, a, b

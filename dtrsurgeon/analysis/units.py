@@ -42,6 +42,7 @@ from dtrsurgeon.analysis.sources import absolute, statement_at
 from dtrsurgeon.analysis.residuals import (
     PROJECTIONS,
     SHAPE_OPS,
+    ResidualAdd,
     ResidualChain,
     data_inputs,
     dataflow_graph,
@@ -118,19 +119,27 @@ def _leaving(node: fx.Node, path: str) -> fx.Node:
         node = nxt[0]
 
 
+def _stream_nodes(add: ResidualAdd, path: str, params: set[str]) -> set[fx.Node]:
+    """The nodes that hold the stream of ``add`` inside the unit: the stream, the reshapes it is made
+    by, and the casts the skip is made by (the graph chains a float32 ``x.float()`` onto the last
+    cast of ``x``, so the branch may read the stream at one of them)."""
+    sources = {add.stream, *add.skip_casts}
+    node = add.stream
+    while node.op == "call_function" and node.target in SHAPE_OPS and _inside(node, path):
+        ins = data_inputs(node, params)
+        if len(ins) != 1:
+            break
+        node = ins[0]
+        sources.add(node)
+    return sources
+
+
 def _branch_lines(chain: ResidualChain, unit: nn.Module, path: str, flow: nx.DiGraph, params: set[str]) -> list[SourceLine]:
     """Lines of the unit's forward where a branch first reads the stream."""
     lines = []
     for add in chain.adds:
-        sources = {add.stream}
-        node = add.stream
-        while node.op == "call_function" and node.target in SHAPE_OPS and _inside(node, path):
-            ins = data_inputs(node, params)
-            if len(ins) != 1:
-                break
-            node = ins[0]
-            sources.add(node)
-        skip_side = set(nx.ancestors(flow, add.skip)) | {add.skip}
+        sources = _stream_nodes(add, path, params)
+        skip_side = set(nx.ancestors(flow, add.skip)) | {add.skip} if add.projection else set()
         for src in sources:
             for user in src.users:
                 if user is add.node or user in skip_side or user in sources:
@@ -280,7 +289,8 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     skipped: list[tuple[str, str]] = []
     sample_name, batch = _sample_input(model, args, kwargs)
     holders, streams, caller_adds = _holders(chains, cap, named, params, skipped)
-    _drop_conditioning(holders, streams, _placeholder(cap.graph, sample_name), flow, spec.include, skipped)
+    _drop_conditioning(holders, streams, sample_name, _placeholder(cap.graph, cap.inputs.get(sample_name, sample_name)),
+                       flow, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
     outer = set(chosen)
@@ -409,9 +419,10 @@ def _placeholder(graph: fx.Graph, name: str) -> fx.Node | None:
     return next((n for n in graph.nodes if n.op == "placeholder" and n.name == name), None)
 
 
-def _drop_conditioning(holders, streams, sample: fx.Node | None, flow, include, skipped) -> None:
+def _drop_conditioning(holders, streams, sample_name: str, sample: fx.Node | None, flow, include, skipped) -> None:
     """Networks that only process the timestep or the conditioning (mapping networks, embedding
-    MLPs with residual layers) are no units: none of their streams is computed from the sample.
+    MLPs with residual layers) are no units: none of their streams is computed from the sample
+    (argument ``sample_name``, placeholder ``sample``).
     An include pattern that names one routes it all the same."""
     if sample is None:
         return
@@ -422,7 +433,7 @@ def _drop_conditioning(holders, streams, sample: fx.Node | None, flow, include, 
         if any(fnmatch.fnmatchcase(path, p) for p in include):
             continue
         skipped.append((path, f"it processes only the timestep or the conditioning (no stream of it is computed "
-                              f"from the sample {sample.name!r}); name it in targets.include to route it"))
+                              f"from the sample {sample_name!r}); name it in targets.include to route it"))
         del holders[path]
         streams.pop(path, None)
 
