@@ -7,9 +7,10 @@ the branch), or when the skip is a short projection of the branch's source
 may add its bias as a separate broadcast add and resample with a filter it
 computes per call (EDM's ``Conv2d``: ``conv2d(x, w).add_(b.reshape(1, -1, 1, 1))``,
 ``conv_transpose2d(x, f.tile(...), stride=2)``): its stream is the conv's input.
-``x + pos_embed`` and ``t_emb + y_emb`` have no such path and are never taken; nor is a
-``lerp`` whose branch comes from outside the module that merges it (a long skip merged into
-the stream, ``torch.lerp(skip, x, fac)`` in hourglass transformers);
+``x + pos_embed`` and ``t_emb + y_emb`` have no such path and are never taken; nor is an add
+or a ``lerp`` inside a module whose branch comes from outside that module (a long skip merged into
+the stream, ``torch.lerp(skip, x, fac)`` in hourglass transformers; an embedding each block adds
+again, ``x + extra_pos_emb``, which the stream carries since the first block added it);
 a concat skip is no add at all.  Consecutive residual adds on one stream form
 a chain, attributed to the innermost module that holds them.
 """
@@ -199,8 +200,10 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
         else:
             continue
         path, key = innermost_module(node)
-        if node.target in _LERPS and not _computed_in(branch, path):
-            continue  # a long skip merged into the stream (hourglass U-Nets), not a residual block
+        if (node.target in _LERPS or path) and not _computed_in(branch, path):
+            # the branch comes into the module from outside: a long skip merged into the stream (hourglass
+            # U-Nets), or an embedding every block adds again (Cosmos' ``x + extra_pos_emb``), not a residual block
+            continue
         found.append(ResidualAdd(node=node, stream=stream, skip=skip, branch=branch, module=path, module_key=key))
     return found
 

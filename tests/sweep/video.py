@@ -75,6 +75,9 @@ def _hunyuan_video(cls_name, **extra):
     return build
 
 
+_HUNYUAN_VIDEO = dict(num_single_layers=2, num_refiner_layers=1, guidance_embeds=False, pooled_projection_dim=8)
+
+
 def _hunyuan_video_inputs(model, g, b, t):
     return dict(hidden_states=_video(g, b), timestep=t, encoder_hidden_states=_text(g, b),
                 encoder_attention_mask=torch.ones(b, TEXT_LEN, dtype=torch.long),
@@ -113,19 +116,52 @@ def _hunyuan_video15_inputs(model, g, b, t):
                 image_embeds=_text(g, b, width=8, length=2))
 
 
+def _cosmos():
+    import diffusers as d
+
+    return _seeded(d.CosmosTransformer3DModel, in_channels=4, out_channels=4, num_attention_heads=2,
+                   attention_head_dim=12, num_layers=2, mlp_ratio=2.0, text_embed_dim=16, adaln_lora_dim=8,
+                   max_size=(FRAMES, SIZE, SIZE), concat_padding_mask=False)
+
+
+def _easyanimate():
+    """One head of 16 channels: its 3-D rotary embedding splits a head 4 / 6 / 6 (t / h / w)."""
+    import diffusers as d
+
+    return _seeded(d.EasyAnimateTransformer3DModel, num_attention_heads=1, attention_head_dim=16, in_channels=4,
+                   out_channels=4, patch_size=2, sample_width=SIZE, sample_height=SIZE, num_layers=2, mmdit_layers=2,
+                   time_embed_dim=16, text_embed_dim=16)
+
+
+def _consisid():
+    """CogVideoX's blocks; without the face branch (is_train_face False) it needs no face embeddings."""
+    import diffusers as d
+
+    return _seeded(d.ConsisIDTransformer3DModel, num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                   out_channels=4, time_embed_dim=8, text_embed_dim=8, num_layers=2, sample_width=SIZE,
+                   sample_height=SIZE, sample_frames=5, patch_size=2, temporal_compression_ratio=4,
+                   max_text_seq_length=TEXT_LEN)
+
+
+def _consisid_inputs(model, g, b, t):
+    """Frames first, as CogVideoX."""
+    return dict(hidden_states=_video(g, b).transpose(1, 2), encoder_hidden_states=_text(g, b, width=8), timestep=t)
+
+
 FACTORIES: dict = {
     "AllegroTransformer3DModel": (_allegro, _allegro_inputs),
     "WanVACETransformer3DModel": (_wan_vace, _wan_vace_inputs),
     "HeliosTransformer3DModel": (_helios, _wan_inputs),
-    "HunyuanVideoTransformer3DModel": (_hunyuan_video("HunyuanVideoTransformer3DModel", num_single_layers=2, num_refiner_layers=1,
-                                                      guidance_embeds=False, pooled_projection_dim=8),
+    "CosmosTransformer3DModel": (_cosmos, _allegro_inputs),
+    "ConsisIDTransformer3DModel": (_consisid, _consisid_inputs),
+    "EasyAnimateTransformer3DModel": (_easyanimate, _wan_inputs),
+    "HunyuanVideoTransformer3DModel": (_hunyuan_video("HunyuanVideoTransformer3DModel", **_HUNYUAN_VIDEO),
                                        _hunyuan_video_inputs),
     "HunyuanVideo15Transformer3DModel": (_hunyuan_video15, _hunyuan_video15_inputs),
-    "HunyuanVideoFramepackTransformer3DModel": (_hunyuan_video("HunyuanVideoFramepackTransformer3DModel", num_single_layers=2,
-                                                               num_refiner_layers=1, guidance_embeds=False,
-                                                               pooled_projection_dim=8, has_image_proj=True,
-                                                               image_proj_dim=8, has_clean_x_embedder=True),
-                                                _framepack_inputs),
+    "HunyuanVideoFramepackTransformer3DModel": (
+        _hunyuan_video("HunyuanVideoFramepackTransformer3DModel", has_image_proj=True, image_proj_dim=8,
+                       has_clean_x_embedder=True, **_HUNYUAN_VIDEO),
+        _framepack_inputs),
     "SkyReelsV2Transformer3DModel": (_wan_like("SkyReelsV2Transformer3DModel"), _wan_inputs),
     "ChronoEditTransformer3DModel": (_wan_like("ChronoEditTransformer3DModel", rope_temporal_skip_len=2), _wan_inputs),
 }
@@ -139,15 +175,14 @@ UNITS: dict = {
     # dual-stream blocks, then single-stream ones; the text refiner blocks process only the prompt
     "HunyuanVideoTransformer3DModel": {"HunyuanVideoTransformerBlock": 2, "HunyuanVideoSingleTransformerBlock": 2},
     "HunyuanVideo15Transformer3DModel": {"HunyuanVideo15TransformerBlock": 2},
+    "EasyAnimateTransformer3DModel": {"EasyAnimateTransformerBlock": 2},
+    "ConsisIDTransformer3DModel": {"ConsisIDBlock": 2},
     # the same blocks on the clean latents and 2x / 4x history packed in front of the current frames
     "HunyuanVideoFramepackTransformer3DModel": {"HunyuanVideoTransformerBlock": 2,
                                                 "HunyuanVideoSingleTransformerBlock": 2},
 }
 NOT_YET = "no tiny config and inputs written in tests/sweep/video.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
-    "ConsisIDTransformer3DModel",
-    "CosmosTransformer3DModel",
-    "EasyAnimateTransformer3DModel",
     "JoyImageEditPlusTransformer3DModel",
     "JoyImageEditTransformer3DModel",
     "Kandinsky5Transformer3DModel",
@@ -162,6 +197,10 @@ _PER_FRAME_T = ("its timestep is per frame ([B, F]: a flow-map step from t to r 
 LEFT_OUT.update({
     "AnyFlowTransformer3DModel": _PER_FRAME_T,
     "AnyFlowFARTransformer3DModel": _PER_FRAME_T,
+    "CosmosTransformer3DModel": "each block adds the learned position embedding again before its residual adds, "
+                                "so its stream starts after that line (transformer_cosmos.py:425) and block mode "
+                                "masks it there; but the block's forward also has a tuple return (its ControlNet "
+                                "variant, line 452) and block mode needs the unit to return its stream (EmitError)",
     "WanVACETransformer3DModel": "the first VACE block makes its control stream inside itself (control_hidden_states = "
                                  "proj_in(control_hidden_states) + hidden_states) and returns (hint, stream): a "
                                  "tuple-returning unit routes only streams that are forward parameters, so "
