@@ -176,3 +176,13 @@ def test_adds_of_two_casts_of_one_stream_are_residual():
     branch = dtrsurgeon.plan(model, {"version": 1, "routing": {"mode": "branch"}})
     assert {tuple(sl.code for sl in u.branch_lines) for u in branch.units if u.out_index is None} == {
         ("h = self.norm1(x.float()) + c[:, None]", "h = self.norm2(x.float())")}
+
+
+def test_an_embedding_each_block_adds_again_is_no_residual_branch():
+    """Block 1's ``x + pos`` adds a tensor its stream carries since block 0: pos is not computed in
+    block 1, so the add is no residual; each block holds its one residual add."""
+    model = toy_models.PosNet()
+    cap = capture(model, *model.example_inputs())
+    adds = find_residual_adds(cap.graph, set(cap.params))
+    assert [(a.module, a.node.meta["stack_trace"].strip().splitlines()[-1].strip()) for a in adds] == [
+        ("blocks.0", "x = x + self.fc(self.norm(x))"), ("blocks.1", "x = x + self.fc(self.norm(x))")]

@@ -388,3 +388,30 @@ class CastNet(TokenNet):
             hint, h = hint_block(h, c)
             h = block(h, c) * torch.sigmoid(hint)
         return self.out(h)
+
+
+class PosBlock(nn.Module):
+    """Cosmos' block: adds the position embedding again before its residual branch."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x, pos):
+        x = x + pos
+        x = x + self.fc(self.norm(x))
+        return x
+
+
+class PosNet(TokenNet):
+    def __init__(self, dim=16, depth=2, tokens=5):
+        super().__init__(dim, depth, tokens)
+        self.blocks = nn.ModuleList([PosBlock(dim) for _ in range(depth)])
+
+    def forward(self, x, t):
+        h = self.inp(x) * self.time(t)[:, None]
+        pos = self.pos.expand(x.shape[0], -1, -1)
+        for block in self.blocks:
+            h = block(h, pos)
+        return self.out(h)
