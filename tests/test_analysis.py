@@ -98,6 +98,16 @@ def test_data_dependent_control_flow_is_captured_on_real_tensors():
     assert [u.path for u in dtrsurgeon.plan(toy_models.DataDependent(), {"version": 1}).units] == ["block"]
 
 
+def test_a_real_tensor_trace_knows_the_sample_input():
+    """The trace names its inputs arg0_1, ...; the mapping network on the timestep is still no unit."""
+    model = toy_models.DataDependentMapped()
+    assert capture(model, *model.example_inputs()).method == "real-tensor trace"
+    p = dtrsurgeon.plan(model, {"version": 1})
+    assert [u.path for u in p.units] == ["block"]
+    assert "processes only the timestep or the conditioning (no stream of it is computed from the sample 'x')" in \
+        dict(p.skipped)["mapping"]
+
+
 def test_uncapturable_model_names_module_and_line():
     with pytest.raises(CaptureError) as info:
         dtrsurgeon.plan(toy_models.BrokenExample(), {"version": 1})
@@ -146,3 +156,33 @@ def test_magnitude_preserving_lerp_residuals_are_found():
     routed.load_state_dict(model.state_dict())
     (x, sigma), _ = model.example_inputs()
     assert torch.equal(routed(x, sigma), model(x, sigma))
+
+
+def test_adds_of_two_casts_of_one_stream_are_residual():
+    """``(x.float() + f(x.float())).type_as(x)``: the skip and the branch read two casts of x.
+    Each block's chain holds both adds and starts at the block's input, which is masked there; the
+    tuple-returning blocks (adds written over two lines) find their stream by its name."""
+    model = toy_models.CastNet()
+    cap = capture(model, *model.example_inputs())
+    chains = group_chains(find_residual_adds(cap.graph, set(cap.params)))
+    assert [(c.module, len(c.adds)) for c in chains] == [
+        ("hint_blocks.0", 2), ("blocks.0", 2), ("hint_blocks.1", 2), ("blocks.1", 2)]
+    assert not any(a.projection for c in chains for a in c.adds)
+    p = dtrsurgeon.plan(model, {"version": 1})
+    assert [u.path for u in p.units] == ["blocks.0", "blocks.1", "hint_blocks.0", "hint_blocks.1"]
+    assert {(u.mode, u.mode_note, u.stream_arg, u.masked_at) for u in p.units if u.out_index is None} == {
+        ("block", "", "x", "unit input (x)")}
+    assert {(u.stream_arg, u.out_index) for u in p.units if u.out_index is not None} == {("x", 1)}
+    branch = dtrsurgeon.plan(model, {"version": 1, "routing": {"mode": "branch"}})
+    assert {tuple(sl.code for sl in u.branch_lines) for u in branch.units if u.out_index is None} == {
+        ("h = self.norm1(x.float()) + c[:, None]", "h = self.norm2(x.float())")}
+
+
+def test_an_embedding_each_block_adds_again_is_no_residual_branch():
+    """Block 1's ``x + pos`` adds a tensor its stream carries since block 0: pos is not computed in
+    block 1, so the add is no residual; each block holds its one residual add."""
+    model = toy_models.PosNet()
+    cap = capture(model, *model.example_inputs())
+    adds = find_residual_adds(cap.graph, set(cap.params))
+    assert [(a.module, a.node.meta["stack_trace"].strip().splitlines()[-1].strip()) for a in adds] == [
+        ("blocks.0", "x = x + self.fc(self.norm(x))"), ("blocks.1", "x = x + self.fc(self.norm(x))")]

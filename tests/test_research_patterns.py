@@ -365,7 +365,8 @@ def _lumina():
         return {"hidden_states": torch.randn(batch, 4, 8, 8), "timestep": torch.linspace(0.1, 0.9, batch),
                 "encoder_hidden_states": torch.randn(batch, 5, 16), "encoder_attention_mask": mask, "return_dict": False}
 
-    return model, example, {"arg": "timestep", "range": [0, 1]}, ["noise_refiner.0", "context_refiner.0", "layers.0", "layers.1"]
+    # the context refiner works on the caption alone: conditioning, no unit
+    return model, example, {"arg": "timestep", "range": [0, 1]}, ["noise_refiner.0", "layers.0", "layers.1"]
 
 
 def _hidream():

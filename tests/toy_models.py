@@ -150,6 +150,31 @@ class DataDependent(nn.Module):
         return (torch.randn(batch_size, 8), torch.arange(batch_size)), {}
 
 
+class ResidualMLP(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return x + self.fc(F.gelu(x))
+
+
+class DataDependentMapped(DataDependent):
+    """A mapping network (a residual MLP on the timestep embedding) beside the data-dependent block:
+    conditioning, not a unit, in a real-tensor trace too."""
+
+    def __init__(self, dim=8):
+        super().__init__(dim)
+        self.time = nn.Linear(1, dim)
+        self.mapping = ResidualMLP(dim)
+
+    def forward(self, x, t):
+        return self.block(x) * self.mapping(self.time(t.float()[:, None]))
+
+    def example_inputs(self, batch_size=2):
+        return (torch.ones(batch_size, 8), torch.arange(batch_size)), {}
+
+
 class BrokenExample(DataDependent):
     """Its example inputs do not fit its forward (5 features where the block's Linear takes 8)."""
 
@@ -315,4 +340,78 @@ class NamedLoopNet(TokenNet):
                 h = block(h)
             else:
                 h = block(h, c)
+        return self.out(h)
+
+
+class CastBlock(nn.Module):
+    """Wan's block: each residual add computes in float32, ``x.float()`` once for the skip and once
+    for the branch, and casts back with ``.type_as(x)``."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x, c):
+        h = self.norm1(x.float()) + c[:, None]
+        x = (x.float() + self.fc1(h)).type_as(x)
+        h = self.norm2(x.float())
+        x = (x.float() + self.fc2(h)).type_as(x)
+        return x
+
+
+class CastHintBlock(CastBlock):
+    """A VACE-style control block: returns a hint and its stream, its adds written over two lines."""
+
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.hint = nn.Linear(dim, dim)
+
+    def forward(self, x, c):
+        x = (x.float() +
+             self.fc1(self.norm1(x.float()) + c[:, None])).type_as(x)
+        x = (x.float() +
+             self.fc2(self.norm2(x.float()))).type_as(x)
+        return self.hint(x), x
+
+
+class CastNet(TokenNet):
+    def __init__(self, dim=16, depth=2, tokens=5):
+        super().__init__(dim, depth, tokens)
+        self.blocks = nn.ModuleList([CastBlock(dim) for _ in range(depth)])
+        self.hint_blocks = nn.ModuleList([CastHintBlock(dim) for _ in range(depth)])
+
+    def forward(self, x, t):
+        c = self.time(t)
+        h = self.inp(x) + self.pos
+        for block, hint_block in zip(self.blocks, self.hint_blocks):
+            hint, h = hint_block(h, c)
+            h = block(h, c) * torch.sigmoid(hint)
+        return self.out(h)
+
+
+class PosBlock(nn.Module):
+    """Cosmos' block: adds the position embedding again before its residual branch."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x, pos):
+        x = x + pos
+        x = x + self.fc(self.norm(x))
+        return x
+
+
+class PosNet(TokenNet):
+    def __init__(self, dim=16, depth=2, tokens=5):
+        super().__init__(dim, depth, tokens)
+        self.blocks = nn.ModuleList([PosBlock(dim) for _ in range(depth)])
+
+    def forward(self, x, t):
+        h = self.inp(x) * self.time(t)[:, None]
+        pos = self.pos.expand(x.shape[0], -1, -1)
+        for block in self.blocks:
+            h = block(h, pos)
         return self.out(h)

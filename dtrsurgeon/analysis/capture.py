@@ -49,6 +49,7 @@ class Capture:
     # (operator, module path, modules inside) of sub-graph regions left opaque (torch.cond, ...): not analysed
     opaque: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     method: str = "export"  # or "real-tensor trace": export could not follow the forward
+    inputs: dict[str, str] = field(default_factory=dict)  # forward argument -> its placeholder (a trace names them argN_M)
 
 
 class OpaqueRegionWarning(UserWarning):
@@ -105,7 +106,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, timestep_arg: str | Non
             OpaqueRegionWarning, stacklevel=3)
     return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=calls.callers, params=params,
                    returns_tensor=calls.returns_tensor, output_shapes=calls.output_shapes, opaque=tuple(opaque),
-                   method=method)
+                   method=method, inputs=inputs)
 
 
 @contextlib.contextmanager

@@ -7,9 +7,10 @@ the branch), or when the skip is a short projection of the branch's source
 may add its bias as a separate broadcast add and resample with a filter it
 computes per call (EDM's ``Conv2d``: ``conv2d(x, w).add_(b.reshape(1, -1, 1, 1))``,
 ``conv_transpose2d(x, f.tile(...), stride=2)``): its stream is the conv's input.
-``x + pos_embed`` and ``t_emb + y_emb`` have no such path and are never taken; nor is a
-``lerp`` whose branch comes from outside the module that merges it (a long skip merged into
-the stream, ``torch.lerp(skip, x, fac)`` in hourglass transformers);
+``x + pos_embed`` and ``t_emb + y_emb`` have no such path and are never taken; nor is an add
+or a ``lerp`` inside a module whose branch comes from outside that module (a long skip merged into
+the stream, ``torch.lerp(skip, x, fac)`` in hourglass transformers; an embedding each block adds
+again, ``x + extra_pos_emb``, which the stream carries since the first block added it);
 a concat skip is no add at all.  Consecutive residual adds on one stream form
 a chain, attributed to the innermost module that holds them.
 """
@@ -36,6 +37,9 @@ _SKIP_OPS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten
              aten.linear.default, aten.avg_pool1d.default, aten.avg_pool2d.default, aten.max_pool2d.default,
              aten.upsample_nearest2d.default, aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.default,
              aten.upsample_bilinear2d.vec, aten._upsample_nearest_exact2d.default}
+# ops that re-type or copy a tensor and nothing else (``x.float()``, ``x.type_as(y)``): their first argument
+_CASTS = {aten.to.dtype, aten._to_copy.default, aten.to.dtype_layout, aten.type_as.default, aten.alias.default,
+          aten.clone.default, aten.contiguous.default}
 PROJECTIONS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
                aten.linear.default, aten.addmm.default, aten.mm.default}
 
@@ -51,7 +55,16 @@ class ResidualAdd:
 
     @property
     def projection(self) -> bool:
-        return self.skip is not self.stream
+        return uncast(self.skip) is not uncast(self.stream)
+
+    @property
+    def skip_casts(self) -> list[fx.Node]:
+        """The casts that make the skip from the stream (``x.float()``), skip first; [] for a projection."""
+        casts, node = [], self.skip
+        while node is not self.stream and node.op == "call_function" and node.target in _CASTS:
+            casts.append(node)
+            node = node.args[0]
+        return casts if node is self.stream else []
 
 
 @dataclass
@@ -68,6 +81,26 @@ class ResidualChain:
     @property
     def end(self) -> fx.Node:
         return self.adds[-1].node
+
+
+def uncast(node: fx.Node) -> fx.Node:
+    """The tensor ``node`` re-types or copies: ``x.float()`` and ``x.float().type_as(y)`` -> ``x``."""
+    while node.op == "call_function" and node.target in _CASTS and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
+
+
+def _cast_source(skip: fx.Node, branch: fx.Node, flow: nx.DiGraph, path: str) -> fx.Node | None:
+    """The stream when ``skip`` is a cast of a tensor the branch is computed from.  Each ``.float()``
+    call is a node of its own, so ``(x.float() + attn(norm(x.float()))).type_as(x)`` (Wan's blocks)
+    adds one cast of ``x`` to a branch computed from another: the stream is ``x``, the value the casts
+    start from inside module ``path`` (a float32 ``x.float()`` is ``x`` itself, so the graph may chain
+    one such cast onto the last: the branch's own ``norm(x.float())`` is no stream)."""
+    source = skip
+    while (source.op == "call_function" and source.target in _CASTS and isinstance(source.args[0], fx.Node)
+           and (not path or _computed_in(source, path))):
+        source = source.args[0]
+    return source if source is not skip and nx.has_path(flow, source, branch) else None
 
 
 def dataflow_graph(graph: fx.Graph) -> nx.DiGraph:
@@ -156,6 +189,10 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
             stream, skip, branch = a, a, b
         elif nx.has_path(flow, b, a):
             stream, skip, branch = b, b, a
+        elif (src := _cast_source(a, b, flow, innermost_module(node)[0])) is not None:
+            stream, skip, branch = src, a, b
+        elif (src := _cast_source(b, a, flow, innermost_module(node)[0])) is not None:
+            stream, skip, branch = src, b, a
         elif (src := _projection_source(a, b, flow, params)) is not None:
             stream, skip, branch = src, a, b
         elif (src := _projection_source(b, a, flow, params)) is not None:
@@ -163,22 +200,25 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
         else:
             continue
         path, key = innermost_module(node)
-        if node.target in _LERPS and not _computed_in(branch, path):
-            continue  # a long skip merged into the stream (hourglass U-Nets), not a residual block
+        if (node.target in _LERPS or path) and not _computed_in(branch, path):
+            # the branch comes into the module from outside: a long skip merged into the stream (hourglass
+            # U-Nets), or an embedding every block adds again (Cosmos' ``x + extra_pos_emb``), not a residual block
+            continue
         found.append(ResidualAdd(node=node, stream=stream, skip=skip, branch=branch, module=path, module_key=key))
     return found
 
 
 def _on_stream(src: fx.Node, dst: fx.Node, depth: int = 3) -> bool:
     """Is ``dst`` ``src`` itself, or ``src`` passed through at most ``depth``
-    single-input, shape-preserving ops (``(x + h) / scale``, a view)?"""
+    single-input, shape-preserving ops (``(x + h) / scale``, a view, ``.type_as(y)``)?"""
     frontier = [src]
     for _ in range(depth + 1):
         if dst in frontier:
             return True
         frontier = [
             u for n in frontier for u in n.users
-            if len(u.all_input_nodes) == 1 and getattr(u.meta.get("val"), "shape", None) == n.meta["val"].shape
+            if (len(u.all_input_nodes) == 1 or (u.target in _CASTS and u.args[0] is n))
+            and getattr(u.meta.get("val"), "shape", None) == n.meta["val"].shape
         ]
     return False
 

@@ -52,6 +52,26 @@ def source_text(path: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=16)
+def _statement_lines(path: str) -> dict[int, tuple[int, int]]:
+    """First line -> (first, last line) of each simple statement of ``path``."""
+    tree = _parse(source_text(path) or "")
+    if tree is None:
+        return {}
+    return {n.lineno: (n.lineno, n.end_lineno) for n in ast.walk(tree)
+            if isinstance(n, ast.stmt) and not hasattr(n, "body")}
+
+
+def statement_at(path: str, line: int) -> str | None:
+    """The whole simple statement that starts at ``line`` of ``path``, or None.  A stack trace shows
+    a statement's first line only: ``x = (x.float() + h).type_as(`` of one written over two lines."""
+    span = _statement_lines(path).get(line)
+    if span is None:
+        return None
+    lines = (source_text(path) or "").splitlines()[span[0] - 1:span[1]]
+    return "\n".join(lines).strip() if lines else None
+
+
 def require_source(path: str, what: str) -> str:
     """The text of ``path``, or a one-line :class:`CaptureError` naming ``what`` lives there."""
     text = source_text(path)

@@ -38,10 +38,11 @@ from dtrsurgeon.analysis.callsites import (
 )
 from dtrsurgeon.analysis.capture import capture
 from dtrsurgeon.analysis.inputs import example_inputs as guess_inputs
-from dtrsurgeon.analysis.sources import absolute
+from dtrsurgeon.analysis.sources import absolute, statement_at
 from dtrsurgeon.analysis.residuals import (
     PROJECTIONS,
     SHAPE_OPS,
+    ResidualAdd,
     ResidualChain,
     data_inputs,
     dataflow_graph,
@@ -118,19 +119,27 @@ def _leaving(node: fx.Node, path: str) -> fx.Node:
         node = nxt[0]
 
 
+def _stream_nodes(add: ResidualAdd, path: str, params: set[str]) -> set[fx.Node]:
+    """The nodes that hold the stream of ``add`` inside the unit: the stream, the reshapes it is made
+    by, and the casts the skip is made by (the graph chains a float32 ``x.float()`` onto the last
+    cast of ``x``, so the branch may read the stream at one of them)."""
+    sources = {add.stream, *add.skip_casts}
+    node = add.stream
+    while node.op == "call_function" and node.target in SHAPE_OPS and _inside(node, path):
+        ins = data_inputs(node, params)
+        if len(ins) != 1:
+            break
+        node = ins[0]
+        sources.add(node)
+    return sources
+
+
 def _branch_lines(chain: ResidualChain, unit: nn.Module, path: str, flow: nx.DiGraph, params: set[str]) -> list[SourceLine]:
     """Lines of the unit's forward where a branch first reads the stream."""
     lines = []
     for add in chain.adds:
-        sources = {add.stream}
-        node = add.stream
-        while node.op == "call_function" and node.target in SHAPE_OPS and _inside(node, path):
-            ins = data_inputs(node, params)
-            if len(ins) != 1:
-                break
-            node = ins[0]
-            sources.add(node)
-        skip_side = set(nx.ancestors(flow, add.skip)) | {add.skip}
+        sources = _stream_nodes(add, path, params)
+        skip_side = set(nx.ancestors(flow, add.skip)) | {add.skip} if add.projection else set()
         for src in sources:
             for user in src.users:
                 if user is add.node or user in skip_side or user in sources:
@@ -280,7 +289,8 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     skipped: list[tuple[str, str]] = []
     sample_name, batch = _sample_input(model, args, kwargs)
     holders, streams, caller_adds = _holders(chains, cap, named, params, skipped)
-    _drop_conditioning(holders, streams, _placeholder(cap.graph, sample_name), flow, spec.include, skipped)
+    _drop_conditioning(holders, streams, sample_name, _placeholder(cap.graph, cap.inputs.get(sample_name, sample_name)),
+                       flow, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
     outer = set(chosen)
@@ -360,16 +370,30 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
     streams: dict[str, list[FoundStream]] = {}
     for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
         module = named[path]
-        starts = [(c.start, (_frame_in(_origin(c.start, path, params), module) or _frame_in(c.adds[0].node, module)))
-                  for c in holders[path]]
+        starts = [(c.start, _chain_frame(c, path, module, params)) for c in holders[path]]
         try:
-            streams[path] = tuple_streams(path, module, [(n, f.code if f else "") for n, f in starts],
+            streams[path] = tuple_streams(path, module, [(n, _statement(f)) for n, f in starts],
                                           cap.output_shapes.get(path, ()), params)
         except NoStreams as e:
             skipped.append((path, f"{e}; residual blocks inside it are routed"))
             del holders[path]
     holders.update(calls)
     return holders, streams, set(calls)
+
+
+def _chain_frame(chain: ResidualChain, path: str, module: nn.Module, params: set[str]) -> Frame | None:
+    """The line of ``module``'s forward that makes the stream of ``chain`` when it is made inside the
+    unit, else the line of its first residual add (a frame of the same forward run by the unit before,
+    which a stream of repeated blocks comes from, is not this unit's line)."""
+    start = _origin(chain.start, path, params)
+    return (_inside(start, path) and _frame_in(start, module)) or _frame_in(chain.adds[0].node, module)
+
+
+def _statement(frame: Frame | None) -> str:
+    """The code of ``frame``'s whole statement (a stack trace shows its first line only)."""
+    if frame is None:
+        return ""
+    return statement_at(frame.file, frame.line) or frame.code
 
 
 def _root_calls(root_chains: list[ResidualChain], holders, cap) -> dict[str, list[ResidualChain]]:
@@ -395,9 +419,10 @@ def _placeholder(graph: fx.Graph, name: str) -> fx.Node | None:
     return next((n for n in graph.nodes if n.op == "placeholder" and n.name == name), None)
 
 
-def _drop_conditioning(holders, streams, sample: fx.Node | None, flow, include, skipped) -> None:
+def _drop_conditioning(holders, streams, sample_name: str, sample: fx.Node | None, flow, include, skipped) -> None:
     """Networks that only process the timestep or the conditioning (mapping networks, embedding
-    MLPs with residual layers) are no units: none of their streams is computed from the sample.
+    MLPs with residual layers) are no units: none of their streams is computed from the sample
+    (argument ``sample_name``, placeholder ``sample``).
     An include pattern that names one routes it all the same."""
     if sample is None:
         return
@@ -408,7 +433,7 @@ def _drop_conditioning(holders, streams, sample: fx.Node | None, flow, include, 
         if any(fnmatch.fnmatchcase(path, p) for p in include):
             continue
         skipped.append((path, f"it processes only the timestep or the conditioning (no stream of it is computed "
-                              f"from the sample {sample.name!r}); name it in targets.include to route it"))
+                              f"from the sample {sample_name!r}); name it in targets.include to route it"))
         del holders[path]
         streams.pop(path, None)
 

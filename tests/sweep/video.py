@@ -2,30 +2,207 @@
 
 ``build()`` returns the model under a fixed seed in eval mode; ``inputs(model, g, b, t)`` returns the
 keyword arguments of one forward call for batch ``b``, generator ``g`` and timesteps ``t`` (long, [b]).
+Every video here has 2 latent frames of 8x8 pixels and a text of 5 tokens.
 """
 
-FACTORIES: dict = {}
-UNITS: dict = {}
+import torch
+
+from tests.diffusers_models import _seeded
+
+FRAMES, SIZE, TEXT_LEN = 2, 8, 5
+
+
+def _video(g, b, channels=4, frames=FRAMES):
+    return torch.randn(b, channels, frames, SIZE, SIZE, generator=g)
+
+
+def _text(g, b, width=16, length=TEXT_LEN):
+    return torch.randn(b, length, width, generator=g)
+
+
+def _allegro():
+    import diffusers as d
+
+    return _seeded(d.AllegroTransformer3DModel, patch_size=2, num_attention_heads=2, attention_head_dim=8,
+                   in_channels=4, out_channels=4, num_layers=2, cross_attention_dim=16, sample_height=SIZE,
+                   sample_width=SIZE, sample_frames=FRAMES, caption_channels=16)
+
+
+def _allegro_inputs(model, g, b, t):
+    return dict(hidden_states=_video(g, b), encoder_hidden_states=_text(g, b), timestep=t)
+
+
+def _wan_kwargs(**extra):
+    return dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32, **extra)
+
+
+def _wan_inputs(model, g, b, t):
+    return dict(hidden_states=_video(g, b), encoder_hidden_states=_text(g, b), timestep=t)
+
+
+def _wan_like(cls_name, **extra):
+    def build():
+        import diffusers as d
+
+        return _seeded(getattr(d, cls_name), **_wan_kwargs(**extra))
+    return build
+
+
+def _helios():
+    import diffusers as d
+
+    kwargs = {k: v for k, v in _wan_kwargs().items() if k != "rope_max_seq_len"}
+    return _seeded(d.HeliosTransformer3DModel, rope_dim=(4, 2, 2), **kwargs)
+
+
+def _wan_vace():
+    import diffusers as d
+
+    return _seeded(d.WanVACETransformer3DModel, **_wan_kwargs(vace_layers=[0, 1], vace_in_channels=4))
+
+
+def _wan_vace_inputs(model, g, b, t):
+    return {**_wan_inputs(model, g, b, t), "control_hidden_states": _video(g, b)}
+
+
+def _hunyuan_video(cls_name, **extra):
+    def build():
+        import diffusers as d
+
+        return _seeded(getattr(d, cls_name), in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+                       num_layers=2, text_embed_dim=16, rope_axes_dim=(2, 2, 4), **extra)
+    return build
+
+
+_HUNYUAN_VIDEO = dict(num_single_layers=2, num_refiner_layers=1, guidance_embeds=False, pooled_projection_dim=8)
+
+
+def _hunyuan_video_inputs(model, g, b, t):
+    return dict(hidden_states=_video(g, b), timestep=t, encoder_hidden_states=_text(g, b),
+                encoder_attention_mask=torch.ones(b, TEXT_LEN, dtype=torch.long),
+                pooled_projections=torch.randn(b, 8, generator=g))
+
+
+def _framepack_inputs(model, g, b, t):
+    """The current section of 2 frames, and the clean latents and 2x / 4x history the model packs in
+    front of it (it reads the rotary embeddings of all three whether or not they are given)."""
+    history = {}
+    for name, frames in (("latents_clean", 1), ("latents_history_2x", 2), ("latents_history_4x", 4)):
+        history[name] = _video(g, b, frames=frames)
+        history["indices_" + name] = torch.arange(frames)
+    return {**_hunyuan_video_inputs(model, g, b, t), "image_embeds": _text(g, b, width=8, length=3),
+            "indices_latents": torch.arange(FRAMES), **history}
+
+
+def _hunyuan_video15():
+    """HunyuanVideo 1.5; its ByT5 projection's hidden width is a constant 2048 (4M parameters), so
+    that projection is rebuilt, same class, 16 wide."""
+    from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15ByT5TextProjection
+
+    model = _hunyuan_video("HunyuanVideo15Transformer3DModel", patch_size=2, num_refiner_layers=1,
+                           text_embed_2_dim=8, image_embed_dim=8)()
+    torch.manual_seed(0)
+    model.context_embedder_2 = HunyuanVideo15ByT5TextProjection(8, 16, 16)
+    return model
+
+
+def _hunyuan_video15_inputs(model, g, b, t):
+    """Its time embedding casts the sinusoids to the timestep's dtype: float timesteps."""
+    return dict(hidden_states=_video(g, b), timestep=t.float(), encoder_hidden_states=_text(g, b),
+                encoder_attention_mask=torch.ones(b, TEXT_LEN, dtype=torch.long),
+                encoder_hidden_states_2=_text(g, b, width=8, length=3),
+                encoder_attention_mask_2=torch.ones(b, 3, dtype=torch.long),
+                image_embeds=_text(g, b, width=8, length=2))
+
+
+def _cosmos():
+    import diffusers as d
+
+    return _seeded(d.CosmosTransformer3DModel, in_channels=4, out_channels=4, num_attention_heads=2,
+                   attention_head_dim=12, num_layers=2, mlp_ratio=2.0, text_embed_dim=16, adaln_lora_dim=8,
+                   max_size=(FRAMES, SIZE, SIZE), concat_padding_mask=False)
+
+
+def _easyanimate():
+    """One head of 16 channels: its 3-D rotary embedding splits a head 4 / 6 / 6 (t / h / w)."""
+    import diffusers as d
+
+    return _seeded(d.EasyAnimateTransformer3DModel, num_attention_heads=1, attention_head_dim=16, in_channels=4,
+                   out_channels=4, patch_size=2, sample_width=SIZE, sample_height=SIZE, num_layers=2, mmdit_layers=2,
+                   time_embed_dim=16, text_embed_dim=16)
+
+
+def _consisid():
+    """CogVideoX's blocks; without the face branch (is_train_face False) it needs no face embeddings."""
+    import diffusers as d
+
+    return _seeded(d.ConsisIDTransformer3DModel, num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                   out_channels=4, time_embed_dim=8, text_embed_dim=8, num_layers=2, sample_width=SIZE,
+                   sample_height=SIZE, sample_frames=5, patch_size=2, temporal_compression_ratio=4,
+                   max_text_seq_length=TEXT_LEN)
+
+
+def _consisid_inputs(model, g, b, t):
+    """Frames first, as CogVideoX."""
+    return dict(hidden_states=_video(g, b).transpose(1, 2), encoder_hidden_states=_text(g, b, width=8), timestep=t)
+
+
+FACTORIES: dict = {
+    "AllegroTransformer3DModel": (_allegro, _allegro_inputs),
+    "WanVACETransformer3DModel": (_wan_vace, _wan_vace_inputs),
+    "HeliosTransformer3DModel": (_helios, _wan_inputs),
+    "CosmosTransformer3DModel": (_cosmos, _allegro_inputs),
+    "ConsisIDTransformer3DModel": (_consisid, _consisid_inputs),
+    "EasyAnimateTransformer3DModel": (_easyanimate, _wan_inputs),
+    "HunyuanVideoTransformer3DModel": (_hunyuan_video("HunyuanVideoTransformer3DModel", **_HUNYUAN_VIDEO),
+                                       _hunyuan_video_inputs),
+    "HunyuanVideo15Transformer3DModel": (_hunyuan_video15, _hunyuan_video15_inputs),
+    "HunyuanVideoFramepackTransformer3DModel": (
+        _hunyuan_video("HunyuanVideoFramepackTransformer3DModel", has_image_proj=True, image_proj_dim=8,
+                       has_clean_x_embedder=True, **_HUNYUAN_VIDEO),
+        _framepack_inputs),
+    "SkyReelsV2Transformer3DModel": (_wan_like("SkyReelsV2Transformer3DModel"), _wan_inputs),
+    "ChronoEditTransformer3DModel": (_wan_like("ChronoEditTransformer3DModel", rope_temporal_skip_len=2), _wan_inputs),
+}
+UNITS: dict = {
+    "AllegroTransformer3DModel": {"AllegroTransformerBlock": 2},
+    "SkyReelsV2Transformer3DModel": {"SkyReelsV2TransformerBlock": 2},
+    "ChronoEditTransformer3DModel": {"WanTransformerBlock": 2},
+    # its cross-attention runs on the split-off current frames, so each block holds three residual chains
+    # (routed in branch mode, each branch masked where it reads the stream)
+    "HeliosTransformer3DModel": {"HeliosTransformerBlock": 2},
+    # dual-stream blocks, then single-stream ones; the text refiner blocks process only the prompt
+    "HunyuanVideoTransformer3DModel": {"HunyuanVideoTransformerBlock": 2, "HunyuanVideoSingleTransformerBlock": 2},
+    "HunyuanVideo15Transformer3DModel": {"HunyuanVideo15TransformerBlock": 2},
+    "EasyAnimateTransformer3DModel": {"EasyAnimateTransformerBlock": 2},
+    "ConsisIDTransformer3DModel": {"ConsisIDBlock": 2},
+    # the same blocks on the clean latents and 2x / 4x history packed in front of the current frames
+    "HunyuanVideoFramepackTransformer3DModel": {"HunyuanVideoTransformerBlock": 2,
+                                                "HunyuanVideoSingleTransformerBlock": 2},
+}
 NOT_YET = "no tiny config and inputs written in tests/sweep/video.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
-    "AllegroTransformer3DModel",
-    "AnyFlowFARTransformer3DModel",
-    "AnyFlowTransformer3DModel",
-    "ChronoEditTransformer3DModel",
-    "ConsisIDTransformer3DModel",
-    "CosmosTransformer3DModel",
-    "EasyAnimateTransformer3DModel",
-    "HeliosTransformer3DModel",
-    "HunyuanVideo15Transformer3DModel",
-    "HunyuanVideoFramepackTransformer3DModel",
-    "HunyuanVideoTransformer3DModel",
     "JoyImageEditPlusTransformer3DModel",
     "JoyImageEditTransformer3DModel",
     "Kandinsky5Transformer3DModel",
     "Kandinsky6SRTransformer3DModel",
     "Kandinsky6Transformer3DModel",
-    "SkyReelsV2Transformer3DModel",
     "WanAnimate2Transformer3DModel",
     "WanAnimateTransformer3DModel",
-    "WanVACETransformer3DModel",
 )}
+_PER_FRAME_T = ("its timestep is per frame ([B, F]: a flow-map step from t to r for each frame, read as "
+                "`batch_size, num_frames = timestep.shape`); DTR routes each sample by one timestep, and a [B, F] "
+                "timestep argument is refused (spec /timestep/arg)")
+LEFT_OUT.update({
+    "AnyFlowTransformer3DModel": _PER_FRAME_T,
+    "AnyFlowFARTransformer3DModel": _PER_FRAME_T,
+    "CosmosTransformer3DModel": "each block adds the learned position embedding again before its residual adds, "
+                                "so its stream starts after that line (transformer_cosmos.py:425) and block mode "
+                                "masks it there; but the block's forward also has a tuple return (its ControlNet "
+                                "variant, line 452) and block mode needs the unit to return its stream (EmitError)",
+    "WanVACETransformer3DModel": "the first VACE block makes its control stream inside itself (control_hidden_states = "
+                                 "proj_in(control_hidden_states) + hidden_states) and returns (hint, stream): a "
+                                 "tuple-returning unit routes only streams that are forward parameters, so "
+                                 "vace_blocks.0 is left out while vace_blocks.1.. are routed",
+})
