@@ -282,7 +282,6 @@ def passthrough_edits(model: nn.Module, plan: Plan, edits: dict[str, dict[str, F
             edits[key[0]][call.function].call_guards[call.line] = tuple(sorted(class_name(c) for c in at_line[key]))
 
 
-
 def route_unseen_calls(model: nn.Module, plan: Plan, edits: dict[str, dict[str, FunctionEdit]], functions) -> None:
     """Prepare ``edits`` for calls the example inputs did not run.
 
