@@ -4,7 +4,8 @@
     >>> routed = dtrsurgeon.transform(model, "dit-paper")   # doctest: +SKIP
 
 Pipeline: spec (validated JSON) -> analysis (graph capture, residual chains)
--> plan (JSON-serialisable IR) -> emitters (live module | generated source).
+-> plan (JSON-serialisable IR) -> edit plan (which function gets which edit)
+-> emitters (live module | generated source).
 """
 
 __version__ = "0.1.0"
@@ -16,6 +17,8 @@ import logging
 logging.getLogger("dtrsurgeon").addHandler(logging.NullHandler())
 
 from dtrsurgeon.api import plan, transform  # noqa: E402
+from dtrsurgeon.emit.editplan import EditPlan  # noqa: E402
+from dtrsurgeon.emit.lower import edit_plan  # noqa: E402
 from dtrsurgeon.errors import (  # noqa: E402
     CaptureError,
     CheckpointError,
@@ -34,6 +37,7 @@ __all__ = [
     "CaptureError",
     "CheckpointError",
     "DtrSurgeonError",
+    "EditPlan",
     "EmitError",
     "NoMatchingUnitError",
     "Plan",
@@ -41,6 +45,7 @@ __all__ = [
     "Spec",
     "SpecError",
     "__version__",
+    "edit_plan",
     "from_pretrained",
     "load_spec",
     "mask_table",

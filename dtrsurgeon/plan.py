@@ -9,6 +9,7 @@ live module rewrite and the generated source) consume a plan and nothing else;
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,6 +17,16 @@ from typing import Any
 from dtrsurgeon.spec.model import MaskParams, TimestepMap
 
 PLAN_VERSION = 1
+
+
+class Mode(enum.StrEnum):
+    """How a unit is routed: ``block`` masks the stream on entry and merges the skip on return
+    (``y = f(x * m) + x * (1 - m)``), ``branch`` masks each residual branch's input, ``pre_output``
+    masks the input of each branch's last projection.  Equal to its string (``Mode.BLOCK == "block"``)."""
+
+    BLOCK = "block"
+    BRANCH = "branch"
+    PRE_OUTPUT = "pre_output"
 
 
 class SpanLine(int):
@@ -89,7 +100,7 @@ class Stream:
 class RoutedUnit:
     path: str  # named_modules() name, e.g. "blocks.3"
     cls: str  # "package.module.ClassName"
-    mode: str  # "block" or "branch"
+    mode: Mode
     mode_note: str  # why the mode differs from the spec's, "" otherwise
     channel_axis: int  # axis of the stream that holds channels
     rank: int  # number of dims of the stream, batch included
@@ -114,8 +125,12 @@ class RoutedUnit:
     # only routes its input: attn(x * m) + x is the block form x + f(x * m)
     merge: bool = True
 
+    def __post_init__(self):
+        object.__setattr__(self, "mode", Mode(self.mode))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["mode"] = str(self.mode)
         d["mask"] = self.mask.to_dict()
         for key in ("call_path", "residual_lines", "branch_lines"):
             d[key] = [sl.to_dict() for sl in getattr(self, key)]

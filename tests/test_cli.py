@@ -21,6 +21,21 @@ def test_inspect_json_is_the_plan(capsys):
     assert plan["version"] == 1 and [u["path"] for u in plan["units"]] == ["blocks.0", "blocks.1"]
 
 
+def test_inspect_edits_lists_each_functions_edits_as_table_and_json(capsys):
+    assert main(["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--edits"]) == 0
+    table = capsys.readouterr().out
+    assert "edits (source form): 6 in 3 functions" in table
+    assert [line.split()[:3] for line in table.splitlines() if "DiT" in line] == [
+        ["dit.py:146", "DiTBlock.forward", "take_task"], ["dit.py:171", "DiT.__init__", "attach_masks"],
+        ["dit.py:236", "DiT.forward", "compute_task"]]
+    assert "pass_task     243:16 block(x, c)" in table
+    assert main(["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--edits", "--form", "module", "--json"]) == 0
+    edits = json.loads(capsys.readouterr().out)
+    assert edits["form"] == "module" and edits["wrapped"] == ["blocks.0", "blocks.1"]
+    (forward,) = edits["functions"]
+    assert [e["kind"] for e in forward["edits"]] == ["compute_task", "pass_task"]
+
+
 def test_inspect_shows_units_left_out_by_targets(capsys):
     assert main(["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--spec", _spec_file()]) == 0
     assert "not matched by targets: blocks.1 (C=64)" in capsys.readouterr().out

@@ -7,6 +7,17 @@
     ...
 
 ``--json`` prints the plan IR itself (stable, sorted keys).
+
+``--edits`` prints the edit plan instead: which function of which file gets which edit (take the
+task, pass it on at a call, route or mask the stream), as ``apply`` writes them (``--form source``,
+or ``library`` where the routed code spans files) or as ``transform`` compiles them (``--form
+module``); with ``--json``, as JSON::
+
+    $ dtrsurgeon inspect model_zoo/dit.py --entry tiny_dit --edits
+    edits (source form): 7 in 4 functions
+    function                kind          where / what
+    dit.py:150 DiTBlock...  take_task     required
+                            route_stream  dtr_keep = dtr_channel_mask(self.dtr_mask, dtr_task, x, 2); ...
 """
 
 from __future__ import annotations
@@ -20,7 +31,11 @@ def register(sub) -> None:
     p.add_argument("--kwargs", default=None, help="JSON object of arguments for ENTRY")
     p.add_argument("--spec", default=None, help="routing spec (default: the paper's DiT setting, every unit)")
     p.add_argument("--example-inputs", default=None, help="a .pt file holding (args, kwargs) for one forward call")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--json", action="store_true", help="print the plan (or with --edits, the edit plan) as JSON")
+    p.add_argument("--edits", action="store_true", help="print the edit plan: which function gets which source edit")
+    p.add_argument("--form", choices=("source", "library", "module"), default=None,
+                   help="with --edits: the edits of `apply` (source, or library where the routed code spans "
+                        "files: the default) or of `transform` (module)")
     p.set_defaults(run=run)
 
 
@@ -45,8 +60,21 @@ def run(args) -> int:
     model = build_model(args.model_py, args.entry, args.kwargs)
     spec = args.spec if args.spec is not None else {"version": 1}
     p = make_plan(model, spec, load_example_inputs(args.example_inputs))
+    if args.edits:
+        return print_edits(model, p, args)
     if args.json:
         print(p.to_json())
         return 0
     print(p.summary(args.spec or "<paper default>"), end="")
+    return 0
+
+
+def print_edits(model, plan, args) -> int:
+    """The edit plan of ``--edits``, in the form ``apply`` would write unless ``--form`` says."""
+    from dtrsurgeon.emit.lower import edit_plan
+    from dtrsurgeon.emit.source import other_files
+
+    form = args.form or ("library" if other_files(model, plan, args.model_py) else "source")
+    edits = edit_plan(model, plan, form, args.model_py)
+    print(edits.to_json() if args.json else edits.table(), end="\n" if args.json else "")
     return 0

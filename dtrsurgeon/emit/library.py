@@ -3,7 +3,7 @@
 A diffusers model's units live in ``resnet.py``, ``attention.py``, ``unet_2d_blocks.py`` ... of an
 installed package, which ``apply`` must not rewrite.  The file written instead holds subclasses of the
 library's classes that override only the methods the routing edits (the methods' source, rewritten by
-the same :class:`~dtrsurgeon.emit.edits.RouteFunctions` edits as every emitter), the helper block, and
+the same :mod:`~dtrsurgeon.emit.transformers` edits as every emitter), the helper block, and
 ``route(model)``, which swaps the classes of a model the library built and attaches the mask tables::
 
     class BasicTransformerBlock(diffusers.models.attention.BasicTransformerBlock):
@@ -25,35 +25,27 @@ import __future__
 import builtins
 import dis
 import importlib.metadata
-import os
 import re
 import sys
 import types
 from dataclasses import dataclass, replace
 
 import libcst as cst
-import torch
 from libcst.metadata import GlobalScope, MetadataWrapper, ScopeProvider
 from torch import nn
 
 from dtrsurgeon import __version__
-from dtrsurgeon.emit.edits import (
-    RouteFunctions,
-    collect_edits,
-    functions_by_qualname,
-    parse_file,
-    route_unseen_calls,
-    unit_call_filter,
-    unrouted_instances,
-    unwrapped,
-)
-from dtrsurgeon.emit.source import HEADER_MARK, defined_in, passthrough_edits, render_helpers
+from dtrsurgeon.emit.editplan import EditPlan, Form
+from dtrsurgeon.emit.edits import unrouted_instances
+from dtrsurgeon.emit.lower import edit_plan
+from dtrsurgeon.emit.resolve import class_names, defined_in, parse_file, unwrapped
+from dtrsurgeon.emit.source import HEADER_MARK, render_helpers
+from dtrsurgeon.emit.transformers import apply_edits, function_nodes
 from dtrsurgeon.errors import EmitError
 from dtrsurgeon.plan import Plan
 
 LIBRARY_FIELD = "# dtrsurgeon: library "
 _HEADER_FIELD = re.compile(r"^# dtrsurgeon: (\w+) (.*)$", re.M)
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 
 # -- the header -------------------------------------------------------------------------------
@@ -132,42 +124,16 @@ def version_change(header: LibraryHeader) -> str | None:
 
 # -- the routed methods -----------------------------------------------------------------------
 
-def is_editable(cls: type) -> bool:
-    """Classes whose forward the file may override: anything with Python source outside torch."""
-    file = defined_in(cls.forward)
-    return file is not None and not file.startswith(_TORCH_DIR + os.sep)
-
-
-def _class_names(model: nn.Module) -> dict[type, str]:
-    """A distinct Python name for the class of every module (``Attention``, ``Attention_2`` ...)."""
-    names: dict[type, str] = {}
-    for module in model.modules():
-        cls = type(module)
-        if cls not in names:
-            name, n = cls.__name__, 1
-            while name in names.values():
-                n += 1
-                name = f"{cls.__name__}_{n}"
-            names[cls] = name
-    return names
-
-
-def routed_function_nodes(model: nn.Module, plan: Plan, names: dict[type, str]) -> dict[tuple[str, str], cst.FunctionDef]:
-    """(file, qualname) -> the rewritten definition of every function routing ``model`` edits."""
-    functions = functions_by_qualname(model)
-    all_edits = collect_edits(plan, block_in_source=True)
-    route_unseen_calls(model, plan, all_edits, functions)
-    edits = {os.path.abspath(f): dict(fe) for f, fe in all_edits.items() if fe}
-    passthrough_edits(model, plan, edits, is_editable, lambda cls: names[cls])
-    is_unit_call = unit_call_filter(functions)
+def routed_function_nodes(edits: EditPlan) -> dict[tuple[str, str], cst.FunctionDef]:
+    """(file, qualname) -> the rewritten definition of every function ``edits`` edits."""
     nodes = {}
-    for file, file_edits in edits.items():
-        routed = RouteFunctions(file, file_edits, lambda q, c, f=file: is_unit_call(f, q, c))
-        parse_file(file, os.path.getmtime(file)).visit(routed)
-        missing = sorted(set(file_edits) - set(routed.done))
+    for file in edits.files():
+        in_file = edits.in_file(file)
+        missing = sorted(f.qualname for f in in_file if not f.line)
         if missing:
             raise EmitError(f"{file}: could not find {missing[0]} to rewrite")
-        nodes.update(((file, qual), node) for qual, node in routed.done.items())
+        rewritten = function_nodes(apply_edits(file, parse_file(file), in_file))
+        nodes.update(((file, f.qualname), rewritten[f.qualname]) for f in in_file)
     return nodes
 
 
@@ -334,8 +300,9 @@ def route(model):
 
 def emit_library(model: nn.Module, plan: Plan, header: LibraryHeader) -> str:
     """The text of a self-contained file that routes instances of ``type(model)`` as ``plan`` says."""
-    names = _class_names(model)
-    overrides = _overrides(model, routed_function_nodes(model, plan, names))
+    names = class_names(model)
+    edits = edit_plan(model, plan, Form.LIBRARY)
+    overrides = _overrides(model, routed_function_nodes(edits))
     if type(model) not in overrides:
         raise EmitError(f"{type(model).__qualname__}.forward is not edited by the routing; nothing to route")
     refs = {c: _reference(c) for cls, methods in overrides.items() for c in [cls] + [m[0] for m in methods]}
@@ -350,7 +317,7 @@ def emit_library(model: nn.Module, plan: Plan, header: LibraryHeader) -> str:
                                     for owner, name, node in methods])
                for cls, methods in overrides.items()]
     header = replace(header, libraries=libraries_of(sorted(class_modules)))
-    return _render(model, plan, header, imports, classes, names, class_modules)
+    return _render(model, plan, header, imports, classes, names, class_modules, edits.binds_task())
 
 
 def _routed_method(owner: type, name: str, node: cst.FunctionDef, owner_ref: str, imports: _Imports) -> cst.FunctionDef:
@@ -392,7 +359,7 @@ def _import_block(imports: _Imports, class_modules: set[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render(model, plan, header, imports: _Imports, classes, names, class_modules: set[str]) -> str:
+def _render(model, plan, header, imports: _Imports, classes, names, class_modules: set[str], binds_task: bool) -> str:
     class_nodes = []
     for cls, base_ref, methods in classes:
         doc = f'"""{base_ref} with Denoising Task Routing: {", ".join(m.name.value for m in methods)} edited."""'
@@ -400,7 +367,7 @@ def _render(model, plan, header, imports: _Imports, classes, names, class_module
         body = [node.body.body[0]] + [m.with_changes(leading_lines=[cst.EmptyLine(indent=False)]) for m in methods]
         class_nodes.append(cst.Module(body=[node.with_changes(body=node.body.with_changes(body=body))]).code)
     classes_code = "\n\n".join(class_nodes)
-    helpers = render_helpers(plan, unrouted_instances(model, plan), binds_task="dtr_bind_task(" in classes_code)
+    helpers = render_helpers(plan, unrouted_instances(model, plan), binds_task=binds_task)
     root = f"{type(model).__module__}.{type(model).__qualname__}"
     routed = "\n".join(f"    {names[c]}," for c, _, _ in classes)
     return "".join([

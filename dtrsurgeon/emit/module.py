@@ -30,17 +30,11 @@ from torch import nn
 
 from dtrsurgeon.analysis.sources import absolute, check_current
 
-from dtrsurgeon.emit.edits import (
-    TASK,
-    RouteFunctions,
-    collect_edits,
-    functions_by_qualname,
-    parse_file,
-    route_unseen_calls,
-    unit_call_filter,
-    unrouted_instances,
-    unwrapped,
-)
+from dtrsurgeon.emit.editplan import EditPlan, Form
+from dtrsurgeon.emit.edits import TASK, unrouted_instances
+from dtrsurgeon.emit.lower import edit_plan
+from dtrsurgeon.emit.resolve import functions_by_qualname, parse_file, unwrapped
+from dtrsurgeon.emit.transformers import apply_edits, function_nodes
 from dtrsurgeon.runtime import (
     dtr_bind_task,
     dtr_channel_mask,
@@ -56,23 +50,19 @@ from dtrsurgeon.masks import mask_table_for
 from dtrsurgeon.plan import Plan, RoutedUnit
 
 
-def compile_routed_functions(model: nn.Module, plan: Plan) -> dict[tuple[str, str], object]:
-    """Rewrite and compile every function the plan touches: (file, qualname) -> function.
+def compile_routed_functions(model: nn.Module, edits: EditPlan) -> dict[tuple[str, str], object]:
+    """Rewrite and compile every function the edit plan touches: (file, qualname) -> function.
 
     Module-level helpers on the path (``checkpoint(fn, *args)``) are compiled too and put in the
     routed module that the routed methods use as their globals, so the routed forward calls the
     rewritten helper while the user's module keeps the original."""
     functions = functions_by_qualname(model)
-    is_unit_call = unit_call_filter(functions)
     rewritten = {}
-    all_edits = collect_edits(plan)
-    route_unseen_calls(model, plan, all_edits, functions)
-    for file, edits in all_edits.items():
-        file = absolute(file)
-        wrapper = parse_file(file)
-        routed = RouteFunctions(file, edits, lambda q, c, f=file: is_unit_call(f, q, c))
-        wrapper.visit(routed)
-        for qual, node in routed.done.items():
+    for file in edits.files():
+        in_file = [f for f in edits.in_file(file) if f.line]  # line 0: not in the file's text
+        nodes = function_nodes(apply_edits(file, parse_file(file), in_file))
+        for qual in (f.qualname for f in in_file):
+            node = nodes[qual]
             original = functions.get((file, qual))
             if original is None:
                 raise EmitError(f"{file}: function {qual} is neither a method of the model's classes nor a "
@@ -400,7 +390,8 @@ def refuse_routed(model: nn.Module) -> None:
 def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -> nn.Module:
     """Route ``model`` as ``plan`` says; a deep copy unless ``inplace``."""
     refuse_routed(model)
-    compiled = compile_routed_functions(model, plan)
+    edits = edit_plan(model, plan, Form.MODULE)
+    compiled = compile_routed_functions(model, edits)
     target = model if inplace else copy.deepcopy(model)
     named = dict(target.named_modules())
     units = {u.path: u for u in plan.units}
@@ -408,10 +399,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
     # targets while sharing a threaded call line (their class's forward is not rewritten)
     passthrough = {p for p, _, _ in plan.passthrough} | {p for p, _ in plan.threads}
     unrouted = unrouted_instances(model, plan)
-    # a class some of whose units start their stream inside forward (U-ViT's out-blocks, after the
-    # long-skip merge) has that forward rewritten to route every instance there; its other units
-    # must not be wrapped as well, or they would be routed twice
-    routed_inside = {u.cls for u in plan.units if u.mode == "block" and u.stream_line is not None}
+    wrapped = set(edits.wrapped)  # block-mode units routed by _block_forward around their class's own
     classes: dict[tuple, type] = {}
 
     for path, module in named.items():
@@ -421,7 +409,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
             methods.update(_root_methods(cls, plan, spec))
         if path in units:
             unit = units[path]
-            role = "block" if unit.mode == "block" and unit.stream_line is None and unit.cls not in routed_inside else "edited"
+            role = "block" if path in wrapped else "edited"
             stream = _stream_position(unit, cls) if role == "block" else None
             module.__class__ = _routed_class(cls, methods, role, stream, classes)
             module.register_buffer("dtr_mask", mask_table_for(unit.mask, unit.channels), persistent=False)

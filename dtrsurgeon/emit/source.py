@@ -31,28 +31,20 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import libcst as cst
 from torch import nn
 
 from dtrsurgeon import __version__
 from dtrsurgeon import runtime
-from dtrsurgeon.emit.edits import (
-    FunctionEdit,
-    RouteFunctions,
-    collect_edits,
-    functions_by_qualname,
-    parse_file,
-    route_unseen_calls,
-    streams_by_class,
-    unit_call_filter,
-    unrouted_instances,
-    unwrapped,
-)
+from dtrsurgeon.emit.editplan import Form
+from dtrsurgeon.emit.edits import streams_by_class, unrouted_instances
+from dtrsurgeon.emit.lower import edit_plan, edited_files
+from dtrsurgeon.emit.resolve import defined_in, parse_file, root_init, undecorated  # noqa: F401 - undecorated: public here
+from dtrsurgeon.emit.transformers import apply_edits
 from dtrsurgeon.errors import EmitError
 from dtrsurgeon.masks import mask_settings
-from dtrsurgeon.plan import Plan
+from dtrsurgeon.plan import Mode, Plan
 from dtrsurgeon.spec.document import source_bytes
 from dtrsurgeon.spec.model import MaskParams
 
@@ -99,16 +91,16 @@ def runtime_source(plan: Plan, binds_task: bool = False) -> str:
     names = [runtime.dtr_mask_table, runtime.dtr_task_index, runtime.dtr_channel_mask, runtime.dtr_warn_unrouted]
     if binds_task:
         names.append(runtime.dtr_bind_task)
-    if any(u.mode in ("branch", "pre_output") or not u.merge for u in plan.units):
+    if any(u.mode in (Mode.BRANCH, Mode.PRE_OUTPUT) or not u.merge for u in plan.units):
         names.append(runtime.dtr_masked)
-    if any(u.mode == "block" for u in plan.units):
+    if any(u.mode == Mode.BLOCK for u in plan.units):
         names += [runtime.DTRRoute, runtime.DTRMerge, runtime.dtr_route, runtime.dtr_merge]
     if any(u.out_index is not None for u in plan.units):
         names.append(runtime.dtr_merge_outputs)
     if any(u.fold is not None for u in plan.units):
         names.append(runtime.dtr_fold_task)
     texts = [inspect.getsource(obj).rstrip("\n") + "\n" for obj in names]
-    if any(u.mode in ("block", "branch", "pre_output") for u in plan.units):  # the plain path under dtr_fused's name
+    if plan.units:  # every mode routes through the plain path, under dtr_fused's name
         texts.append(inspect.getsource(runtime.dtr_plain).replace("def dtr_plain(", "def dtr_fused(", 1))
     return "\n\n".join(texts)
 
@@ -265,69 +257,6 @@ def is_generated(text: str) -> bool:
     return text.startswith(HEADER_MARK)
 
 
-def undecorated(cls: type) -> type:
-    """The class as its file defines it, behind the wrappers class decorators return.
-
-    A persistence decorator (EDM2's ``@persistent_class``) returns a subclass of the decorated class
-    that takes over its name and module; the file's definition is the base::
-
-        @persistent_class            type(model)             -> persistent_class.<locals>.Decorator
-        class UNet(nn.Module): ...   undecorated(type(model)) -> UNet, as written in the file
-
-    A decorator that returns the class itself leaves nothing to unwrap.
-    """
-    while (len(cls.__bases__) == 1 and cls.__bases__[0].__name__ == cls.__name__
-           and cls.__bases__[0].__module__ == cls.__module__):
-        cls = cls.__bases__[0]
-    return cls
-
-
-def defined_in(func) -> str | None:
-    """The absolute file of a function's definition, behind ``functools.wraps`` wrappers such as
-    diffusers' ``@register_to_config`` on ``__init__`` (None for functions without Python source)."""
-    code = getattr(unwrapped(func), "__code__", None)
-    return os.path.abspath(code.co_filename) if code is not None else None
-
-
-def root_init(model: nn.Module):
-    """The root's ``__init__`` as its source defines it (unwrapped, of the undecorated class)."""
-    return unwrapped(undecorated(type(model)).__init__)
-
-
-def passthrough_edits(model: nn.Module, plan: Plan, edits: dict[str, dict[str, FunctionEdit]],
-                      editable: Callable[[type], bool], class_name: Callable[[type], str]) -> None:
-    """Modules called on a unit's call line: classes whose source is rewritten (``editable``) accept
-    ``dtr_task=None``; the others (``nn.Conv2d``) are called without it, behind an ``isinstance``
-    guard naming the classes that take it (by ``class_name``).  ``edits``: file -> qualname -> edit."""
-    named = dict(model.named_modules())
-
-    def edit_of(func, create=False):
-        file, qual = defined_in(func), unwrapped(func).__qualname__
-        if create:
-            return edits.setdefault(file, {}).setdefault(qual, FunctionEdit())
-        return edits.get(file, {}).get(qual, FunctionEdit())
-
-    unit_classes = {type(named[u.path]) for u in plan.units}
-    at_line: dict[tuple[str, int], set[type]] = {}  # classes called on each unit call line
-    for unit in plan.units:
-        at_line.setdefault((os.path.abspath(unit.call_path[-1].file), unit.call_path[-1].line), set()).add(type(named[unit.path]))
-    foreign_lines = set()
-    for path, pfile, line in plan.passthrough:
-        cls = type(named[path])
-        if cls in unit_classes or (editable(cls) and edit_of(cls.forward).task_param):
-            continue  # a unit the targets leave out, or a container on the path: it takes dtr_task already
-        if editable(cls):
-            edit_of(cls.forward, create=True).task_param = "optional"
-            at_line.setdefault((os.path.abspath(pfile), line), set()).add(cls)
-        else:
-            foreign_lines.add((os.path.abspath(pfile), line))
-    for unit in plan.units:
-        call = unit.call_path[-1]
-        key = (os.path.abspath(call.file), call.line)
-        if key in foreign_lines:  # e.g. nn.Conv2d called on the same line: call it without dtr_task
-            edits[key[0]][call.function].call_guards[call.line] = tuple(sorted(class_name(c) for c in at_line[key]))
-
-
 def _insert_helpers(module: cst.Module, helpers: str, header: str) -> cst.Module:
     """Header comment on top; missing imports after the file's imports; then the helper block."""
     body = list(module.body)
@@ -353,7 +282,7 @@ def other_files(model: nn.Module, plan: Plan, model_py: str) -> list[str]:
     """The files besides ``model_py`` whose code routing ``model`` rewrites (the root's ``__init__``,
     which attaches the masks, included): empty when ``emit_source`` can rewrite ``model_py`` alone."""
     file = os.path.abspath(model_py)
-    edited = {os.path.abspath(f) for f, fe in collect_edits(plan, block_in_source=True).items() if fe}
+    edited = edited_files(model, plan)
     init_file = defined_in(root_init(model))
     return sorted((edited | {init_file or "<no Python source>"}) - {file})
 
@@ -369,50 +298,16 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     if others:
         raise EmitError(f"{model_py}: routing {type(model).__qualname__} also rewrites {', '.join(others)}; "
                         "emit_library writes one file of subclasses for such a model")
-    all_edits = collect_edits(plan, block_in_source=True)
-    route_unseen_calls(model, plan, all_edits, functions_by_qualname(model))
-    edits = {file: {}}
-    for file_edits in all_edits.values():  # all in `file`: other_files is empty
-        edits[file].update(file_edits)
-    edits[file].setdefault(root_init(model).__qualname__, FunctionEdit()).append_stmt = "dtr_attach_masks(self)"
-    passthrough_edits(model, plan, edits, lambda cls: defined_in(cls.forward) == file, lambda cls: cls.__name__)
-    edits = edits[file]
-    unrouted = unrouted_instances(model, plan)
-    functions = functions_by_qualname(model)
-    is_unit_call = unit_call_filter(functions)
-    wrapper = parse_file(file, os.path.getmtime(file))
-    routed = wrapper.visit(RouteFunctions(file, edits, lambda q, c: is_unit_call(file, q, c)))
-    missing = sorted(set(edits) - _edited(routed, edits))
+    edits = edit_plan(model, plan, Form.SOURCE, model_py)
+    missing = sorted(f.qualname for f in edits.functions if not f.line)
     if missing:
         raise EmitError(f"{model_py}: could not find {missing[0]} to rewrite")
+    routed = apply_edits(file, parse_file(file), edits.functions)
+    unrouted = unrouted_instances(model, plan)
     named = dict(model.named_modules())
     classes = {p: f"{type(named[p]).__module__}.{type(named[p]).__qualname__}" for p in unrouted}
-    helpers = render_helpers(plan, unrouted, binds_task="dtr_bind_task(" in routed.code, unrouted_classes=classes)
+    helpers = render_helpers(plan, unrouted, binds_task=edits.binds_task(), unrouted_classes=classes)
     return _insert_helpers(routed, helpers, header.render()).code
-
-
-def _edited(module: cst.Module, edits) -> set[str]:
-    found = set()
-
-    class _Names(cst.CSTVisitor):
-        def __init__(self):
-            self.scope = []
-
-        def visit_ClassDef(self, node):
-            self.scope.append(node.name.value)
-
-        def leave_ClassDef(self, node):
-            self.scope.pop()
-
-        def visit_FunctionDef(self, node):
-            self.scope.append(node.name.value)
-            found.add(".".join(self.scope))
-
-        def leave_FunctionDef(self, node):
-            self.scope.pop()
-
-    module.visit(_Names())
-    return found & set(edits)
 
 
 def spec_bytes(spec_source) -> tuple[str, bytes]:

@@ -1,0 +1,485 @@
+"""One LibCST transformer per kind of edit in an :class:`~dtrsurgeon.emit.editplan.EditPlan`.
+
+Each transformer applies the edits of its kind to the functions they name and leaves every other
+byte of the file as it was; it decides nothing (the edit plan names the lines and call spans).
+:func:`apply_edits` runs them all in one pass over the file, so every anchor refers to the text
+as written.  One transformer alone, on one function::
+
+    before = "def forward(self, x):\\n    return self.block(x)\\n"
+    edits = FunctionEdits("m.py", "forward", 1, (Edit(EditKind.TAKE_TASK),))
+    MetadataWrapper(cst.parse_module(before)).visit(TakeTask("m.py", [edits])).code
+    -> "def forward(self, x, dtr_task):\\n    return self.block(x)\\n"
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+from dtrsurgeon.emit.editplan import Edit, EditKind, FunctionEdits
+from dtrsurgeon.errors import EmitError
+
+TASK = "dtr_task"
+
+# tensor attributes that read no values: ``x.shape[0]`` needs no masked copy of x
+_METADATA = frozenset({"shape", "dtype", "device", "ndim", "size", "dim", "numel", "layout", "is_cuda", "requires_grad"})
+
+
+def node_span(transformer: cst.MetadataDependent, node: cst.CSTNode) -> tuple[int, int, int, int]:
+    pos = transformer.get_metadata(PositionProvider, node)
+    return pos.start.line, pos.start.column, pos.end.line, pos.end.column
+
+
+def _code(node: cst.CSTNode) -> str:
+    return cst.Module(body=[]).code_for_node(node)
+
+
+class FunctionEditTransformer(cst.CSTTransformer):
+    """Tracks which function (by qualified name) is being visited and hands each transformer
+    the edits of its ``KIND`` for the innermost one; nested functions have their own edits."""
+
+    METADATA_DEPENDENCIES = (PositionProvider,)
+    KIND: EditKind
+
+    def __init__(self, path: str, functions: Iterable[FunctionEdits]):
+        super().__init__()
+        self.path = path
+        self.edits = {f.qualname: f.of(self.KIND) for f in functions}
+        self.scope: list[str] = []
+        self.stack: list[tuple[Edit, ...]] = []
+
+    @property
+    def current(self) -> tuple[Edit, ...]:
+        return self.stack[-1] if self.stack else ()
+
+    def visit_ClassDef(self, node):
+        self.scope.append(node.name.value)
+
+    def leave_ClassDef(self, original, updated):
+        self.scope.pop()
+        return updated
+
+    def visit_FunctionDef(self, node):
+        self.scope.append(node.name.value)
+        self.stack.append(self.edits.get(".".join(self.scope), ()))
+        self.enter_function(node)
+
+    def leave_FunctionDef(self, original, updated):
+        edits = self.stack.pop()
+        self.scope.pop()
+        return self.edit_function(original, updated, edits) if edits else updated
+
+    def enter_function(self, node: cst.FunctionDef) -> None:
+        """Called on entering every function (``self.current`` holds its edits)."""
+
+    def edit_function(self, original: cst.FunctionDef, updated: cst.FunctionDef, edits) -> cst.FunctionDef:
+        return updated
+
+    def at_span(self, node: cst.CSTNode) -> Edit | None:
+        """The edit of the current function anchored at ``node``'s exact span."""
+        if not self.current:
+            return None
+        span = node_span(self, node)
+        return next((e for e in self.current if e.span == span), None)
+
+    def on_line(self, node: cst.CSTNode) -> Edit | None:
+        """The edit of the current function anchored at a line ``node`` spans."""
+        if not self.current:
+            return None
+        pos = self.get_metadata(PositionProvider, node)
+        return next((e for e in self.current if pos.start.line <= e.line <= pos.end.line), None)
+
+
+def _is_docstring(stmt) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
+            and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)))
+
+
+def _insert_on_entry(func: cst.FunctionDef, statements: Iterable[str]) -> cst.FunctionDef:
+    """``statements`` first in ``func``'s body, after its docstring."""
+    body = list(func.body.body)
+    at = 1 if body and _is_docstring(body[0]) else 0
+    body = body[:at] + [cst.parse_statement(s + "\n") for s in statements] + body[at:]
+    return func.with_changes(body=func.body.with_changes(body=body))
+
+
+class TakeTask(FunctionEditTransformer):
+    """``def forward(self, x, c):`` -> ``def forward(self, x, c, dtr_task):`` (or ``dtr_task=None``)."""
+
+    KIND = EditKind.TAKE_TASK
+
+    def edit_function(self, original, updated, edits):
+        return updated.with_changes(params=_with_task_param(updated.params, edits[0].required))
+
+
+def _with_task_param(params: cst.Parameters, required: bool) -> cst.Parameters:
+    """Add ``dtr_task`` (required, or ``=None``) where Python allows it:
+    last positional parameter if that is legal, else keyword-only."""
+    if any(p.name.value == TASK for p in list(params.params) + list(params.kwonly_params)):
+        return params
+    eq = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
+    new = cst.Param(cst.Name(TASK)) if required else cst.Param(cst.Name(TASK), default=cst.Name("None"), equal=eq)
+    has_default = any(p.default is not None for p in params.params)
+    if isinstance(params.star_arg, cst.Param) or params.kwonly_params or (required and has_default):
+        star = params.star_arg if isinstance(params.star_arg, cst.Param) else cst.ParamStar()
+        return params.with_changes(star_arg=star, kwonly_params=list(params.kwonly_params) + [new])
+    return params.with_changes(params=list(params.params) + [new])
+
+
+class ComputeTask(FunctionEditTransformer):
+    """The root's forward first computes the task index:
+    ``dtr_task = dtr_task_index(t, 0.0, 999.0, 1000, False)``."""
+
+    KIND = EditKind.COMPUTE_TASK
+
+    def edit_function(self, original, updated, edits):
+        return _insert_on_entry(updated, [s for e in edits for s in e.text])
+
+
+class FoldTask(FunctionEditTransformer):
+    """A unit whose stream folds frames into the batch first expands its task index:
+    ``dtr_task = dtr_fold_task(dtr_task, x, 'interleave')``."""
+
+    KIND = EditKind.FOLD_TASK
+
+    def edit_function(self, original, updated, edits):
+        return _insert_on_entry(updated, [s for e in edits for s in e.text])
+
+
+class AttachMasks(FunctionEditTransformer):
+    """The root's ``__init__`` ends with ``dtr_attach_masks(self)``."""
+
+    KIND = EditKind.ATTACH_MASKS
+
+    def edit_function(self, original, updated, edits):
+        body = list(updated.body.body) + [cst.parse_statement(s + "\n") for e in edits for s in e.text]
+        return updated.with_changes(body=updated.body.with_changes(body=body))
+
+
+class RouteStream(FunctionEditTransformer):
+    """Block mode: route the stream on entry, or after the statement holding a line (U-ViT: after
+    the long-skip merge)::
+
+        def forward(self, x, c):            def forward(self, x, c, dtr_task):
+            x = x + self.attn(x)       ->       dtr_keep = dtr_channel_mask(self.dtr_mask, dtr_task, x, 2)
+                                                x, dtr_skip = dtr_route(x, dtr_keep)
+                                                x = x + self.attn(x)
+    """
+
+    KIND = EditKind.ROUTE_STREAM
+
+    def edit_function(self, original, updated, edits):
+        after = [e for e in edits if e.line]
+        if after:
+            ranges = [(self.get_metadata(PositionProvider, st).start.line, self.get_metadata(PositionProvider, st).end.line)
+                      for st in original.body.body]
+            body = []
+            for stmt, (first, last) in zip(updated.body.body, ranges):
+                body.append(stmt)
+                for edit in after:
+                    if first <= edit.line <= last:
+                        body += [cst.parse_statement(s + "\n") for s in edit.text]
+            updated = updated.with_changes(body=updated.body.with_changes(body=body))
+        entry = [s for e in edits if not e.line for s in e.text]
+        return _insert_on_entry(updated, entry) if entry else updated
+
+
+class MergeReturn(FunctionEditTransformer):
+    """Block mode: every returned value goes through the merge:
+    ``return x`` -> ``return dtr_merge(x, dtr_skip, dtr_keep)``."""
+
+    KIND = EditKind.MERGE_RETURN
+
+    def leave_Return(self, original, updated):
+        if not self.current:
+            return updated
+        wrap_text = self.current[0].text[0]
+        several = wrap_text.startswith("dtr_merge_outputs(")
+        if updated.value is None or (isinstance(updated.value, cst.Tuple) and not several):
+            pos = self.get_metadata(PositionProvider, original)
+            raise EmitError(f"{self.path}:{pos.start.line}: block mode needs the unit to return its stream, "
+                            "found a bare or tuple return; use routing.mode 'branch' for this unit")
+        value = updated.value
+        if isinstance(value, cst.Tuple) and not value.lpar:
+            value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+        wrap = cst.parse_expression(wrap_text)
+        return updated.with_changes(value=wrap.with_changes(args=[wrap.args[0].with_changes(value=value), *wrap.args[1:]]))
+
+
+def _statement_values(module: cst.Module) -> set[int]:
+    """ids of the calls that are a whole statement's value (``x = f(x)``, ``return f(x)``, ``f(x)``)."""
+    found: set[int] = set()
+
+    class _V(cst.CSTVisitor):
+        def _add(self, value):
+            if isinstance(value, cst.Call) and not value.lpar:
+                found.add(id(value))
+
+        def visit_Assign(self, n):
+            self._add(n.value)
+
+        def visit_AnnAssign(self, n):
+            self._add(n.value)
+
+        def visit_AugAssign(self, n):
+            self._add(n.value)
+
+        def visit_Return(self, n):
+            self._add(n.value)
+
+        def visit_Expr(self, n):
+            self._add(n.value)
+
+    module.visit(_V())
+    return found
+
+
+class PassTask(FunctionEditTransformer):
+    """The call at the edit's span passes the task on: ``block(x, c)`` -> ``block(x, c, dtr_task=dtr_task)``;
+    with guards, ``(block(x, c, dtr_task=dtr_task) if isinstance(block, DiTBlock) else block(x, c))``."""
+
+    KIND = EditKind.PASS_TASK
+
+    def visit_Module(self, node):
+        self.statement_values = _statement_values(node)
+
+    def leave_Call(self, original, updated):
+        edit = self.at_span(original)
+        if edit is None or any(a.keyword and a.keyword.value == TASK for a in updated.args):
+            return updated
+        args = list(updated.args)
+        if args and args[-1].comma is cst.MaybeSentinel.DEFAULT:
+            args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        kw = cst.Arg(keyword=cst.Name(TASK), value=cst.Name(TASK), equal=cst.AssignEqual(
+            whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")))
+        with_task = updated.with_changes(args=args + [kw])
+        tests = []
+        if edit.guards:
+            classes = edit.guards[0] if len(edit.guards) == 1 else "(" + ", ".join(edit.guards) + ")"
+            tests.append(f"isinstance({_code(updated.func)}, {classes})")
+        if edit.if_given:  # a helper other callers call without a task
+            tests.append(f"{TASK} is not None")
+        if not tests:
+            return with_task
+        guarded = cst.IfExp(test=cst.parse_expression(" and ".join(tests)), body=with_task, orelse=updated)
+        # inside a larger expression (`block(x, emb) if isinstance(...) else block(x)`) the guard needs parentheses
+        if id(original) in self.statement_values:
+            return guarded
+        return guarded.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+
+
+class BindTask(FunctionEditTransformer):
+    """A checkpoint call handed a unit binds the task to it, since checkpoint functions need not pass
+    keywords on: ``checkpoint(block, h)`` -> ``checkpoint(dtr_bind_task(block, dtr_task), h)``."""
+
+    KIND = EditKind.BIND_TASK
+
+    def leave_Call(self, original, updated):
+        edit = self.at_span(original)
+        if edit is None:
+            return updated
+        unit = _code(updated.args[0].value)
+        bound = cst.parse_expression(f"(dtr_bind_task({unit}, {TASK}) if {TASK} is not None else {unit})"
+                                     if edit.if_given else f"dtr_bind_task({unit}, {TASK})")
+        return updated.with_changes(args=[updated.args[0].with_changes(value=bound), *updated.args[1:]])
+
+
+class BindMethod(FunctionEditTransformer):
+    """A helper method handed on with its task bound:
+    ``checkpoint(self._forward, x)`` -> ``checkpoint(dtr_bind_task(self._forward, dtr_task), x)``."""
+
+    KIND = EditKind.BIND_METHOD
+
+    def leave_Attribute(self, original, updated):
+        if self.at_span(original) is None:
+            return updated
+        return cst.parse_expression(f"dtr_bind_task({_code(updated)}, {TASK})")
+
+
+class MaskSite(FunctionEditTransformer):
+    """pre_output mode: the projection's input is masked where it is called: ``self.proj(h)`` ->
+    ``self.proj(dtr_masked(h, self.dtr_mask, dtr_task, 1))``; for a Sequential ending in the
+    projection, ``self.out(h)`` -> ``self.out[-1](dtr_masked(self.out[:-1](h), ...))``."""
+
+    KIND = EditKind.MASK_SITE
+
+    def leave_Call(self, original, updated):
+        edit = self.at_span(original)
+        return updated if edit is None else _mask_call_input(updated, edit.via, edit.axis)
+
+
+def _mask_call_input(call: cst.Call, via: str, axis: int) -> cst.Call:
+    first, rest = call.args[0], list(call.args[1:])
+    func = _code(call.func)
+    masked = cst.parse_expression(f"dtr_masked(__x__, self.dtr_mask, {TASK}, {axis})")
+    if via == "sequential":
+        inner = cst.parse_expression(f"{func}[:-1]({_code(first.value)})")
+        masked = masked.with_changes(args=[masked.args[0].with_changes(value=inner), *masked.args[1:]])
+        return call.with_changes(func=cst.parse_expression(f"{func}[-1]"), args=[first.with_changes(value=masked)] + rest)
+    masked = masked.with_changes(args=[masked.args[0].with_changes(value=first.value), *masked.args[1:]])
+    return call.with_changes(args=[first.with_changes(value=masked)] + rest)
+
+
+class _MaskStream(cst.CSTTransformer):
+    """Replace every load of ``var`` (or of a plain alias of it) with
+    ``dtr_masked(name, self.dtr_mask, dtr_task, axis)``; ``count`` says how many.
+    Reads of metadata (``x.shape``, ``x.dtype``) are left alone::
+
+        q = self.qkv(self.norm2(x)).reshape(x.shape[0], -1)
+        ->  q = self.qkv(self.norm2(dtr_masked(x, ...))).reshape(x.shape[0], -1)
+    """
+
+    def __init__(self, var: str, axis: int, aliases: frozenset[str] = frozenset()):
+        super().__init__()
+        self.names = {var} | set(aliases)
+        self.axis = axis
+        self.count = 0
+        self._metadata_reads: set[int] = set()
+
+    def visit_Attribute(self, node):
+        if isinstance(node.value, cst.Name) and node.attr.value in _METADATA:
+            self._metadata_reads.add(id(node.value))
+
+    def leave_Name(self, original, updated):
+        if updated.value not in self.names or id(original) in self._metadata_reads:
+            return updated
+        self.count += 1
+        return cst.parse_expression(f"dtr_masked({updated.value}, self.dtr_mask, {TASK}, {self.axis})")
+
+
+class MaskBranch(FunctionEditTransformer):
+    """Branch mode: the residual add on the edit's line masks its branch:
+    ``x = x + self.attn(norm(x))`` -> ``x = x + self.attn(norm(dtr_masked(x, self.dtr_mask, dtr_task, 2)))``."""
+
+    KIND = EditKind.MASK_BRANCH
+
+    def leave_BinaryOperation(self, original, updated):
+        edit = self.on_line(original) if isinstance(updated.operator, cst.Add) else None
+        if edit is None:
+            return updated
+        if isinstance(updated.left, cst.Name) and updated.left.value == edit.var:
+            return updated.with_changes(right=updated.right.visit(_MaskStream(edit.var, edit.axis)))
+        if isinstance(updated.right, cst.Name) and updated.right.value == edit.var:
+            return updated.with_changes(left=updated.left.visit(_MaskStream(edit.var, edit.axis)))
+        return updated
+
+    def leave_AugAssign(self, original, updated):
+        edit = self.on_line(original) if isinstance(updated.operator, cst.AddAssign) else None
+        if edit is not None and isinstance(updated.target, cst.Name) and updated.target.value == edit.var:
+            return updated.with_changes(value=updated.value.visit(_MaskStream(edit.var, edit.axis)))
+        return updated
+
+
+class MaskLoads(FunctionEditTransformer):
+    """Branch mode: the assignment on the edit's line reads the stream masked, through plain aliases
+    too: ``h = self.norm(x)`` -> ``h = self.norm(dtr_masked(x, self.dtr_mask, dtr_task, 1))``."""
+
+    KIND = EditKind.MASK_LOADS
+
+    def __init__(self, path: str, functions: Iterable[FunctionEdits]):
+        super().__init__(path, functions)
+        self.aliases: list[frozenset[str]] = []
+
+    def enter_function(self, node):
+        self.aliases.append(_aliases(node, self.current[0].var) if self.current else frozenset())
+
+    def leave_FunctionDef(self, original, updated):
+        self.aliases.pop()
+        return super().leave_FunctionDef(original, updated)
+
+    def leave_Assign(self, original, updated):
+        edit = self.on_line(original)
+        if edit is None or isinstance(updated.value, cst.Name):
+            return updated  # `h = x`: an alias, masked where it is read
+        mask = _MaskStream(edit.var, edit.axis, self.aliases[-1])
+        value = updated.value.visit(mask)
+        if mask.count == 0:
+            pos = self.get_metadata(PositionProvider, original)
+            raise EmitError(f"{self.path}:{pos.start.line}: branch mode found no read of {edit.var!r} to mask "
+                            "on this line; use routing.mode 'block' or 'pre_output' for this unit")
+        return updated.with_changes(value=value)
+
+
+def _aliases(func: cst.FunctionDef, var: str) -> frozenset[str]:
+    """Names bound to ``var`` by plain assignment (``h = x``) in ``func``'s body,
+    so a branch that starts ``h = x; h = norm(h)`` is found on the norm line."""
+    names = {var}
+    for stmt in func.body.body:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for small in stmt.body:
+                if (isinstance(small, cst.Assign) and len(small.targets) == 1
+                        and isinstance(small.targets[0].target, cst.Name) and isinstance(small.value, cst.Name)
+                        and small.value.value in names):
+                    names.add(small.targets[0].target.value)
+    return frozenset(names - {var})
+
+
+# One pass applies them all; at each node they run in this order.  RouteStream comes before the
+# other statement inserters: it places statements by the original body's line ranges, and the
+# entry statements inserted last come first (the task index before the stream is routed).
+TRANSFORMERS: tuple[type[FunctionEditTransformer], ...] = (
+    TakeTask, PassTask, BindTask, BindMethod, MaskSite, MaskBranch, MaskLoads, MergeReturn,
+    RouteStream, FoldTask, ComputeTask, AttachMasks,
+)
+
+
+class _AllKinds(cst.CSTTransformer):
+    """The transformers of :data:`TRANSFORMERS` as one: each node goes through each of them in turn."""
+
+    METADATA_DEPENDENCIES = (PositionProvider,)
+
+    def __init__(self, members: list[FunctionEditTransformer]):
+        super().__init__()
+        self.members = members
+
+    def on_visit(self, node):
+        if isinstance(node, cst.Module):
+            for member in self.members:
+                member.metadata = self.metadata
+        for member in self.members:
+            member.on_visit(node)
+        return True
+
+    def on_leave(self, original, updated):
+        for member in self.members:
+            updated = member.on_leave(original, updated)
+        return updated
+
+    def on_visit_attribute(self, node, attribute):
+        for member in self.members:
+            member.on_visit_attribute(node, attribute)
+
+    def on_leave_attribute(self, original, attribute):
+        for member in self.members:
+            member.on_leave_attribute(original, attribute)
+
+
+def apply_edits(path: str, wrapper: MetadataWrapper, functions: Iterable[FunctionEdits]) -> cst.Module:
+    """``wrapper``'s module (the text of ``path``) with every edit of ``functions`` applied."""
+    functions = list(functions)
+    return wrapper.visit(_AllKinds([kind(path, functions) for kind in TRANSFORMERS]))
+
+
+def function_nodes(module: cst.Module) -> dict[str, cst.FunctionDef]:
+    """qualname -> FunctionDef of every function in ``module``."""
+    found: dict[str, cst.FunctionDef] = {}
+    scope: list[str] = []
+
+    class _V(cst.CSTVisitor):
+        def visit_ClassDef(self, n):
+            scope.append(n.name.value)
+
+        def leave_ClassDef(self, n):
+            scope.pop()
+
+        def visit_FunctionDef(self, n):
+            scope.append(n.name.value)
+            found[".".join(scope)] = n
+
+        def leave_FunctionDef(self, n):
+            scope.pop()
+
+    module.visit(_V())
+    return found
