@@ -94,13 +94,22 @@ def built(name):
     return _cache[name]
 
 
+def first(output):
+    """The sample of a forward's output tuple; a list of per-sample tensors (ZImage) stacked."""
+    sample = output[0]
+    return torch.stack(sample) if isinstance(sample, list) else sample
+
+
 def split(kwargs, i, batch_size):
-    """The keyword arguments of sample i alone: every per-sample tensor or list sliced."""
+    """The keyword arguments of sample i alone: every per-sample tensor or list sliced, other lists
+    (one tensor per layer) sliced item by item."""
     def one(v):
         if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch_size:
             return v[i:i + 1]
         if isinstance(v, list) and len(v) == batch_size:
             return v[i:i + 1]
+        if isinstance(v, list):
+            return [one(item) for item in v]
         return v
     return {k: one(v) for k, v in kwargs.items()}
 
@@ -117,16 +126,16 @@ def test_routes_every_block_per_sample_and_trains(name):
         counts[cls] = counts.get(cls, 0) + 1
     assert counts == UNITS[name], plan.skipped
     with torch.no_grad():
-        ref = model(**kwargs)[0]
+        ref = first(model(**kwargs))
         identity = dtrsurgeon.transform(model, {**SPEC, "routing": {"channel_ratio": 1.0}}, example_inputs=example)
-        assert torch.allclose(identity(**kwargs)[0], ref, atol=1e-6)
+        assert torch.allclose(first(identity(**kwargs)), ref, atol=1e-6)
         routed = dtrsurgeon.transform(model, SPEC, example_inputs=example)
-        out = routed(**kwargs)[0]
+        out = first(routed(**kwargs))
         assert not torch.allclose(out, ref, atol=1e-4)
-        alone = torch.cat([routed(**split(kwargs, i, len(ref)))[0] for i in range(len(ref))])
+        alone = torch.cat([first(routed(**split(kwargs, i, len(ref)))) for i in range(len(ref))])
         assert torch.allclose(out, alone, atol=1e-4, rtol=1e-4)
     routed.train()
-    routed(**kwargs)[0].square().mean().backward()
+    first(routed(**kwargs)).square().mean().backward()
     grads = [p.grad for p in routed.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
@@ -146,12 +155,12 @@ def test_a_0d_timestep_routes_as_that_timestep_for_every_sample(name):
     broadcast = dm.sweep_inputs(name, model, timestep=torch.full((3,), 500))
     with torch.no_grad():
         try:
-            vanilla = model(**scalar)[0]
+            vanilla = first(model(**scalar))
         except Exception as e:  # noqa: BLE001 - any refusal of the vanilla model is a reason to skip
             pytest.skip(f"the vanilla model does not take a 0-d timestep: {type(e).__name__}: {e}")
         routed = routed_model(name)
-        out = routed(**scalar)[0]
-        assert torch.allclose(out, routed(**broadcast)[0], atol=1e-5, rtol=1e-5)
+        out = first(routed(**scalar))
+        assert torch.allclose(out, first(routed(**broadcast)), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(out, vanilla, atol=1e-4)
 
 
@@ -173,5 +182,5 @@ def test_compiles_fullgraph_one_graph_for_every_timestep(name):
     with torch.no_grad():
         for seed, t in ((0, None), (1, torch.tensor([3, 998, 17]))):
             call = dm.sweep_inputs(name, model, seed=seed, timestep=t)
-            assert torch.allclose(compiled(**call)[0], routed(**call)[0], atol=1e-5, rtol=1e-5)
+            assert torch.allclose(first(compiled(**call)), first(routed(**call)), atol=1e-5, rtol=1e-5)
     assert counter.frame_count == 1

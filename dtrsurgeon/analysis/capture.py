@@ -44,6 +44,8 @@ class Capture:
     # (operator, module path, modules inside) of sub-graph regions left opaque (torch.cond, ...): not analysed
     opaque: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     method: str = "export"  # or "real-tensor trace": export could not follow the forward
+    # forward argument name -> its placeholder (a real-tensor trace names them arg0_1, arg1_1, ...)
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 class OpaqueRegionWarning(UserWarning):
@@ -98,7 +100,8 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, timestep_arg: str | Non
             f"that run inside it ({', '.join(inside) if inside else 'none found'}) are not routed",
             OpaqueRegionWarning, stacklevel=3)
     return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=callers, params=params,
-                   returns_tensor=returns_tensor, output_shapes=output_shapes, opaque=tuple(opaque), method=method)
+                   returns_tensor=returns_tensor, output_shapes=output_shapes, opaque=tuple(opaque), method=method,
+                   inputs=inputs)
 
 
 @contextlib.contextmanager

@@ -280,7 +280,8 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     skipped: list[tuple[str, str]] = []
     sample_name, batch = _sample_input(model, args, kwargs)
     holders, streams, caller_adds = _holders(chains, cap, named, params, skipped)
-    _drop_conditioning(holders, streams, _placeholder(cap.graph, sample_name), flow, spec.include, skipped)
+    _drop_conditioning(holders, streams, _placeholder(cap.graph, cap.inputs.get(sample_name, sample_name)), sample_name,
+                       flow, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
     outer = set(chosen)
@@ -395,7 +396,8 @@ def _placeholder(graph: fx.Graph, name: str) -> fx.Node | None:
     return next((n for n in graph.nodes if n.op == "placeholder" and n.name == name), None)
 
 
-def _drop_conditioning(holders, streams, sample: fx.Node | None, flow, include, skipped) -> None:
+def _drop_conditioning(holders, streams, sample: fx.Node | None, sample_name: str, flow, include,
+                       skipped) -> None:
     """Networks that only process the timestep or the conditioning (mapping networks, embedding
     MLPs with residual layers) are no units: none of their streams is computed from the sample.
     An include pattern that names one routes it all the same."""
@@ -408,7 +410,7 @@ def _drop_conditioning(holders, streams, sample: fx.Node | None, flow, include, 
         if any(fnmatch.fnmatchcase(path, p) for p in include):
             continue
         skipped.append((path, f"it processes only the timestep or the conditioning (no stream of it is computed "
-                              f"from the sample {sample.name!r}); name it in targets.include to route it"))
+                              f"from the sample {sample_name!r}); name it in targets.include to route it"))
         del holders[path]
         streams.pop(path, None)
 
