@@ -122,6 +122,17 @@ FACTORIES.update({
                                                   axes_dim_rope=(4, 6, 6), axes_lens=(32, 32, 32), cap_feat_dim=16),
                                   _lumina2_inputs),
 })
+FACTORIES.update({
+    "HiDreamImageTransformer2DModel": (
+        lambda: _seeded(_d().HiDreamImageTransformer2DModel, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                        num_single_layers=2, attention_head_dim=8, num_attention_heads=4, caption_channels=[8, 4],
+                        text_emb_dim=8, num_routed_experts=2, num_activated_experts=1, axes_dims_rope=(4, 2, 2),
+                        max_resolution=(32, 32), llama_layers=(0, 1)),
+        lambda m, g, b, t: dict(hidden_states=torch.randn(b, 4, 8, 8, generator=g), timesteps=t,
+                                encoder_hidden_states_t5=torch.randn(b, 4, 8, generator=g),
+                                pooled_embeds=torch.randn(b, 8, generator=g),
+                                encoder_hidden_states_llama3=[torch.randn(b, 4, 4, generator=g) for _ in range(2)])),
+})
 UNITS = {
     "BriaTransformer2DModel": {"BriaTransformerBlock": 2, "BriaSingleTransformerBlock": 2},
     "BriaFiboTransformer2DModel": {"BriaFiboTransformerBlock": 2, "BriaFiboSingleTransformerBlock": 2},
@@ -137,6 +148,8 @@ UNITS = {
     "LuminaNextDiT2DModel": {"LuminaNextDiTBlock": 2},
     # noise_refiner.0 and the 2 joint layers; context_refiner.0 sees the caption only: conditioning
     "Lumina2Transformer2DModel": {"Lumina2TransformerBlock": 3},
+    # the wrappers (double_stream_blocks.0, ...) hold the residual blocks as .block
+    "HiDreamImageTransformer2DModel": {"HiDreamImageTransformerBlock": 1, "HiDreamImageSingleTransformerBlock": 2},
 }
 NOT_YET = "no tiny config and inputs written in tests/sweep/image.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
@@ -162,5 +175,4 @@ LEFT_OUT.update({
                       "in a loop `for resnet_block in self.resnet_blocks: out = resnet_block(out, ...)`, so the "
                       "rewrite masks `out` at every iteration, and the second block's 8 channels meet the 16-channel "
                       "mask (runtime.dtr_masked: size 8 vs 16)",
-    "HiDreamImageTransformer2DModel": "capture fails on .numpy() in its MoE router: issue 11 item 4",
 })
