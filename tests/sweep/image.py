@@ -176,3 +176,9 @@ LEFT_OUT.update({
                       "rewrite masks `out` at every iteration, and the second block's 8 channels meet the 16-channel "
                       "mask (runtime.dtr_masked: size 8 vs 16)",
 })
+# class -> why its vanilla model does not compile with fullgraph=True (checked: the vanilla compile raises)
+NO_FULLGRAPH = {
+    "Lumina2Transformer2DModel": "data-dependent Python on tensor values (seq_lengths from the caption mask, "
+                                 "len(set(seq_lengths))): a graph break",
+    "HiDreamImageTransformer2DModel": "its MoE gate calls .numpy() on a tensor: a graph break",
+}
