@@ -4,7 +4,10 @@ The classes come from ``diffusers.models.transformers`` and ``diffusers.models.u
 installed; each is either built from a tiny config (tests/diffusers_models.py) and checked here,
 or listed in LEFT_OUT with the reason.  For each built class: every residual block on the routed
 stream is a unit (UNITS: the expected count, by class of unit), identity at channel_ratio 1, each
-sample routed as if run alone, and a training step with finite gradients.
+sample routed as if run alone, a training step with finite gradients, a 0-d timestep routed as that
+timestep given to every sample (where the vanilla model takes one), and one
+``torch.compile(fullgraph=True)`` graph for every timestep (where the vanilla model compiles so:
+NO_FULLGRAPH).
 """
 
 import inspect
@@ -13,6 +16,8 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
+
+from torch._dynamo.testing import CompileCounter  # noqa: E402
 
 import dtrsurgeon  # noqa: E402
 from tests import diffusers_models as dm  # noqa: E402
@@ -47,9 +52,12 @@ LEFT_OUT = {
     "TransformerTemporalModel": "the temporal layer of the video U-Nets; routed inside UNet3DConditionModel above",
     "PriorTransformer": "a prior over CLIP image embeddings (unCLIP), not a denoiser of a sample grid",
 }
+# class -> why its vanilla model does not compile with fullgraph=True (checked: the vanilla compile raises)
+NO_FULLGRAPH: dict = {}
 for _group in sweep.GROUPS:
     UNITS.update(_group.UNITS)
     LEFT_OUT.update(_group.LEFT_OUT)
+    NO_FULLGRAPH.update(getattr(_group, "NO_FULLGRAPH", {}))
 
 
 def timestep_classes() -> list[str]:
@@ -73,6 +81,7 @@ def test_every_timestep_class_is_built_or_left_out_with_a_reason():
     assert not set(UNITS) & set(LEFT_OUT)
     assert classes - listed == set(), "classes neither checked nor left out"
     assert set(UNITS) <= classes
+    assert set(NO_FULLGRAPH) <= set(UNITS)
 
 
 _cache = {}
@@ -85,13 +94,22 @@ def built(name):
     return _cache[name]
 
 
+def first(output):
+    """The sample of a forward's output tuple; a list of per-sample tensors (ZImage) stacked."""
+    sample = output[0]
+    return torch.stack(sample) if isinstance(sample, list) else sample
+
+
 def split(kwargs, i, batch_size):
-    """The keyword arguments of sample i alone: every per-sample tensor or list sliced."""
+    """The keyword arguments of sample i alone: every per-sample tensor or list sliced, other lists
+    (one tensor per layer) sliced item by item."""
     def one(v):
         if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch_size:
             return v[i:i + 1]
         if isinstance(v, list) and len(v) == batch_size:
             return v[i:i + 1]
+        if isinstance(v, list):
+            return [one(item) for item in v]
         return v
     return {k: one(v) for k, v in kwargs.items()}
 
@@ -108,15 +126,61 @@ def test_routes_every_block_per_sample_and_trains(name):
         counts[cls] = counts.get(cls, 0) + 1
     assert counts == UNITS[name], plan.skipped
     with torch.no_grad():
-        ref = model(**kwargs)[0]
+        ref = first(model(**kwargs))
         identity = dtrsurgeon.transform(model, {**SPEC, "routing": {"channel_ratio": 1.0}}, example_inputs=example)
-        assert torch.allclose(identity(**kwargs)[0], ref, atol=1e-6)
+        assert torch.allclose(first(identity(**kwargs)), ref, atol=1e-6)
         routed = dtrsurgeon.transform(model, SPEC, example_inputs=example)
-        out = routed(**kwargs)[0]
+        out = first(routed(**kwargs))
         assert not torch.allclose(out, ref, atol=1e-4)
-        alone = torch.cat([routed(**split(kwargs, i, len(ref)))[0] for i in range(len(ref))])
+        alone = torch.cat([first(routed(**split(kwargs, i, len(ref)))) for i in range(len(ref))])
         assert torch.allclose(out, alone, atol=1e-4, rtol=1e-4)
     routed.train()
-    routed(**kwargs)[0].square().mean().backward()
+    first(routed(**kwargs)).square().mean().backward()
     grads = [p.grad for p in routed.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def routed_model(name):
+    model, kwargs = built(name)
+    return dtrsurgeon.transform(model, SPEC, example_inputs=((), kwargs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(UNITS))
+def test_a_0d_timestep_routes_as_that_timestep_for_every_sample(name):
+    """What diffusers' sampling loops pass: one timestep for the batch.  The routed model must take it
+    wherever the vanilla model does, and route every sample by it."""
+    model, _ = built(name)
+    scalar = dm.sweep_inputs(name, model, timestep=torch.tensor(500))
+    broadcast = dm.sweep_inputs(name, model, timestep=torch.full((3,), 500))
+    with torch.no_grad():
+        try:
+            vanilla = first(model(**scalar))
+        except Exception as e:  # noqa: BLE001 - any refusal of the vanilla model is a reason to skip
+            pytest.skip(f"the vanilla model does not take a 0-d timestep: {type(e).__name__}: {e}")
+        routed = routed_model(name)
+        out = first(routed(**scalar))
+        assert torch.allclose(out, first(routed(**broadcast)), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(out, vanilla, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(UNITS))
+def test_compiles_fullgraph_one_graph_for_every_timestep(name):
+    """``torch.compile(routed, fullgraph=True)`` under the "eager" backend (Dynamo's capture only: the
+    graph breaks and recompiles are what is checked, and it keeps CPU time down): one frame for two
+    calls with other timesteps and samples, each equal to the uncompiled routed model."""
+    model, kwargs = built(name)
+    torch._dynamo.reset()
+    if name in NO_FULLGRAPH:
+        with pytest.raises(Exception), torch.no_grad():
+            torch.compile(model, fullgraph=True, backend="eager")(**kwargs)
+        pytest.skip(NO_FULLGRAPH[name])
+    routed = routed_model(name)
+    counter = CompileCounter()
+    compiled = torch.compile(routed, fullgraph=True, backend=counter)
+    with torch.no_grad():
+        for seed, t in ((0, None), (1, torch.tensor([3, 998, 17]))):
+            call = dm.sweep_inputs(name, model, seed=seed, timestep=t)
+            assert torch.allclose(first(compiled(**call)), first(routed(**call)), atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 1

@@ -14,6 +14,7 @@ import torch
 
 import dtrsurgeon
 from dtrsurgeon.analysis.capture import capture
+from dtrsurgeon.analysis.sources import check_current
 from dtrsurgeon.cli import main
 from dtrsurgeon.errors import CaptureError, SpecError
 from tests import research_patterns as rp
@@ -348,6 +349,28 @@ def test_a_source_edited_after_import_is_refused(edit, tmp_path):
                                            r"the model's module was imported") as info:
         dtrsurgeon.transform(model, spec_for())
     assert "\n" not in str(info.value)
+
+
+IMPORTED_NAME_CALL = '''
+import types as T
+
+
+def many_keywords(x):
+    return T.SimpleNamespace(a=x, b=1, c=2, d=3, e=4, f=5, g=6, h=7, i=8, j=9, k=10, l=11, m=12, n=13, o=14,
+                             p=15, q=16, r=17, s=18)
+'''
+
+
+def test_a_call_on_an_imported_name_with_many_keywords_is_not_taken_for_an_edit(tmp_path):
+    """Python 3.11 compiles ``T.f(19 keywords)`` on a module-imported ``T`` unlike the same def compiled
+    alone (diffusers' HunyuanDiTAttentionPool.forward calls ``F.multi_head_attention_forward`` so)."""
+    path = tmp_path / "keywords_module.py"
+    path.write_text(IMPORTED_NAME_CALL)
+    module = import_path(path, "keywords_module")
+    check_current(module.many_keywords.__code__)
+    path.write_text(IMPORTED_NAME_CALL.replace("s=18", "s=19"))
+    with pytest.raises(CaptureError, match="edited after"):
+        check_current(module.many_keywords.__code__)
 
 
 # -- diffusers backbones that need these patterns -------------------------------------------

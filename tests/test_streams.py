@@ -156,6 +156,22 @@ def test_hourglass_leaves_out_the_mapping_network_and_the_lerp_skip():
     assert "mapping" in {u.path for u in opted_in.units}
 
 
+def test_a_real_tensor_capture_leaves_out_the_mapping_network_too():
+    """The real-tensor trace names its placeholders arg0_1, ...: the sample is found through the capture's
+    argument -> placeholder map, not by its name."""
+    class DataDependent(sp.Hourglass):
+        def forward(self, x, t):
+            if len(set(t.tolist())) > 0:  # data-dependent Python: export gives up
+                return sp.Hourglass.forward(self, x, t)
+            return x
+
+    torch.manual_seed(0)
+    plan = dtrsurgeon.plan(randomize_(DataDependent()).eval(), SPEC)
+    skipped = dict(plan.skipped)
+    assert "mapping" in skipped and "timestep or the conditioning" in skipped["mapping"]
+    assert {u.path for u in plan.units} == {"down_block", "mid_block", "up_block"}
+
+
 def test_root_level_residual_add_routes_the_callee_input_only():
     m = model("RootAttnNet")
     routed = dtrsurgeon.transform(m, SPEC)

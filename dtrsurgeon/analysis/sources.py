@@ -98,17 +98,24 @@ def _matches(code, text: str, qualname: str) -> bool:
     node = _find_function(text, qualname, code.co_firstlineno)
     if node is None:
         return False
-    if "__class__" in code.co_freevars:  # compiled in a class body, as zero-argument super() needs
-        holder = ast.parse("class __dtr_class__:\n    pass").body[0]
-        holder.body = [node]
-        node = holder
-    module = compile(ast.Module(body=[node], type_ignores=[]), code.co_filename, "exec",
-                     flags=code.co_flags & _FUTURE_FLAGS, dont_inherit=True)
-    fresh = _nested_code(module, code.co_name, code.co_firstlineno)
+    fresh = _nested_code(_compiled(text, code.co_filename, code.co_flags & _FUTURE_FLAGS), code.co_name,
+                         code.co_firstlineno)
     # pytest rewrites the asserts of test modules at import: their lines are not compared
     asserts = frozenset(line for n in ast.walk(node) if isinstance(n, ast.Assert)
                         for line in range(n.lineno, (n.end_lineno or n.lineno) + 1))
     return fresh is not None and _fingerprint(fresh, asserts) == _fingerprint(code, asserts)
+
+
+@lru_cache(maxsize=64)
+def _compiled(text: str, filename: str, flags: int):
+    """The whole file compiled, not the def alone: the code of a function depends on its surroundings.
+    A zero-argument ``super()`` needs its class cell, and Python 3.11 compiles ``F.f(a=1, ..., s=19)``
+    as a dict-built call (not a method call) when ``F`` is a name the module imports::
+
+        import torch.nn.functional as F      # file scope: F.multi_head_attention_forward(**19 keywords)
+        def forward(self, x): ...            # compiled alone: a method call with keyword names
+    """
+    return compile(_parse(text), filename, "exec", flags=flags, dont_inherit=True)
 
 
 def _nested_code(code, name: str, first_line: int):
