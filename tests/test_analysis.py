@@ -35,6 +35,7 @@ def test_dit_residual_adds_are_only_the_block_adds():
     assert chains[1].start is chains[0].end  # block 1's stream is block 0's output
 
 
+@pytest.mark.slow
 def test_dit_xl_2_is_28_units_of_width_1152():
     with torch.device("meta"):
         model = DiT(depth=28, hidden_size=1152, num_heads=16, input_size=4)

@@ -52,6 +52,7 @@ def test_golden_files(golden, tmp_path, monkeypatch):
     assert text == (GOLDEN / golden).read_text(), f"emitted code changed; if deliberate: DTRSURGEON_BLESS=1 pytest {__file__}"
 
 
+@pytest.mark.slow
 def test_untouched_text_is_byte_identical(generated_dit):
     original = (REPO / "model_zoo/dit.py").read_text().splitlines()
     generated = generated_dit.read_text().splitlines()
@@ -101,6 +102,7 @@ def test_state_dict_loads_both_ways(pair):
     copy.deepcopy(gen).load_state_dict(ref.state_dict(), strict=True)
 
 
+@pytest.mark.slow
 def test_generated_model_compiles_fullgraph_without_recompiles(pair):
     _, gen = pair
     counter = CompileCounter()
@@ -157,6 +159,7 @@ def workdir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_check_fresh_then_stale_after_spec_edit(workdir, capsys):
     args = ["check", str(workdir / "spec.json"), str(workdir / "dit.py"), str(workdir / "dit_dtr.py")]
     assert main(args) == 0
@@ -169,6 +172,7 @@ def test_check_fresh_then_stale_after_spec_edit(workdir, capsys):
     assert "+DTR_ROUTING = dict(channel_ratio=0.7" in out and "stale" in out
 
 
+@pytest.mark.slow
 def test_check_stale_after_input_edit(workdir, capsys):
     args = ["check", str(workdir / "spec.json"), str(workdir / "dit.py"), str(workdir / "dit_dtr.py")]
     with open(workdir / "dit.py", "a") as f:
@@ -185,6 +189,7 @@ def test_check_bad_input_exits_2(workdir, capsys):
 
 # -- apply: files and errors ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_default_output_and_no_clobber(workdir, capsys):
     out = workdir / "dit_dtr.py"
     assert out.exists()
@@ -204,6 +209,7 @@ def test_diff_writes_nothing(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dit.py"]
 
 
+@pytest.mark.slow
 def test_input_is_modified_only_in_place(tmp_path):
     shutil.copy(REPO / "model_zoo/dit.py", tmp_path / "dit.py")
     before = (tmp_path / "dit.py").read_text()
@@ -251,6 +257,7 @@ def test_bad_kwargs_json(capsys):
     assert "--kwargs: malformed JSON" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_units_defined_in_another_file_give_one_file_of_subclasses(tmp_path, capsys, monkeypatch):
     """The root in wrapper.py, the units in model_zoo/dit.py: apply writes one file that subclasses
     both (tests/test_apply_library.py covers these files in depth) and routes the model's instances."""
@@ -279,6 +286,7 @@ def test_units_defined_in_another_file_give_one_file_of_subclasses(tmp_path, cap
     assert "wrapper.py spans several files" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_apply_through_a_subprocess(tmp_path):
     shutil.copy(REPO / "model_zoo/dit.py", tmp_path / "dit.py")
     proc = subprocess.run([sys.executable, "-m", "dtrsurgeon", "apply", "dit-paper",

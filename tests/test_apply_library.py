@@ -67,6 +67,7 @@ def mixed_inputs(model):
 
 # -- the generated file -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_generated_file_imports_only_torch_and_the_library(name, tmp_path_factory):
     text = case(name, tmp_path_factory)[3]
@@ -174,6 +175,7 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_apply_a_library_class_then_check_it(workdir, capsys, monkeypatch):
     argv = ["spec.json", DIT_TARGET, "--kwargs", json.dumps(DIT_CONFIG)]
     assert main(["apply", *argv]) == 0
@@ -216,6 +218,7 @@ def test_bad_library_targets_exit_2_with_one_line(workdir, capsys, argv, message
     assert sorted(p.name for p in workdir.iterdir()) == ["spec.json"]
 
 
+@pytest.mark.slow
 def test_apply_on_an_installed_file_writes_the_library_file(workdir, capsys):
     """Given diffusers' own file, apply writes the library file into the current folder, never
     beside the installed file."""
@@ -229,6 +232,7 @@ def test_apply_on_an_installed_file_writes_the_library_file(workdir, capsys):
     assert not (installed.parent / "dit_transformer_2d_dtr.py").exists()
 
 
+@pytest.mark.slow
 def test_a_factory_in_the_users_file_gives_the_library_file(workdir, capsys):
     """The user's file only builds a diffusers model: the root and the units live in diffusers."""
     (workdir / "tiny_dit.py").write_text("from diffusers import DiTTransformer2DModel\n\n\ndef tiny():\n"

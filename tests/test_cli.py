@@ -7,6 +7,7 @@ import pytest
 from dtrsurgeon.cli import main
 
 
+@pytest.mark.slow
 def test_inspect_table_shows_units_widths_and_placement(capsys):
     assert main(["inspect", "model_zoo/adm_unet.py", "--entry", "adm_unet", "--kwargs", '{"name": "tiny"}',
                  "--spec", "adm"]) == 0
@@ -74,6 +75,7 @@ def test_plot_writes_one_png(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.png"]
 
 
+@pytest.mark.slow
 def test_plot_takes_widths_from_a_model(tmp_path):
     out = tmp_path / "adm.png"
     assert main(["plot", "adm", "--model", "model_zoo/adm_unet.py", "--entry", "adm_unet",

@@ -280,6 +280,7 @@ def test_plot_writes_the_format_its_suffix_names(suffix, magic, tmp_path):
 
 # -- through a subprocess: what reaches the terminal ----------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["sys.exit-at-import", "read-only-folder", pytest.param("KeyError", marks=pytest.mark.slow),
                                   pytest.param("NUL", marks=pytest.mark.slow)])
 def test_errors_through_a_subprocess(case, workdir):

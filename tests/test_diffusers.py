@@ -94,6 +94,7 @@ def run(m, args, kwargs):
 # -- the plan -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     "unet2d",
     "unet2d_condition",
@@ -128,12 +129,14 @@ def test_projection_resnets_are_found_and_not_block_routed():
 # -- the routed module --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_identity_at_channel_ratio_1(name):
     args, kwargs = inputs(name, MIXED_T)
     assert torch.equal(run(routed(name, 1.0), args, kwargs), run(model(name), args, kwargs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_state_dict_keys_unchanged_and_checkpoints_load_strict(name):
     r = routed(name)
@@ -142,6 +145,7 @@ def test_state_dict_keys_unchanged_and_checkpoints_load_strict(name):
     assert type(r).__name__ == type(model(name)).__name__ and isinstance(r, type(model(name)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_each_sample_is_routed_by_its_own_timestep(name):
     r = routed(name)
@@ -204,12 +208,14 @@ def inert_units(r, orig, name):
     return inert
 
 
+@pytest.mark.slow
 def test_branch_mode_every_unet2d_unit_changes_its_own_output():
     m = model("unet2d")
     r = dtrsurgeon.transform(m, {**SPEC, "routing": {"mode": "branch"}}, example_inputs=dm.example_inputs(m, 2))
     assert inert_units(r, m, "unet2d") == []
 
 
+@pytest.mark.slow
 def test_pre_output_mode_places_a_site_in_every_unet2d_unit():
     """ResnetBlock2D: the input of conv2. Attention: its last projection runs in AttnProcessor2_0.__call__,
     which the unit does not call itself, so it falls back to block semantics and the plan says why."""
@@ -275,6 +281,7 @@ def test_gradient_checkpointing(name):
 # -- targets: a subset of units ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unet2d_targets_one_level():
     m = model("unet2d")
     spec = {**SPEC, "targets": {"include": ["down_blocks.0.*"]}}
@@ -292,6 +299,7 @@ def test_dit_targets_one_block_block_mode():
     assert not torch.allclose(run(r, args, kwargs), run(m, args, kwargs), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_dit_targets_one_block_branch_mode():
     m = model("dit")
     spec = {**SPEC, "routing": {"mode": "branch"}, "targets": {"include": ["transformer_blocks.0"]}}
@@ -314,6 +322,7 @@ def undecorated_unet2d_condition():
     return m.eval()
 
 
+@pytest.mark.slow
 def test_unet2d_condition_transformer2d_units_run():
     m = undecorated_unet2d_condition()
     r = dtrsurgeon.transform(m, {**SPEC, "targets": {"exclude": ["*.transformer_blocks.*"]}},
@@ -321,6 +330,7 @@ def test_unet2d_condition_transformer2d_units_run():
     run(r, *inputs("unet2d_condition", MIXED_T))
 
 
+@pytest.mark.slow
 def test_unet2d_condition_inner_transformer_blocks_route():
     """Routing the BasicTransformerBlocks (not their Transformer2DModel) works once the decorator is out of the way."""
     m = undecorated_unet2d_condition()

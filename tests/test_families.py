@@ -67,6 +67,7 @@ def test_uvit_units_and_merged_stream(vit):
     assert plan.unit("in_blocks.0").stream_line is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,spec", [("adm", "adm"), ("adm", {"version": 1}),
                                          ("adm", {"version": 1, "routing": {"mode": "branch"}}),
                                          ("vit", "uvit"), ("vit", {"version": 1, "routing": {"mode": "branch"}})])
@@ -80,6 +81,7 @@ def test_identity_at_beta_one_and_keys(family, spec, adm, vit, request):
     assert list(routed.state_dict()) == list(model.state_dict())
 
 
+@pytest.mark.slow
 def test_adm_pre_output_semantics_on_one_resblock(adm):
     routed = dtrsurgeon.transform(adm, "adm")
     block, ref = routed.input_blocks[1][0], adm.input_blocks[1][0]
@@ -121,6 +123,7 @@ def test_uvit_every_unit_is_routed_once(vit, monkeypatch):
     assert len(calls) == len(routed.dtr_plan.units) == len(vit.in_blocks) + 1 + len(vit.out_blocks)
 
 
+@pytest.mark.slow
 def test_zero_dim_and_continuous_timesteps(adm, vit):
     routed = dtrsurgeon.transform(adm, "adm")
     (x, _), kwargs = adm.example_inputs(2)
@@ -154,6 +157,7 @@ PARTIAL = {  # targets that leave out instances of the routed classes, called on
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,spec", [("adm", "adm"), ("adm", "dit-paper"),
                                          ("adm", "branch"), ("vit", "uvit"), ("vit", "branch"),
                                          ("adm", "in-only"), ("adm", "middle-branch"), ("vit", "out-only")])
@@ -180,6 +184,7 @@ def test_generated_source_equals_the_module(family, spec, adm, vit, tmp_path):
     assert not torch.allclose(a, model(*args, **kwargs), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_uvit_out_blocks_route_after_the_merge_in_the_helper(tmp_path):
     """U-ViT's released blocks hand the work to _forward, where out-blocks merge their long skip: they
     route from there, the in-blocks share that placement (routed once), forward hands the task on, and
@@ -229,6 +234,7 @@ def test_uvit_out_blocks_route_after_the_merge_in_the_helper(tmp_path):
         assert torch.allclose(grad, grads[1][name], atol=1e-6), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch"])
 def test_one_class_one_mode_and_instances_that_are_not_units(mode, tmp_path, capsys):
     """guided-diffusion's ResBlock runs its adds in _forward, so only block semantics can be written for

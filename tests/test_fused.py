@@ -15,6 +15,7 @@ from dtrsurgeon import kernels, runtime
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_cpu_tensors_take_the_plain_path_without_importing_the_kernels():
     code = (
         "import sys, torch\n"

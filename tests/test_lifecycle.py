@@ -27,6 +27,7 @@ def inputs(model, t=(0.0, 999.0, 250.0, 731.0)):
 # -- unroute, routing_disabled, set_routing -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unroute_gives_the_original_classes_parameters_and_outputs(dit):
     routed = dtrsurgeon.transform(dit, SPEC)
     params = list(routed.parameters())
@@ -106,6 +107,7 @@ def test_lifecycle_verbs_refuse_an_unrouted_model(dit):
 # -- wrappers ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_transform_routes_the_model_inside_a_peft_model(dit):
     peft = pytest.importorskip("peft")
     wrapped = peft.get_peft_model(copy.deepcopy(dit), peft.LoraConfig(target_modules=["qkv"], r=4,
@@ -120,6 +122,7 @@ def test_transform_routes_the_model_inside_a_peft_model(dit):
         assert torch.equal(routed(x, t, y), vanilla)
 
 
+@pytest.mark.slow
 def test_transform_routes_inside_data_parallel_and_compiled_modules(dit):
     x, t, y = inputs(dit)
     expected = dtrsurgeon.transform(dit, SPEC)(x, t, y)
@@ -133,6 +136,7 @@ def test_transform_routes_inside_data_parallel_and_compiled_modules(dit):
     assert dtrsurgeon.unroute(compiled) is compiled and torch.equal(compiled(x, t, y), dit(x, t, y))
 
 
+@pytest.mark.slow
 def test_transform_routes_inside_ddp_in_place_and_refuses_to_copy_it(dit, tmp_path):
     import torch.distributed as dist
 
@@ -151,6 +155,7 @@ def test_transform_routes_inside_ddp_in_place_and_refuses_to_copy_it(dit, tmp_pa
 # -- what a routed model shows ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_routed_unit_shows_its_routing_in_repr(dit):
     routed = dtrsurgeon.transform(dit, {"version": 1, "targets": {"include": ["blocks.0"]}})
     assert "dtr=block C=64 K=51" in repr(routed.blocks[0])
@@ -193,6 +198,7 @@ def test_wrong_argument_types_are_one_line_type_errors(dit, call, needle):
 # -- timesteps outside the range -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_non_finite_timesteps_map_to_the_ends_of_the_range_eager_and_compiled(dit):
     """NaN counts as t0 and -inf as t0, +inf as t1 (as finite values beyond the range are clamped): the
     routed forward runs where the vanilla one does (its output is NaN there, as the vanilla model's)."""
@@ -211,6 +217,7 @@ def test_non_finite_timesteps_map_to_the_ends_of_the_range_eager_and_compiled(di
 # -- what the library leaves behind ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [10, pytest.param(100, marks=pytest.mark.slow)])
 def test_routed_classes_are_freed_with_their_models(dit, n):
     spec = dtrsurgeon.load_spec(SPEC)
@@ -242,6 +249,7 @@ def test_the_package_says_it_is_typed():
     assert os.path.isfile(os.path.join(os.path.dirname(dtrsurgeon.__file__), "py.typed"))
 
 
+@pytest.mark.slow
 def test_the_readme_section_on_saving_and_switching_off_runs(monkeypatch, capsys):
     import re
     from pathlib import Path

@@ -26,6 +26,7 @@ def perturbed(model: nn.Module) -> nn.Module:
     return model
 
 
+@pytest.mark.slow
 def test_meta_dit_transformed_in_place_then_loaded_equals_the_real_model_transformed():
     torch.manual_seed(0)
     real = perturbed(tiny_dit()).eval()

@@ -51,6 +51,7 @@ def trained(routed, steps=2):
     return routed
 
 
+@pytest.mark.slow
 def test_model_zoo_dit_round_trip_with_an_ema_copy_in_a_fresh_process(dit, tmp_path):
     routed = dtrsurgeon.transform(dit, SPEC)
     ema = copy.deepcopy(routed)  # the usual EMA: a deep copy, updated from the trained model
@@ -143,6 +144,7 @@ def test_changed_sources_capture_again_and_must_route_the_same(tmp_path):
 # -- pickling ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torch_save_of_a_routed_model_loads_routed_in_a_fresh_process(dit, tmp_path):
     routed = dtrsurgeon.transform(dit, SPEC)
     x, t, y = dit_inputs(dit)
@@ -199,6 +201,7 @@ diffusers_round_trip = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [pytest.param("unet2d", marks=pytest.mark.slow), "dit"])
 def test_diffusers_round_trip_with_an_ema_copy_in_a_fresh_process(name, tmp_path):
     pytest.importorskip("diffusers")
@@ -219,6 +222,7 @@ def test_diffusers_round_trip_with_an_ema_copy_in_a_fresh_process(name, tmp_path
     fresh_process(diffusers_round_trip.format(cls=type(model).__name__), tmp_path)
 
 
+@pytest.mark.slow
 def test_plain_diffusers_from_pretrained_of_a_routed_directory_warns(tmp_path):
     pytest.importorskip("diffusers")
     from tests import diffusers_models as dm
@@ -231,6 +235,7 @@ def test_plain_diffusers_from_pretrained_of_a_routed_directory_warns(tmp_path):
     assert CONFIG_KEY in done.stderr and "NOT routed" in done.stderr and "from_pretrained(UNet2DModel" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_routed_class_loads_routed_and_runs(tmp_path):
     """type(routed).from_pretrained: a routed directory by its dtr_config.json; a vanilla checkpoint
     routed as the class's model was."""
@@ -252,6 +257,7 @@ def test_the_routed_class_loads_routed_and_runs(tmp_path):
     assert built.dtr_plan == routed.dtr_plan and torch.equal(built(*args, **kwargs)[0], routed(*args, **kwargs)[0])
 
 
+@pytest.mark.slow
 def test_pipeline_save_pretrained_writes_the_component_routing(tmp_path):
     pytest.importorskip("diffusers")
     from diffusers import DDPMPipeline, DDPMScheduler
@@ -282,6 +288,7 @@ def flux_inputs(batch=2, tokens=16, text=6):
     return (torch.randn(batch, tokens, 8, generator=g),), kwargs
 
 
+@pytest.mark.slow
 def test_flux_round_trip_in_a_fresh_process(tmp_path):
     pytest.importorskip("diffusers")
     model = tiny_flux()

@@ -42,6 +42,7 @@ def test_readme_has_python_blocks():
     assert python_blocks(), "README.md lost its Python examples"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line,code,shell", python_blocks(), ids=lambda v: f"README.md:{v}" if isinstance(v, int) else "")
 def test_readme_block_runs(line, code, shell, tmp_path, monkeypatch):
     """Each block runs in a fresh folder, after the shell commands its section shows before it."""
@@ -83,6 +84,7 @@ def test_setup_main_command_runs_as_written(tmp_path):
 SHOWN_OUTPUT = re.compile(r"^`(dtrsurgeon inspect [^`]+)`:\n\n```\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command,shown", SHOWN_OUTPUT.findall(README.read_text(encoding="utf-8")),
                          ids=lambda v: v.split(" --spec")[0] if v.startswith("dtrsurgeon") else "")
 def test_shown_inspect_output_is_what_the_command_prints(command, shown, monkeypatch, capsys):

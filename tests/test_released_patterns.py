@@ -69,6 +69,7 @@ def test_no_grad_regions_are_analysed(unet):
     assert cap.opaque == ()
 
 
+@pytest.mark.slow
 def test_checkpointed_unet_routes_per_sample(unet):
     spec = spec_for(unet)
     routed = dtrsurgeon.transform(unet, spec)
@@ -163,6 +164,7 @@ def _generate(model, mode, tmp_path):
     return spec, out.read_text(), generated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch"])
 def test_generated_source_rewrites_exactly_the_reaching_calls(cond, mode, tmp_path):
     spec, text, generated = _generate(cond, mode, tmp_path)
@@ -183,6 +185,7 @@ def test_generated_source_rewrites_exactly_the_reaching_calls(cond, mode, tmp_pa
     assert not torch.allclose(a, cond(x, t), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_generated_checkpointed_unet_equals_transform(unet, tmp_path):
     spec, text, generated = _generate(unet, "block", tmp_path)
     assert "return dtr_merge(checkpoint(self._forward, (x,), self.parameters(), True), dtr_skip, dtr_keep)" in text

@@ -73,6 +73,7 @@ PATTERNS = {  # toy -> the units its default spec routes
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch"])
 @pytest.mark.parametrize("name", list(PATTERNS))
 def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
@@ -94,6 +95,7 @@ def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mod
         train_step(routed, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch"])
 @pytest.mark.parametrize("name", list(PATTERNS))
 def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
@@ -114,6 +116,7 @@ def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
         train_step(generated, name)
 
 
+@pytest.mark.slow
 def test_helper_functions_are_rewritten_and_keep_checkpointing(tmp_path):
     """checkpoint(fn, *args) and auto_grad_checkpoint(module, *args, **kwargs) gain dtr_task=None and
     pass it on only when given; their branches that checkpoint bind it to the unit."""
@@ -242,6 +245,7 @@ def test_data_dependent_python_is_captured_on_real_tensors():
     assert plain.method == "export"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arg, why", [
     ("x", r"'x' of TimestepArgNet.forward is a float32 tensor of shape \[2, 6, 4\], not timesteps"),
     ("mask", r"'mask' of TimestepArgNet.forward is a bool tensor"),
@@ -282,6 +286,7 @@ class CellNet(BaseNet):
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch"])
 def test_notebook_cells_are_read_from_linecache(mode):
     """IPython compiles each cell under a pseudo file name and keeps its text in linecache."""

@@ -211,6 +211,7 @@ def test_cli_validate_bad_input_is_one_line_exit_2(tmp_path, capsys, content, ne
     assert needle in err and err.count("\n") == 1 and err.startswith("dtrsurgeon validate: error:")
 
 
+@pytest.mark.slow
 def test_cli_validate_through_a_subprocess(tmp_path):
     f = tmp_path / "spec.json"
     f.write_text('{"version": 1, "routing": {"channel_ratio": 1.5}}')

@@ -67,6 +67,7 @@ def test_units_axes_streams_and_folds(entry):
     assert type(plan).from_dict(json.loads(plan.to_json())) == plan
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", list(EXPECTED))
 def test_identity_per_sample_routing_and_training(entry):
     m = model(entry)
@@ -86,6 +87,7 @@ def test_identity_per_sample_routing_and_training(entry):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.slow
 def test_mmdit_routes_the_sample_stream_by_default_and_every_stream_on_request():
     m = model("MMDiT")
     args = inputs(m)
@@ -183,6 +185,7 @@ def test_root_level_residual_add_routes_the_callee_input_only():
         assert torch.allclose(routed.attn1(h, dtr_task=task), m.attn1(h * keep), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", list(EXPECTED))
 def test_generated_source_equals_the_module(entry, tmp_path):
     m = model(entry)

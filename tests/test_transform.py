@@ -88,6 +88,7 @@ def test_methods_attributes_and_signature_are_kept(dit):
     assert torch.equal(out[:2, :3], out[2:, :3])  # guidance result is duplicated for both halves
 
 
+@pytest.mark.slow
 def test_input_model_is_left_untouched_unless_inplace(dit):
     cls = type(dit)
     routed = dtrsurgeon.transform(dit, SPEC)
@@ -206,6 +207,7 @@ def test_routing_keeps_the_activation_dtype_under_autocast(dit):
     assert dtr_masked(tokens, routed.blocks[0].dtr_mask, t, 2).dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_routed_copies_run_side_by_side(dit):
     """A model and its EMA: deep copies of a routed model stay independent."""
     routed = dtrsurgeon.transform(dit, SPEC)
@@ -219,6 +221,7 @@ def test_routed_copies_run_side_by_side(dit):
     assert torch.allclose(routed(x, t, y), a)
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_matches_eager_without_recompiling(dit):
     routed = dtrsurgeon.transform(dit, SPEC)
     counter = CompileCounter()

@@ -97,6 +97,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_subprocess(tmp_path):
     cmd = [sys.executable, "-c", "import sys; from dtrsurgeon.cli import main; sys.exit(main())", "cluster"]
     ok = subprocess.run(cmd + ["--k", "3", "--timesteps", "50", "--json"], capture_output=True, text=True, timeout=120)

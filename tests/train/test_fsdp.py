@@ -38,6 +38,7 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.mark.slow
 def test_shard_units_are_the_routed_units_and_list_elements_innermost_first():
     import dtrsurgeon
     from model_zoo.adm_unet import adm_unet
@@ -110,6 +111,7 @@ def test_two_sharded_processes_equal_one_process_and_resume(tmp_path):
     _assert_same(resumed, sharded)
 
 
+@pytest.mark.slow
 def test_one_sharded_process_equals_the_plain_loop(tmp_path):
     """World size 1 without torchrun (a process group of one): the same losses and weights."""
     plain = _train(ARGV + ["--steps", "2", "--out", str(tmp_path / "plain")])
@@ -127,6 +129,7 @@ def test_dtr_config_holds_the_spec_and_the_plan():
     assert dtr_config(None, None) == {"spec": None, "plan": None}
 
 
+@pytest.mark.slow
 def test_sharded_resume_refuses_a_missing_folder_and_another_spec(tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main(ARGV + ["--fsdp", "--steps", "1", "--resume", str(tmp_path / "none"), "--out", str(out)]) == 2

@@ -109,6 +109,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, needle):
     assert err.startswith("train.py: error: ") and needle in err
 
 
+@pytest.mark.slow
 def test_command_line_error_through_a_subprocess(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), "--model", "nope", "--device", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -125,6 +126,7 @@ def _write_ant_spec(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_spec_mtl_section_applies_ant_uw_and_resumes_its_state(tmp_path):
     spec = _write_ant_spec(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -169,6 +171,7 @@ def test_model_from_a_generated_file(tmp_path):
     assert (out / "spec.json").is_file() and (out / "samples.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ant", [False, True], ids=["uniform", "ant-uw"])
 def test_gradient_accumulation_takes_the_one_pass_step(tmp_path, ant):
     """Two micro-batches of 8 give the weights, EMA and losses of one pass over 16 (fp32, float
