@@ -241,7 +241,8 @@ def study(conv, args, argv) -> int:
     classifier, clf_acc = conv.get_classifier(args, data, device)
     failed: list[str] = []
     if args.jobs > 1:
-        argv = list(sys.argv[1:] if argv is None else argv) + ["--classifier", str(clf_path)]
+        argv = conv._drop_option(list(sys.argv[1:] if argv is None else argv), "--classifier")
+        argv += ["--classifier", str(clf_path)]
         failed = spawn_runs(conv, args, runs, argv)
     else:
         real_feats = conv.features(classifier, data.test_x, device)
