@@ -101,6 +101,8 @@ def parse_args(argv=None):
     g.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each (1: in this process)")
     g.add_argument("--steps-per-backbone", default=None, help="e.g. dit:1000,unet:2000 (default --steps)")
     g.add_argument("--fd-samples", type=int, default=2000, help="DDIM samples for FD at every checkpoint")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile every run's training forward (evaluation stays eager)")
     p.add_argument("--backbone-config", default=None,
                    help='JSON updates of the backbone table, e.g. {"dit": {"model": "tiny_dit", "model_kwargs": {}}} (smoke tests)')
     return p.parse_args(argv)

@@ -8,7 +8,12 @@ the same ``--work``) and records, on held-out data with fixed timesteps and nois
 
 * the EMA's and the raw weights' epsilon-MSE, and the EMA's per band of 100 timesteps;
 * FD (Frechet distance of the benchmark's fixed classifier's features, DDIM samples vs the test
-  images) and label accuracy of the samples.
+  images) and label accuracy of the samples;
+* ``call_elapsed_s``: seconds since the run's process started in this call (compile included), for
+  planning the next call's budget.
+
+With ``--jobs N`` every run is a process of its own, spread over the visible GPUs (run i on GPU
+i mod n); ``--compile`` compiles every run's training forward alike (evaluation stays eager).
 
 ``summarize`` turns the per-run records into mean +- std over seeds per checkpoint, the steps each
 run needed to reach vanilla's final FD, and per metric whether a variant differs from vanilla by
@@ -83,6 +88,8 @@ def train_argv(args, backbone: str, variant: str, seed: int, cfg: dict, out: Pat
             "--resume", "auto"]
     if args.mnist_wheel:
         argv += ["--mnist-wheel", args.mnist_wheel]
+    if args.compile:
+        argv.append("--compile")
     spec = spec_file(backbone, variant, cfg, out.parent)
     if spec is not None:
         argv += ["--spec", str(spec)]
@@ -153,7 +160,7 @@ def run_one(conv, args, backbone: str, variant: str, seed: int, evaluator: Evalu
         "steps": backbone_steps(args, backbone), "checkpoints": [], "train_s": 0.0, "status": "running"}
 
     def callback(step, model, ema):
-        entry = evaluator(step, model, ema)
+        entry = {**evaluator(step, model, ema), "call_elapsed_s": time.perf_counter() - t0}
         # a run resumed from an earlier checkpoint than its last evaluation repeats those steps
         record["checkpoints"] = [c for c in record["checkpoints"] if c["step"] < step] + [entry]
         _write_json(record_path, record)
@@ -169,20 +176,36 @@ def run_one(conv, args, backbone: str, variant: str, seed: int, evaluator: Evalu
     return record
 
 
+def run_env(env: dict[str, str], index: int, gpu_count: int) -> dict[str, str]:
+    """The environment of the ``index``-th run: with several GPUs visible, the runs take them in
+    turn (run i on GPU i mod n), so that each GPU trains an equal share.
+
+    >>> run_env({"CUDA_VISIBLE_DEVICES": "2,3"}, 3, 2)["CUDA_VISIBLE_DEVICES"]
+    '3'
+    """
+    env = {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    if gpu_count > 1:
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(gpu_count)]
+        env["CUDA_VISIBLE_DEVICES"] = ids[index % gpu_count].strip()
+    return env
+
+
 def spawn_runs(conv, args, runs, argv) -> list[str]:
-    """One process per run on the one GPU; those still going at ``--deadline`` are killed
-    (they continue from their checkpoints next time). Returns the runs that did not finish."""
+    """One process per run, spread over the visible GPUs; those still going at ``--deadline``
+    are killed (they continue from their checkpoints next time). Returns the runs that did not finish."""
     logs = Path(args.work) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    gpu_count = torch.cuda.device_count() if args.device == "cuda" else 0
     base = list(argv)
     for option in ("--jobs", "--backbones", "--variants", "--seeds"):
         base = conv._drop_option(base, option)
     procs = {}
-    for b, v, s in runs:
+    for i, (b, v, s) in enumerate(runs):
         cmd = [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), *base, "--jobs", "1", "--no-merge",
                "--backbones", b, "--variants", v, "--seeds", str(s)]
         log = open(logs / f"{run_name(b, v, s)}.log", "a")
+        env = run_env(dict(os.environ), i, gpu_count)
         procs[run_name(b, v, s)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
     t0, unfinished = time.perf_counter(), []
     for name, (proc, log) in procs.items():
@@ -218,7 +241,8 @@ def study(conv, args, argv) -> int:
     classifier, clf_acc = conv.get_classifier(args, data, device)
     failed: list[str] = []
     if args.jobs > 1:
-        argv = list(sys.argv[1:] if argv is None else argv) + ["--classifier", str(clf_path)]
+        argv = conv._drop_option(list(sys.argv[1:] if argv is None else argv), "--classifier")
+        argv += ["--classifier", str(clf_path)]
         failed = spawn_runs(conv, args, runs, argv)
     else:
         real_feats = conv.features(classifier, data.test_x, device)
@@ -233,6 +257,7 @@ def study(conv, args, argv) -> int:
             "data": args.data, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
             "eval_every": args.eval_every, "fd_samples": args.fd_samples, "sample_steps": args.sample_steps,
             "eval_images": args.eval_images, "band_images": args.band_images, "ant_uw": conv.ANT_UW,
+            "compile": bool(args.compile), "gpus": torch.cuda.device_count() if device.type == "cuda" else 0,
             "backbones": {b: {**conv.BACKBONES[b], "steps": backbone_steps(args, b)} for b in args.backbones.split(",")},
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "classifier_test_acc": clf_acc, "fd_floor_train_vs_test": floor,
@@ -246,6 +271,7 @@ def study(conv, args, argv) -> int:
     for backbone in doc["summary"]:
         plot_backbone(doc, backbone, out_dir / f"convergence-study-{args.tag}-{backbone}.png")
     print(table(doc))
+    print(table_common(doc))
     return 1 if any(not f.endswith("stopped at the deadline") for f in failed) else 0
 
 
@@ -259,6 +285,7 @@ def resummarize(conv, args) -> int:
     for backbone in doc["summary"]:
         plot_backbone(doc, backbone, path.with_name(f"{path.stem}-{backbone}.png"))
     print(table(doc))
+    print(table_common(doc))
     return 0
 
 
@@ -309,8 +336,17 @@ def summarize(records: list[dict]) -> dict:
                                                   "searched_up_to": s["final"]["step"]}
             if base and v != "vanilla":
                 s["vs_vanilla"] = _compare_at_steps(s, base)
+            if v == "ant-uw+dtr" and "ant-uw" in summary:  # what routing adds on top of ANT-UW
+                s["vs_ant_uw"] = _compare_at_steps(s, summary["ant-uw"])
         out[backbone] = summary
     return out
+
+
+def common_step(summary: dict) -> int | None:
+    """The last checkpoint step that every seed of every variant reached (None if there is none)."""
+    steps = [set(s["steps"]) for s in summary.values()]
+    common = set.intersection(*steps) if steps else set()
+    return max(common) if common else None
 
 
 def _compare_at_steps(s: dict, base: dict) -> dict:
@@ -370,6 +406,28 @@ def table(doc: dict) -> str:
     return "\n".join(rows)
 
 
+def table_common(doc: dict) -> str:
+    """A markdown table of every variant at ``common_step`` (the last step all runs reached), so
+    that variants which ran further are still compared at one step: mean +- std over seeds, the
+    difference from vanilla (+- its standard error, a star beyond twice that) and, for
+    ANT-UW + DTR, from ANT-UW."""
+    rows = [("| backbone | variant | step | held-out MSE (EMA) | vs vanilla | FD | vs vanilla | label acc "
+             "| vs vanilla | FD vs ANT-UW |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    for backbone, summary in doc["summary"].items():
+        step = common_step(summary)
+        if step is None:
+            continue
+        for v, s in summary.items():
+            i = s["steps"].index(step)
+            vs = (s.get("vs_vanilla") or {}).get("per_step", {}).get(str(step), {})
+            vs_ant = (s.get("vs_ant_uw") or {}).get("per_step", {}).get(str(step), {})
+            c = {m: s["curves"][m][i] for m in METRICS}
+            rows.append(f"| {backbone} | {v} | {step} | {_cell(c['mse_ema'], 5)} | {_diff_cell(vs.get('mse_ema'), 5)} | "
+                        f"{_cell(c['fd'], 1)} | {_diff_cell(vs.get('fd'), 1)} | {_cell(c['label_acc'], 3)} | "
+                        f"{_diff_cell(vs.get('label_acc'), 3)} | {_diff_cell(vs_ant.get('fd'), 1)} |")
+    return "\n".join(rows)
+
+
 def _cell(x: dict, digits: int) -> str:
     return "-" if x["mean"] is None else f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}"
 
@@ -422,16 +480,16 @@ def plot_backbone(doc: dict, backbone: str, path: Path) -> None:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     ax = fig.add_subplot(grid[0, 3])
-    base = summary.get("vanilla")
+    base, step = summary.get("vanilla"), common_step(summary)
     for v, s in summary.items():
-        if not (s["final"] and base) or s["final"]["step"] not in base["steps"]:
-            continue
-        base_bands = base["band_curves"][base["steps"].index(s["final"]["step"])]
-        ratio = [a["mean"] / np.mean(b) for a, b in zip(s["final"]["band_mse_ema"], base_bands)]
-        ax.plot(np.arange(len(ratio)) * 100 + 50, ratio, marker="o", ms=3, color=COLORS.get(v),
-                label=f"{v} (step {s['final']['step']})")
+        if base is None or step is None:
+            break
+        bands = s["band_curves"][s["steps"].index(step)]
+        base_bands = base["band_curves"][base["steps"].index(step)]
+        ratio = [np.mean(a) / np.mean(b) for a, b in zip(bands, base_bands)]
+        ax.plot(np.arange(len(ratio)) * 100 + 50, ratio, marker="o", ms=3, color=COLORS.get(v), label=v)
     ax.axhline(1.0, color="grey", lw=0.5)
-    ax.set_title("last held-out MSE per t band / vanilla's at that step", fontsize=9)
+    ax.set_title(f"held-out MSE per t band / vanilla's, step {step} (all runs)", fontsize=9)
     ax.set_xlabel("timestep band (centre)")
     ax.legend(fontsize=7)
     ax = fig.add_subplot(grid[1, :])

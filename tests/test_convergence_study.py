@@ -104,3 +104,17 @@ def test_study_end_to_end_and_resumed(tmp_path, monkeypatch):
         for ca, cb in zip(a["checkpoints"], b["checkpoints"]):
             assert ca["mse_ema"] == pytest.approx(cb["mse_ema"], rel=1e-5)
             assert ca["fd"] == pytest.approx(cb["fd"], rel=1e-4, abs=1e-9)
+
+
+def test_runs_take_the_visible_gpus_in_turn_and_compile_reaches_every_run():
+    from benchmarks.convergence_study import run_env, train_argv
+
+    assert [run_env({}, i, 2)["CUDA_VISIBLE_DEVICES"] for i in range(5)] == ["0", "1", "0", "1", "0"]
+    assert [run_env({"CUDA_VISIBLE_DEVICES": "4, 6"}, i, 2)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["4", "6", "4"]
+    assert "CUDA_VISIBLE_DEVICES" not in run_env({}, 3, 1)  # one GPU (or none): every run keeps the parent's
+    args = convergence.parse_args(["--study", "--compile", "--data", "digits"])
+    cfg = convergence.BACKBONES["dit"]
+    for compiled in (True, False):
+        args.compile = compiled
+        argv = train_argv(args, "dit", "vanilla", 0, cfg, Path("/nonexistent/run"), Path("/nonexistent/mtl.json"))
+        assert ("--compile" in argv) == compiled
