@@ -244,10 +244,10 @@ class MMDiT(nn.Module):
 #: width 1024 and 8 + 16 blocks instead of 3072 and 19 + 38; head width 128 as in Flux; 256 px images as
 #: 32 x 32 x 16 latents, 256 image tokens, 128 text tokens of 4096 features). ``"tiny"``: for tests.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "M": dict(image_size=32, in_channels=16, dim=1024, heads=8, joint_depth=8, single_depth=16,
-              context_dim=4096, text_tokens=128, pooled_dim=768),
-    "tiny": dict(image_size=8, in_channels=4, dim=32, heads=2, joint_depth=2, single_depth=2,
-                 context_dim=24, text_tokens=6, pooled_dim=16),
+    "M": {"image_size": 32, "in_channels": 16, "dim": 1024, "heads": 8, "joint_depth": 8, "single_depth": 16,
+          "context_dim": 4096, "text_tokens": 128, "pooled_dim": 768},
+    "tiny": {"image_size": 8, "in_channels": 4, "dim": 32, "heads": 2, "joint_depth": 2, "single_depth": 2,
+             "context_dim": 24, "text_tokens": 6, "pooled_dim": 16},
 }
 
 
