@@ -493,7 +493,9 @@ def measure_group(runners, kind, args) -> dict[str, dict]:
     for r in runners:
         above = _peak_above(lambda: r.steps(kind, 1))
         out[r.name]["peak_gib"] = (state_bytes(r.model, r.opt if kind == "train" else None) + above) / 2**30
+        t0 = time.perf_counter()
         out[r.name]["kernel_ms"] = kernel_ms(r, kind, args)
+        print(f"    profiled {r.name:15s} {kind:7s}: {time.perf_counter() - t0:.1f} s", flush=True)
     times = {r.name: [] for r in runners}
     gc.collect()
     gc.disable()  # a collection inside a timed round costs more than the routing does

@@ -39,7 +39,8 @@ def test_models_are_parsed_by_family():
         overhead.parse_item("ADM-64")
 
 
-@pytest.mark.parametrize("label", [pytest.param("ADM", marks=pytest.mark.slow), "MMDiT"])  # ADM: 15-30 s
+@pytest.mark.slow
+@pytest.mark.parametrize("label", ["ADM", "MMDiT"])
 def test_authors_style_routes_as_transform_does(label):
     """Same masks, same places: the authors-style baseline's output equals transform()'s (float32),
     and differs from the vanilla model's (it routes at all)."""
@@ -60,6 +61,22 @@ def test_authors_style_routes_as_transform_does(label):
     units = len(routed.dtr_plan.units)
     wrapped = [m for m in authors.modules() if isinstance(m, (overhead.AuthorsBlock, overhead.AuthorsMaskInput))]
     assert len(wrapped) == units == (4 if label == "MMDiT" else 14)  # a block per unit; ADM: one site per unit
+
+
+@pytest.mark.slow
+def test_generated_mmdit_equals_transform(tmp_path):
+    """The `generated` variant of the MMDiT (apply on model_zoo/mmdit.py with MMDIT_SPEC, the vanilla
+    weights loaded) routes as transform() does: joint blocks' tuple returns and single blocks' split stream."""
+    family = overhead.FAMILIES["MMDiT"]
+    args = overhead.parse_args(["--device", "cpu", "--work", str(tmp_path)])
+    vanilla = overhead.build_vanilla(family, "tiny", args)
+    path = overhead.generated_file(args, family, "tiny")
+    generated = getattr(overhead._import_generated(path, family, "tiny"), family.entry)(name="tiny")
+    generated.load_state_dict(vanilla.state_dict(), strict=True)
+    inputs, _ = overhead.make_inputs(family, vanilla, 3, args)
+    routed = dtrsurgeon.transform(vanilla, family.spec)
+    torch.testing.assert_close(generated(*inputs), routed(*inputs), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(generated(*inputs), vanilla(*inputs), atol=1e-4)
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ def test_mid_size_config_has_flux_layout():
         mmdit("XL")
 
 
+@pytest.mark.slow
 def test_each_stream_changes_the_image_output():
     """Joint attention mixes text into image tokens; the pooled vector and t modulate every block."""
     torch.manual_seed(0)
@@ -44,6 +45,7 @@ def test_each_stream_changes_the_image_output():
         assert not torch.allclose(model(*changed), base)
 
 
+@pytest.mark.slow
 def test_every_joint_and_single_block_is_routed_on_the_image_stream():
     torch.manual_seed(0)
     model = mmdit("tiny")
