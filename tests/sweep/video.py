@@ -192,7 +192,48 @@ def _kandinsky6_sr_inputs(model, g, b, t):
     return {"hidden_states": _video(g, b, channels=9).permute(0, 2, 3, 4, 1), "timestep": t}
 
 
+def _joyimage(cls_name):
+    """Two dual-stream blocks of width 32: two heads of 16 channels (rotary axes 4 / 6 / 6)."""
+    def build():
+        import diffusers as d
+
+        return _seeded(getattr(d, cls_name), patch_size=[1, 2, 2], in_channels=4, hidden_size=32, num_attention_heads=2,
+                       text_dim=16, mlp_width_ratio=2.0, num_layers=2, rope_dim_list=[4, 6, 6])
+    return build
+
+
+def _joyimage_plus_inputs(model, g, b, t):
+    """Already patchified ([B, patches, C, 1, 2, 2]): a 1x4x4 target and a 1x4x4 reference image per sample."""
+    shapes = [(1, SIZE // 2, SIZE // 2)] * 2
+    return {"hidden_states": torch.randn(b, 32, 4, 1, 2, 2, generator=g), "timestep": t,
+            "encoder_hidden_states": _text(g, b), "encoder_hidden_states_mask": torch.ones(b, TEXT_LEN),
+            "shape_list": [list(shapes) for _ in range(b)]}
+
+
+def _wan_animate():
+    """Wan blocks of width 16, a face adapter after each; the motion encoder reads 8x8 face crops (one
+    down-sampling res block), the face encoder is 2 heads of 8."""
+    import diffusers as d
+
+    kwargs = {k: v for k, v in _wan_kwargs().items() if k != "in_channels"}
+    return _seeded(d.WanAnimateTransformer3DModel, in_channels=12, latent_channels=4, image_dim=None,
+                   motion_encoder_channel_sizes={"8": 8, "4": 8}, motion_encoder_size=8, motion_style_dim=8,
+                   motion_dim=4, motion_encoder_dim=8, face_encoder_hidden_dim=8, face_encoder_num_heads=2,
+                   inject_face_latents_blocks=1, motion_encoder_batch_size=4, **kwargs)
+
+
+def _wan_animate_inputs(model, g, b, t):
+    """The latent, reference latent and mask (2 * 4 + 4 channels) of 2 frames, the pose latent of the frame after
+    the reference, and 4 face crops (the face encoder's two stride-2 convolutions make them one motion frame)."""
+    return {"hidden_states": _video(g, b, channels=12), "timestep": t, "encoder_hidden_states": _text(g, b),
+            "pose_hidden_states": _video(g, b, frames=FRAMES - 1),
+            "face_pixel_values": torch.randn(b, 3, 4, SIZE, SIZE, generator=g)}
+
+
 FACTORIES: dict = {
+    "WanAnimateTransformer3DModel": (_wan_animate, _wan_animate_inputs),
+    "JoyImageEditTransformer3DModel": (_joyimage("JoyImageEditTransformer3DModel"), _wan_inputs),
+    "JoyImageEditPlusTransformer3DModel": (_joyimage("JoyImageEditPlusTransformer3DModel"), _joyimage_plus_inputs),
     "Kandinsky6SRTransformer3DModel": (_kandinsky6_sr, _kandinsky6_sr_inputs),
     "Kandinsky6Transformer3DModel": (_kandinsky6, _kandinsky6_inputs),
     "Kandinsky5Transformer3DModel": (_kandinsky5, _kandinsky5_inputs),
@@ -213,6 +254,11 @@ FACTORIES: dict = {
     "ChronoEditTransformer3DModel": (_wan_like("ChronoEditTransformer3DModel", rope_temporal_skip_len=2), _wan_inputs),
 }
 UNITS: dict = {
+    # the face adapters' residual add (`hidden_states = face_adapter_output + hidden_states`) is in the model's own
+    # forward, and the root is never a unit: only the Wan blocks are routed
+    "WanAnimateTransformer3DModel": {"WanTransformerBlock": 2},
+    "JoyImageEditTransformer3DModel": {"JoyImageTransformerBlock": 2},
+    "JoyImageEditPlusTransformer3DModel": {"JoyImageEditPlusTransformerBlock": 2},
     "Kandinsky6SRTransformer3DModel": {"Kandinsky6SRTransformerBlock": 2},
     "Kandinsky6Transformer3DModel": {"Kandinsky6FusedTransformerDecoderBlock": 2},
     # the text blocks process only the prompt
@@ -234,10 +280,7 @@ UNITS: dict = {
 }
 NOT_YET = "no tiny config and inputs written in tests/sweep/video.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
-    "JoyImageEditPlusTransformer3DModel",
-    "JoyImageEditTransformer3DModel",
     "WanAnimate2Transformer3DModel",
-    "WanAnimateTransformer3DModel",
 )}
 _PER_FRAME_T = ("its timestep is per frame ([B, F]: a flow-map step from t to r for each frame, read as "
                 "`batch_size, num_frames = timestep.shape`); DTR routes each sample by one timestep, and a [B, F] "
