@@ -278,10 +278,14 @@ UNITS: dict = {
     "HunyuanVideoFramepackTransformer3DModel": {"HunyuanVideoTransformerBlock": 2,
                                                 "HunyuanVideoSingleTransformerBlock": 2},
 }
-NOT_YET = "no tiny config and inputs written in tests/sweep/video.py yet"
-LEFT_OUT = {name: NOT_YET for name in (
-    "WanAnimate2Transformer3DModel",
-)}
+LEFT_OUT = {
+    "WanAnimate2Transformer3DModel": "a denoising step is two calls: kv_cache_mode='extract' runs the reference video at "
+                                     "a fixed timestep 1 (transformer_wan_animate_2.py:857) and stores each layer's K/V "
+                                     "in a WanAnimate2KVCache object (line 199); kv_cache_mode='cached' denoises "
+                                     "against them (line 217) through flex attention only (line 263: no backward on "
+                                     "CPU); the cache holds the batch inside an object, so one call of the sweep "
+                                     "cannot be split per sample",
+}
 _PER_FRAME_T = ("its timestep is per frame ([B, F]: a flow-map step from t to r for each frame, read as "
                 "`batch_size, num_frames = timestep.shape`); DTR routes each sample by one timestep, and a [B, F] "
                 "timestep argument is refused (spec /timestep/arg)")
