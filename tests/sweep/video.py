@@ -148,7 +148,95 @@ def _consisid_inputs(model, g, b, t):
     return dict(hidden_states=_video(g, b).transpose(1, 2), encoder_hidden_states=_text(g, b, width=8), timestep=t)
 
 
+def _kandinsky5():
+    """One text block, two visual blocks of width 32: two heads of 16 channels (rotary axes 4 / 6 / 6)."""
+    import diffusers as d
+
+    return _seeded(d.Kandinsky5Transformer3DModel, in_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16,
+                   out_visual_dim=4, patch_size=(1, 2, 2), model_dim=32, ff_dim=32, num_text_blocks=1,
+                   num_visual_blocks=2, axes_dims=(4, 6, 6))
+
+
+def _kandinsky5_inputs(model, g, b, t):
+    """Channels last ([B, F, H, W, C]); rotary positions of the 2x4x4 patch grid and the 5 text tokens."""
+    grid = (FRAMES, SIZE // 2, SIZE // 2)
+    return {"hidden_states": _video(g, b).permute(0, 2, 3, 4, 1), "encoder_hidden_states": _text(g, b), "timestep": t,
+            "pooled_projections": torch.randn(b, 8, generator=g),
+            "visual_rope_pos": tuple(torch.arange(n) for n in grid), "text_rope_pos": torch.arange(TEXT_LEN)}
+
+
+def _kandinsky6():
+    """Video alone (no audio latents: the fused blocks run their video path); one text block per branch."""
+    import diffusers as d
+
+    return _seeded(d.Kandinsky6Transformer3DModel, in_visual_dim=4, out_visual_dim=4, in_text_dim=16, in_text_dim2=8,
+                   time_dim=16, patch_size=(1, 2, 2), model_dim=32, ff_dim=32, num_text_blocks=1, num_visual_blocks=2,
+                   axes_dims=(4, 6, 6), visual_cond=False, in_audio_dim=4, out_audio_dim=4)
+
+
+def _kandinsky6_inputs(model, g, b, t):
+    return {"hidden_states": _video(g, b).permute(0, 2, 3, 4, 1), "encoder_hidden_states": _text(g, b),
+            "pooled_projections": torch.randn(b, 8, generator=g), "timestep": t}
+
+
+def _kandinsky6_sr():
+    """Patch 1: the 8x8 token grid is one block of its NABLA sparse attention (which needs multiples of 8)."""
+    import diffusers as d
+
+    return _seeded(d.Kandinsky6SRTransformer3DModel, in_visual_dim=4, out_visual_dim=4, time_dim=16, model_dim=32,
+                   ff_dim=32, num_visual_blocks=2, axes_dims=(4, 6, 6))
+
+
+def _kandinsky6_sr_inputs(model, g, b, t):
+    """The noisy latent, the anchor latent and the anchor mask, channels last (2 * 4 + 1)."""
+    return {"hidden_states": _video(g, b, channels=9).permute(0, 2, 3, 4, 1), "timestep": t}
+
+
+def _joyimage(cls_name):
+    """Two dual-stream blocks of width 32: two heads of 16 channels (rotary axes 4 / 6 / 6)."""
+    def build():
+        import diffusers as d
+
+        return _seeded(getattr(d, cls_name), patch_size=[1, 2, 2], in_channels=4, hidden_size=32, num_attention_heads=2,
+                       text_dim=16, mlp_width_ratio=2.0, num_layers=2, rope_dim_list=[4, 6, 6])
+    return build
+
+
+def _joyimage_plus_inputs(model, g, b, t):
+    """Already patchified ([B, patches, C, 1, 2, 2]): a 1x4x4 target and a 1x4x4 reference image per sample."""
+    shapes = [(1, SIZE // 2, SIZE // 2)] * 2
+    return {"hidden_states": torch.randn(b, 32, 4, 1, 2, 2, generator=g), "timestep": t,
+            "encoder_hidden_states": _text(g, b), "encoder_hidden_states_mask": torch.ones(b, TEXT_LEN),
+            "shape_list": [list(shapes) for _ in range(b)]}
+
+
+def _wan_animate():
+    """Wan blocks of width 16, a face adapter after each; the motion encoder reads 8x8 face crops (one
+    down-sampling res block), the face encoder is 2 heads of 8."""
+    import diffusers as d
+
+    kwargs = {k: v for k, v in _wan_kwargs().items() if k != "in_channels"}
+    return _seeded(d.WanAnimateTransformer3DModel, in_channels=12, latent_channels=4, image_dim=None,
+                   motion_encoder_channel_sizes={"8": 8, "4": 8}, motion_encoder_size=8, motion_style_dim=8,
+                   motion_dim=4, motion_encoder_dim=8, face_encoder_hidden_dim=8, face_encoder_num_heads=2,
+                   inject_face_latents_blocks=1, motion_encoder_batch_size=4, **kwargs)
+
+
+def _wan_animate_inputs(model, g, b, t):
+    """The latent, reference latent and mask (2 * 4 + 4 channels) of 2 frames, the pose latent of the frame after
+    the reference, and 4 face crops (the face encoder's two stride-2 convolutions make them one motion frame)."""
+    return {"hidden_states": _video(g, b, channels=12), "timestep": t, "encoder_hidden_states": _text(g, b),
+            "pose_hidden_states": _video(g, b, frames=FRAMES - 1),
+            "face_pixel_values": torch.randn(b, 3, 4, SIZE, SIZE, generator=g)}
+
+
 FACTORIES: dict = {
+    "WanAnimateTransformer3DModel": (_wan_animate, _wan_animate_inputs),
+    "JoyImageEditTransformer3DModel": (_joyimage("JoyImageEditTransformer3DModel"), _wan_inputs),
+    "JoyImageEditPlusTransformer3DModel": (_joyimage("JoyImageEditPlusTransformer3DModel"), _joyimage_plus_inputs),
+    "Kandinsky6SRTransformer3DModel": (_kandinsky6_sr, _kandinsky6_sr_inputs),
+    "Kandinsky6Transformer3DModel": (_kandinsky6, _kandinsky6_inputs),
+    "Kandinsky5Transformer3DModel": (_kandinsky5, _kandinsky5_inputs),
     "AllegroTransformer3DModel": (_allegro, _allegro_inputs),
     "WanVACETransformer3DModel": (_wan_vace, _wan_vace_inputs),
     "HeliosTransformer3DModel": (_helios, _wan_inputs),
@@ -166,6 +254,15 @@ FACTORIES: dict = {
     "ChronoEditTransformer3DModel": (_wan_like("ChronoEditTransformer3DModel", rope_temporal_skip_len=2), _wan_inputs),
 }
 UNITS: dict = {
+    # the face adapters' residual add (`hidden_states = face_adapter_output + hidden_states`) is in the model's own
+    # forward, and the root is never a unit: only the Wan blocks are routed
+    "WanAnimateTransformer3DModel": {"WanTransformerBlock": 2},
+    "JoyImageEditTransformer3DModel": {"JoyImageTransformerBlock": 2},
+    "JoyImageEditPlusTransformer3DModel": {"JoyImageEditPlusTransformerBlock": 2},
+    "Kandinsky6SRTransformer3DModel": {"Kandinsky6SRTransformerBlock": 2},
+    "Kandinsky6Transformer3DModel": {"Kandinsky6FusedTransformerDecoderBlock": 2},
+    # the text blocks process only the prompt
+    "Kandinsky5Transformer3DModel": {"Kandinsky5TransformerDecoderBlock": 2},
     "AllegroTransformer3DModel": {"AllegroTransformerBlock": 2},
     "SkyReelsV2Transformer3DModel": {"SkyReelsV2TransformerBlock": 2},
     "ChronoEditTransformer3DModel": {"WanTransformerBlock": 2},
@@ -181,16 +278,14 @@ UNITS: dict = {
     "HunyuanVideoFramepackTransformer3DModel": {"HunyuanVideoTransformerBlock": 2,
                                                 "HunyuanVideoSingleTransformerBlock": 2},
 }
-NOT_YET = "no tiny config and inputs written in tests/sweep/video.py yet"
-LEFT_OUT = {name: NOT_YET for name in (
-    "JoyImageEditPlusTransformer3DModel",
-    "JoyImageEditTransformer3DModel",
-    "Kandinsky5Transformer3DModel",
-    "Kandinsky6SRTransformer3DModel",
-    "Kandinsky6Transformer3DModel",
-    "WanAnimate2Transformer3DModel",
-    "WanAnimateTransformer3DModel",
-)}
+LEFT_OUT = {
+    "WanAnimate2Transformer3DModel": "a denoising step is two calls: kv_cache_mode='extract' runs the reference video at "
+                                     "a fixed timestep 1 (transformer_wan_animate_2.py:857) and stores each layer's K/V "
+                                     "in a WanAnimate2KVCache object (line 199); kv_cache_mode='cached' denoises "
+                                     "against them (line 217) through flex attention only (line 263: no backward on "
+                                     "CPU); the cache holds the batch inside an object, so one call of the sweep "
+                                     "cannot be split per sample",
+}
 _PER_FRAME_T = ("its timestep is per frame ([B, F]: a flow-map step from t to r for each frame, read as "
                 "`batch_size, num_frames = timestep.shape`); DTR routes each sample by one timestep, and a [B, F] "
                 "timestep argument is refused (spec /timestep/arg)")
@@ -210,4 +305,10 @@ LEFT_OUT.update({
 # the vanilla model does not compile with fullgraph=True: the sweep checks that, then skips
 NO_FULLGRAPH = {
     "HunyuanVideo15Transformer3DModel": "data-dependent branch in the vanilla forward (is_t2v = torch.all(image_embeds == 0))",
+}
+
+# the vanilla model has no backward on CPU: the sweep checks that, then skips the training step
+NO_BACKWARD = {
+    "Kandinsky6SRTransformer3DModel": "its attention always runs on the flex backend, and FlexAttention has no "
+                                      "backward on CPU (NotImplementedError)",
 }
