@@ -446,3 +446,14 @@ class PreNormViT(nn.Module):
         tokens = torch.cat([self.time_mlp(time_features(time, self.dim))[:, None], self.to_patch(patches)], dim=1)
         out = self.to_pixels(self.transformer(tokens + self.pos)[:, 1:])
         return out.reshape(b, 4, 4, 3, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, 8, 8)
+
+
+class SequentialViT(PreNormViT):
+    """The same ViT with its layers as ``nn.Sequential(Residual(PreNorm(...)), ...)`` and a residual
+    layer in the timestep MLP (a ``Residual`` that processes only the timestep)."""
+
+    def __init__(self, dim=16, depth=2):
+        super().__init__(dim, depth)
+        self.time_mlp = nn.Sequential(nn.Linear(dim, dim), Residual(nn.Sequential(nn.GELU(), nn.Linear(dim, dim))))
+        self.transformer = nn.Sequential(*(Residual(TokenPreNorm(dim, fn)) for _ in range(depth)
+                                           for fn in (Mixer(dim), mlp(dim))), nn.LayerNorm(dim))

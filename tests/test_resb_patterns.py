@@ -24,7 +24,13 @@ PATTERNS = {  # toy -> the units its default spec routes
     "LightningNet": ["blocks.0", "blocks.1", "blocks.2"],
     "CfgDiT": ["blocks.0", "blocks.1", "blocks.2"],
     "ResidualUNet": ["downs.0.0", "downs.0.1", "mid.0", "mid.1", "ups.0.0", "ups.0.1"],
+    # the Transformer adds attn(x) + x in its loop and returns norm(x): its callees are the units
+    "PreNormViT": [f"transformer.layers.{i}.{j}" for i in range(2) for j in range(2)],
+    # the same in nn.Sequential; the Residual in the timestep MLP processes no sample: no unit
+    "SequentialViT": [f"transformer.{i}" for i in range(4)],
 }
+
+LIBRARY_FORM = {"SequentialViT"}
 
 
 def spec_for(mode="block", ratio=None):
@@ -90,7 +96,10 @@ def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
     spec.write_text(json.dumps(spec_for(mode)))
     out = tmp_path / f"{name}_{mode}_dtr.py"
     assert main(["apply", str(spec), FILE, "--entry", name, "-o", str(out)]) == 0
-    generated = getattr(import_path(out, f"gen_resb_{name}_{mode}"), name)().eval()
+    module = import_path(out, f"gen_resb_{name}_{mode}")
+    # units called through torch's nn.Sequential.forward: a file of subclasses and route(model)
+    generated = module.route(build(name)) if name in LIBRARY_FORM else getattr(module, name)().eval()
+    assert hasattr(module, "route") == (name in LIBRARY_FORM)
     generated.load_state_dict(model.state_dict(), strict=True)
     routed = dtrsurgeon.transform(model, str(spec))
     args = inputs(model)
