@@ -126,19 +126,21 @@ class STBlock(nn.Module):
         self.spatial, self.temporal, self.mlp = Mixer(dim), Mixer(dim), mlp(dim)
         self.ada = nn.Linear(dim, 4 * dim)
 
-    def forward(self, x, c, frames, positions):
+    def forward(self, x, c, frames, positions, tpe=None):
         b, _, dim = x.shape
         shift, scale, gate_s, gate_t = self.ada(c)[:, None].chunk(4, dim=-1)
         h = (self.norm_s(x) * (1 + scale) + shift).reshape(b * frames, positions, dim)
         x = x + gate_s * self.spatial(h).reshape(b, frames * positions, dim)
         h = self.norm_t(x).reshape(b, frames, positions, dim).permute(0, 2, 1, 3).reshape(b * positions, frames, dim)
+        if tpe is not None:
+            h = h + tpe
         h = self.temporal(h).reshape(b, positions, frames, dim).transpose(1, 2).reshape(b, frames * positions, dim)
         x = x + gate_t * h
         return x + self.mlp(self.norm_m(x))
 
 
 class STDiTNet(nn.Module):
-    """x [B, 4, T, H, W] (latent video), t [B]."""
+    """x [B, 4, T, H, W] (latent video), t [B]; the first block adds a temporal position embedding."""
 
     def __init__(self, dim=16, depth=2):
         super().__init__()
@@ -146,6 +148,7 @@ class STDiTNet(nn.Module):
         self.embed = nn.Linear(4, dim)
         self.temb = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(STBlock(dim) for _ in range(depth))
+        self.pos_embed_temporal = nn.Parameter(torch.randn(1, 3, dim) * 0.1)
         self.out = nn.Linear(dim, 4)
 
     def example_inputs(self, batch_size=2):
@@ -155,8 +158,9 @@ class STDiTNet(nn.Module):
         b, _, frames, h, w = x.shape
         x = self.embed(x.flatten(3).permute(0, 2, 3, 1)).reshape(b, frames * h * w, self.dim)
         c = self.temb(time_features(t, self.dim))
-        for block in self.blocks:
-            x = block(x, c, frames, h * w)
+        for i, block in enumerate(self.blocks):
+            tpe = self.pos_embed_temporal if i == 0 else None
+            x = auto_grad_checkpoint(block, x, c, frames, h * w, tpe)
         return self.out(x).reshape(b, frames, h * w, 4).permute(0, 3, 1, 2).reshape(b, 4, frames, h, w)
 
 

@@ -57,9 +57,11 @@ def train_step(routed, name):
     """One training step, with each toy's checkpointing switched on."""
     args = inputs(routed)
     routed.train()
-    if name == "PixArtNet":
-        for module in [*routed.blocks, routed.head]:
-            module.grad_checkpointing = True
+    if name in ("PixArtNet", "STDiTNet"):  # blocks called through auto_grad_checkpoint
+        for block in routed.blocks:
+            block.grad_checkpointing = True
+    if name == "PixArtNet":  # and the head through checkpoint_sequential
+        routed.head.grad_checkpointing = True
     if name == "LightningNet":
         routed.use_checkpoint = True
     routed.zero_grad()
@@ -166,3 +168,13 @@ def test_checkpointed_blocks_recompute_with_their_task(name):
         routed(*args).square().mean().backward()
         grads.append([p.grad for p in routed.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_a_container_of_residual_blocks_routes_its_callees():
+    """Transformer.forward loops ``x = attn(x) + x; x = ff(x) + x`` and returns ``self.norm(x)``: its
+    output is no residual stream, so the modules it adds back are the units (each routes its input,
+    the add stays the container's), not the container with the bypass merged into the norm."""
+    plan = dtrsurgeon.plan(build("PreNormViT"), DEFAULT)
+    assert [(u.path, u.mode, u.merge, u.residual_lines[0].function) for u in plan.units] == [
+        (f"transformer.layers.{i}.{j}", "block", False, "Transformer.forward") for i in range(2) for j in range(2)]
+    assert [sl.code.strip() for sl in plan.units[1].residual_lines] == ["x = ff(x) + x"]
