@@ -9,9 +9,10 @@ here from a description of the construct (no code copied):
 * ``STDiTNet``: video tokens ``[B, T*S, C]``; each block folds them to ``[B*T, S, C]`` for a
   spatial mixer and to ``[B*S, T, C]`` (reshape + permute) for a temporal one, adding each
   result back to the unfolded stream.
-* ``LightningNet``: ``torch.utils.checkpoint.checkpoint(block, x, c, self.feat_rope, ...)`` under
-  ``self.use_checkpoint and self.training``; rotary embedding through ``torch.view_as_complex``;
-  RMSNorm, a SwiGLU MLP, and DropPath around the gated residual branches.
+* ``LightningNet``: ``torch.utils.checkpoint.checkpoint(block, x, c, self.feat_rope,
+  use_reentrant=True)`` under ``self.use_checkpoint and self.training``, the rotary embedding a
+  module of the root handed to every block (``torch.view_as_complex`` inside); RMSNorm, a SwiGLU
+  MLP, and DropPath around the gated residual branches.
 * ``CfgDiT``: DiT's ``forward_with_cfg``, which doubles the first half of the batch, calls
   ``self.forward`` and mixes the conditional and unconditional halves.
 * ``ResidualUNet``: a U-Net built from ``Residual(PreNorm(dim, attention))`` wrappers and
@@ -199,16 +200,25 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
-def apply_rope(x, freqs_cis):
-    """Rotates channel pairs of x [B, L, C] by the complex phases freqs_cis [L, C // 2]."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(pairs * freqs_cis).flatten(-2).type_as(x)
+class ComplexRope(nn.Module):
+    """Rotates channel pairs of x [B, L, C] by the complex phases of token positions [L, C // 2]."""
+
+    def __init__(self, dim, tokens):
+        super().__init__()
+        angles = torch.arange(tokens)[:, None] * torch.exp(-torch.arange(dim // 2) / (dim // 2) * math.log(100.0))
+        self.register_buffer("freqs_cis", torch.polar(torch.ones_like(angles), angles), persistent=False)
+
+    def forward(self, x):
+        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(pairs * self.freqs_cis).flatten(-2).type_as(x)
 
 
 class RopeAttention(Mixer):
+    """Attention whose rotary embedding is a module the root owns and hands to every block."""
+
     def forward(self, x, rope):
         k, v = self.kv(x).chunk(2, dim=-1)
-        q, k = apply_rope(self.q(x), rope), apply_rope(k, rope)
+        q, k = rope(self.q(x)), rope(k)
         return self.out(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(x.shape[-1]), dim=-1) @ v)
 
 
@@ -232,8 +242,7 @@ class LightningNet(nn.Module):
         self.dim, self.use_checkpoint = dim, False
         self.embed = nn.Linear(4, dim)
         self.temb = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        angles = torch.arange(tokens)[:, None] * torch.exp(-torch.arange(dim // 2) / (dim // 2) * math.log(100.0))
-        self.register_buffer("feat_rope", torch.polar(torch.ones_like(angles), angles), persistent=False)
+        self.feat_rope = ComplexRope(dim, tokens)
         self.blocks = nn.ModuleList(LightningBlock(dim) for _ in range(depth))
         self.out = nn.Linear(dim, 4)
 
@@ -244,9 +253,9 @@ class LightningNet(nn.Module):
         x, c = self.embed(x), self.temb(time_features(t, self.dim))
         for block in self.blocks:
             if self.use_checkpoint and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, c, self.feat_rope, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, c, self.feat_rope, use_reentrant=True)
             else:
-                x = block(x, c, self.feat_rope)
+                x = block(x, c, feat_rope=self.feat_rope)
         return self.out(x)
 
 
