@@ -16,7 +16,10 @@ here from a description of the construct (no code copied):
 * ``CfgDiT``: DiT's ``forward_with_cfg``, which doubles the first half of the batch, calls
   ``self.forward`` and mixes the conditional and unconditional halves.
 * ``ResidualUNet``: a U-Net built from ``Residual(PreNorm(dim, attention))`` wrappers and
-  ``ResnetBlock(dim, dim_out, time_emb_dim)`` with a 1x1 conv skip where the widths differ.
+  ``ResnetBlock(dim, dim_out, time_emb_dim)`` with a 1x1 conv skip where the widths differ;
+  ``LoopAddUNet``: the later layout, ``x = attn(x) + x`` in the root's loops over levels;
+  ``PreNormViT``: a ``Transformer`` submodule looping ``x = attn(x) + x; x = ff(x) + x``;
+  ``SequentialViT``: its layers as ``nn.Sequential(Residual(PreNorm(...)), ...)``.
 """
 
 import math
@@ -470,3 +473,50 @@ class SequentialViT(PreNormViT):
         self.time_mlp = nn.Sequential(nn.Linear(dim, dim), Residual(nn.Sequential(nn.GELU(), nn.Linear(dim, dim))))
         self.transformer = nn.Sequential(*(Residual(TokenPreNorm(dim, fn)) for _ in range(depth)
                                            for fn in (Mixer(dim), mlp(dim))), nn.LayerNorm(dim))
+
+
+class LoopAddUNet(nn.Module):
+    """The later U-Net layout: two ResnetBlocks per level, each output kept for the up path, and the
+    attention's residual add written in the root's loops, ``x = attn(x) + x``."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.dim, temb = dim, 4 * dim
+        self.init_conv = nn.Conv2d(3, dim, 7, padding=3)
+        self.time_mlp = nn.Sequential(nn.Linear(dim, temb), nn.GELU(), nn.Linear(temb, temb))
+        self.downs = nn.ModuleList([nn.ModuleList([
+            ResnetBlock(dim, dim, temb), ResnetBlock(dim, dim, temb), PreNorm(dim, ConvAttention(dim)),
+            nn.Conv2d(dim, 2 * dim, 4, 2, 1)])])
+        self.mid_block1, self.mid_block2 = ResnetBlock(2 * dim, 2 * dim, temb), ResnetBlock(2 * dim, 2 * dim, temb)
+        self.mid_attn = PreNorm(2 * dim, ConvAttention(2 * dim))
+        self.ups = nn.ModuleList([nn.ModuleList([
+            ResnetBlock(3 * dim, 2 * dim, temb), ResnetBlock(3 * dim, 2 * dim, temb), PreNorm(2 * dim, ConvAttention(2 * dim)),
+            nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(2 * dim, dim, 3, padding=1))])])
+        self.final_res_block = ResnetBlock(2 * dim, dim, temb)
+        self.final_conv = nn.Conv2d(dim, 3, 1)
+
+    def example_inputs(self, batch_size=2):
+        return (torch.randn(batch_size, 3, 8, 8), torch.linspace(10, 900, batch_size).long()), {}
+
+    def forward(self, x, time, x_self_cond=None):
+        x = self.init_conv(x)
+        r = x.clone()
+        t = self.time_mlp(time_features(time, self.dim))
+        h = []
+        for block1, block2, attn, downsample in self.downs:
+            x = block1(x, t)
+            h.append(x)
+            x = block2(x, t)
+            x = attn(x) + x
+            h.append(x)
+            x = downsample(x)
+        x = self.mid_block1(x, t)
+        x = self.mid_attn(x) + x
+        x = self.mid_block2(x, t)
+        for block1, block2, attn, upsample in self.ups:
+            x = block1(torch.cat((x, h.pop()[..., ::2, ::2]), dim=1), t)
+            x = block2(torch.cat((x, h.pop()[..., ::2, ::2]), dim=1), t)
+            x = attn(x) + x
+            x = upsample(x)
+        x = self.final_res_block(torch.cat((x, r), dim=1), t)
+        return self.final_conv(x)

@@ -24,6 +24,8 @@ PATTERNS = {  # toy -> the units its default spec routes
     "LightningNet": ["blocks.0", "blocks.1", "blocks.2"],
     "CfgDiT": ["blocks.0", "blocks.1", "blocks.2"],
     "ResidualUNet": ["downs.0.0", "downs.0.1", "mid.0", "mid.1", "ups.0.0", "ups.0.1"],
+    "LoopAddUNet": ["downs.0.0", "downs.0.1", "downs.0.2", "mid_block1", "mid_block2", "mid_attn",
+                    "ups.0.0", "ups.0.1", "ups.0.2", "final_res_block"],
     # the Transformer adds attn(x) + x in its loop and returns norm(x): its callees are the units
     "PreNormViT": [f"transformer.layers.{i}.{j}" for i in range(2) for j in range(2)],
     # the same in nn.Sequential; the Residual in the timestep MLP processes no sample: no unit
