@@ -520,3 +520,31 @@ class LoopAddUNet(nn.Module):
             x = upsample(x)
         x = self.final_res_block(torch.cat((x, r), dim=1), t)
         return self.final_conv(x)
+
+
+class TokenBlock(nn.Module):
+    """A pre-norm residual MLP on tokens [B, L, C], taking the stream alone."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm, self.mlp = nn.LayerNorm(dim), mlp(dim)
+
+    def forward(self, x):
+        return x + self.mlp(self.norm(x))
+
+
+class SequentialCheckpointNet(PixArtNet):
+    """PixArt's helper handed an ``nn.Sequential`` of residual blocks: with ``grad_checkpointing`` set
+    on it, ``checkpoint_sequential`` calls each block."""
+
+    def __init__(self, dim=16):
+        super().__init__(dim, depth=1)
+        self.stage = nn.Sequential(TokenBlock(dim), TokenBlock(dim))
+
+    def forward(self, x, t, y, mask):
+        x = self.x_embed(x)
+        t0 = self.t_block(self.t_embedder(time_features(t, self.dim)))
+        lengths = mask.sum(1).tolist()
+        y = self.y_embed(y).masked_select(mask[..., None]).view(1, -1, self.dim)
+        x = auto_grad_checkpoint(self.blocks[0], x, y, t0, lengths)
+        return self.head(auto_grad_checkpoint(self.stage, x))
