@@ -305,7 +305,8 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
 
     def make(path: str, force_branch: bool = False) -> RoutedUnit:
         if path in caller_adds:
-            unit, node = _caller_add_unit(path, named[path], holders[path][0], spec, cap, named, model)
+            unit, node = _caller_add_unit(path, named[path], holders[path][0], spec, cap, named, model,
+                                          owner=type(named[caller_adds[path]]))
         elif path in streams:
             unit, node = _multi_stream_unit(path, named[path], holders[path], streams[path], spec, sample_name,
                                             cap, named, model)
@@ -359,14 +360,22 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
                 threads=threads, seen=seen)
 
 
-def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[ResidualChain]], dict[str, list[FoundStream]], set[str]]:
+def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[ResidualChain]], dict[str, list[FoundStream]], dict[str, str]]:
     """The modules that may be units: (path -> their residual chains, path -> the streams of those
-    that return a tuple, the paths whose residual add is in the root's forward).  Tuple-returning
-    modules whose streams cannot be told apart are skipped with the reason."""
+    that return a tuple, path -> the module whose forward adds its input back: the root, or a
+    container such as a ViT's ``Transformer``).  Tuple-returning modules whose streams cannot be
+    told apart are skipped with the reason."""
     holders: dict[str, list[ResidualChain]] = {}
     for chain in chains:
         holders.setdefault(chain.module, []).append(chain)
-    calls = _root_calls(holders.pop("", []), holders, cap)
+    calls = _caller_calls(holders.pop("", []), holders, cap)
+    owners = dict.fromkeys(calls, "")
+    for path in [p for p in holders if _container(holders[p], p)]:
+        found = _caller_calls(holders[path], holders, cap)
+        if found:
+            del holders[path]
+            calls.update(found)
+            owners.update(dict.fromkeys(found, path))
     streams: dict[str, list[FoundStream]] = {}
     for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
         module = named[path]
@@ -378,7 +387,7 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
             skipped.append((path, f"{e}; residual blocks inside it are routed"))
             del holders[path]
     holders.update(calls)
-    return holders, streams, set(calls)
+    return holders, streams, owners
 
 
 def _chain_frame(chain: ResidualChain, path: str, module: nn.Module, params: set[str]) -> Frame | None:
@@ -396,16 +405,31 @@ def _statement(frame: Frame | None) -> str:
     return statement_at(frame.file, frame.line) or frame.code
 
 
-def _root_calls(root_chains: list[ResidualChain], holders, cap) -> dict[str, list[ResidualChain]]:
-    """Residual adds written in the root's forward whose branch is one submodule's output computed
-    from the skip (``x = attn(x) + x``): that submodule -> the chain.  It becomes a unit that routes
-    its input only (the add is the root's); other root adds (long skips) are no units."""
+def _container(chains: list[ResidualChain], path: str) -> bool:
+    """Is module ``path`` a container of residual blocks rather than one: no chain of it reaches its
+    output (a ViT's ``Transformer`` runs ``x = attn(x) + x`` in a loop, then returns ``self.norm(x)``)?
+    Routing it whole would merge the bypass into the final norm's output.
+
+        for attn, ff in self.layers:       # the adds are the container's, the blocks its callees
+            x = attn(x) + x
+            x = ff(x) + x
+        return self.norm(x)
+    """
+    return all(all(_inside(u, path) for u in _leaving(c.end, path).users) for c in chains)
+
+
+def _caller_calls(chains: list[ResidualChain], holders, cap) -> dict[str, list[ResidualChain]]:
+    """Residual adds written in the root's (or a container's) forward whose branch is one
+    submodule's output computed from the skip (``x = attn(x) + x``): that submodule -> the chain.
+    It becomes a unit that routes its input only (the add is the caller's); other adds there (long
+    skips) are no units."""
     found: dict[str, list[ResidualChain]] = {}
-    for chain in root_chains:
+    for chain in chains:
         for add in chain.adds:
             if add.projection or add.node.target not in _PLAIN_ADDS:
                 continue
-            stack = [p for p, _ in (add.branch.meta.get("nn_module_stack") or {}).values() if p]
+            inner = f"{chain.module}." if chain.module else ""
+            stack = [p for p, _ in (add.branch.meta.get("nn_module_stack") or {}).values() if p and p.startswith(inner)]
             callee = stack[0] if stack else ""
             if (not callee or callee in holders or callee in found or cap.returns_tensor.get(callee) is not True
                     or any(_inside(u, callee) for u in add.branch.users)
@@ -490,9 +514,10 @@ def _one_fold_per_class(units: list[RoutedUnit], skipped: list) -> list[RoutedUn
     return kept
 
 
-def _caller_add_unit(path, module, chain: ResidualChain, spec, cap, named, model) -> tuple[RoutedUnit, fx.Node]:
-    """A module whose caller adds its input back (``x = attn(x) + x`` in the root's forward): block
-    semantics route its input and leave the add to the caller, attn(x * m) + x."""
+def _caller_add_unit(path, module, chain: ResidualChain, spec, cap, named, model, owner: type) -> tuple[RoutedUnit, fx.Node]:
+    """A module whose caller (of class ``owner``: the root, or a container) adds its input back
+    (``x = attn(x) + x``): block semantics route its input and leave the add to the caller,
+    attn(x * m) + x."""
     node = chain.start
     axis = channel_axis(node)
     channels = int(node.meta["val"].shape[axis])
@@ -501,7 +526,7 @@ def _caller_add_unit(path, module, chain: ResidualChain, spec, cap, named, model
     note = "" if spec.mode == "block" else (f"{spec.mode} mode falls back to block semantics: the residual add "
                                             "is in the caller")
     frames = parse_stack_trace(chain.adds[0].node.meta.get("stack_trace"))
-    residual_lines = (_source_line(frames[-1], type(model)),) if frames else ()
+    residual_lines = (_source_line(frames[-1], owner),) if frames else ()
     unit = RoutedUnit(
         path=path, cls=_qualname(type(module)), mode="block", mode_note=note, channel_axis=axis,
         rank=node.meta["val"].dim(), channels=channels, active=active_channels(channels, mask.channel_ratio),
