@@ -20,6 +20,7 @@ written here from a description of the construct, not copied):
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -146,3 +147,248 @@ class FluxRefNet(nn.Module):
         img, t = tokens_example(batch_size)
         g = torch.Generator().manual_seed(1)
         return (img, torch.randn(batch_size, 3, 6, generator=g), t, torch.randn(batch_size, 6, generator=g)), {}
+
+
+# -- reference SD3 MMDiT -------------------------------------------------------------------------
+
+class DismantledBlock(nn.Module):
+    """One stream's half of a joint block: ``pre_attention`` before the shared attention, and
+    ``post_attention`` after it (not called for the context of a pre-only block)."""
+
+    def __init__(self, dim, pre_only=False):
+        super().__init__()
+        self.pre_only = pre_only
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.qkv = nn.Linear(dim, dim)
+        self.adaLN_modulation = nn.Linear(dim, (2 if pre_only else 6) * dim)
+        if not pre_only:
+            self.proj = nn.Linear(dim, dim)
+            self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+            self.mlp = mlp(dim, 2 * dim)
+
+    def pre_attention(self, x, c):
+        if self.pre_only:
+            shift, scale = self.adaLN_modulation(F.silu(c))[:, None].chunk(2, dim=-1)
+            return self.qkv(self.norm1(x) * (1 + scale) + shift), None
+        shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(F.silu(c))[:, None].chunk(6, dim=-1)
+        return self.qkv(self.norm1(x) * (1 + scale) + shift), (x, gate, shift_mlp, scale_mlp, gate_mlp)
+
+    def post_attention(self, attn, x, gate, shift_mlp, scale_mlp, gate_mlp):
+        x = x + gate * self.proj(attn)
+        return x + gate_mlp * self.mlp(self.norm2(x) * (1 + scale_mlp) + shift_mlp)
+
+
+def block_mixing(context, x, context_block, x_block, c):
+    context_qkv, context_intermediates = context_block.pre_attention(context, c)
+    x_qkv, x_intermediates = x_block.pre_attention(x, c)
+    attn = attend(torch.cat((context_qkv, x_qkv), dim=1))
+    context_attn, x_attn = attn[:, :context_qkv.shape[1]], attn[:, context_qkv.shape[1]:]
+    if context_block.pre_only:
+        context = None
+    else:
+        context = context_block.post_attention(context_attn, *context_intermediates)
+    return context, x_block.post_attention(x_attn, *x_intermediates)
+
+
+class JointBlock(nn.Module):
+    def __init__(self, dim, pre_only=False):
+        super().__init__()
+        self.context_block = DismantledBlock(dim, pre_only=pre_only)
+        self.x_block = DismantledBlock(dim)
+
+    def forward(self, *args, **kwargs):
+        return block_mixing(*args, context_block=self.context_block, x_block=self.x_block, **kwargs)
+
+
+class SD3RefNet(nn.Module):
+    def __init__(self, channels=4, context_dim=6, dim=16, patch=2, depth=3):
+        super().__init__()
+        self.dim, self.patch, self.channels = dim, patch, channels
+        self.x_embedder = nn.Conv2d(channels, dim, patch, stride=patch)
+        self.t_embedder = mlp(dim, dim)
+        self.y_embedder = nn.Linear(context_dim, dim)
+        self.context_embedder = nn.Linear(context_dim, dim)
+        self.joint_blocks = nn.ModuleList(JointBlock(dim, pre_only=i == depth - 1) for i in range(depth))
+        self.final_norm = nn.LayerNorm(dim)
+        self.final_linear = nn.Linear(dim, patch * patch * channels)
+
+    def unpatchify(self, x, h, w):
+        p, c = self.patch, self.channels
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+
+    def forward(self, x, t, y, context):
+        """x: [B, C, H, W] latents, t: [B], y: [B, context_dim] pooled text, context: [B, L, context_dim]."""
+        h, w = x.shape[-2] // self.patch, x.shape[-1] // self.patch
+        x = self.x_embedder(x).flatten(2).transpose(1, 2)
+        c_mod = self.t_embedder(timestep_embedding(t, self.dim)) + self.y_embedder(y)
+        context = self.context_embedder(context)
+        for block in self.joint_blocks:
+            context, x = block(context, x, c=c_mod)
+        return self.unpatchify(self.final_linear(self.final_norm(x)), h, w)
+
+    def example_inputs(self, batch_size=2):
+        g = torch.Generator().manual_seed(0)
+        t = torch.linspace(10, 900, batch_size).round().long()
+        return (torch.randn(batch_size, 4, 4, 4, generator=g), t, torch.randn(batch_size, 6, generator=g),
+                torch.randn(batch_size, 3, 6, generator=g)), {}
+
+
+# -- SiT with a representation-alignment projector -----------------------------------------------
+
+class SiTBlock(nn.Module):
+    """adaLN block; keyword options arrive through ``**block_kwargs`` (positions for the attention)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, elementwise_affine=False), nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn_proj = nn.Linear(dim, dim)
+        self.mlp = mlp(dim, 2 * dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 4 * dim))
+
+    def forward(self, x, c, pos=None, **unused):
+        shift, scale, gate_msa, gate_mlp = self.adaLN_modulation(c)[:, None].chunk(4, dim=-1)
+        h = self.norm1(x) * (1 + scale) + shift
+        x = x + gate_msa * self.attn_proj(attend(h if pos is None else h + pos))
+        return x + gate_mlp * self.mlp(self.norm2(x))
+
+
+class ProjectorSiT(nn.Module):
+    def __init__(self, in_dim=4, dim=16, depth=4, encoder_depth=2, z_dims=(8, 12), classes=5):
+        super().__init__()
+        self.dim, self.encoder_depth = dim, encoder_depth
+        self.x_embedder = nn.Linear(in_dim, dim)
+        self.t_embedder = mlp(dim, dim)
+        self.y_embedder = nn.Embedding(classes + 1, dim)
+        self.pos = nn.Parameter(torch.randn(1, 6, dim) * 0.1)
+        self.blocks = nn.ModuleList(SiTBlock(dim) for _ in range(depth))
+        self.projectors = nn.ModuleList(nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, z))
+                                        for z in z_dims)
+        self.final_layer = nn.Linear(dim, in_dim)
+
+    def forward(self, x, t, y):
+        """x: [B, L, in_dim] tokens, t: [B], y: [B] labels; returns (prediction, [projected features])."""
+        x = self.x_embedder(x)
+        n, length, d = x.shape
+        c = self.t_embedder(timestep_embedding(t, self.dim)) + self.y_embedder(y)
+        block_kwargs = {"pos": self.pos}
+        zs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, c, **block_kwargs)
+            if (i + 1) == self.encoder_depth:
+                zs = [projector(x.reshape(-1, d)).reshape(n, length, -1) for projector in self.projectors]
+        return self.final_layer(x), zs
+
+    def example_inputs(self, batch_size=2):
+        x, t = tokens_example(batch_size)
+        return (x, t, torch.arange(batch_size) % 5), {}
+
+
+# -- decoupled encoder-decoder DiT ---------------------------------------------------------------
+
+class TokenwiseBlock(nn.Module):
+    """adaLN from a condition that may be per token ([B, L, C]) or per sample ([B, 1, C])."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, elementwise_affine=False), nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn_proj = nn.Linear(dim, dim)
+        self.mlp = mlp(dim, 2 * dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + gate1 * self.attn_proj(attend(self.norm1(x) * (1 + scale1) + shift1))
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+class DecoupledDiT(nn.Module):
+    def __init__(self, in_dim=4, dim=16, encoder_blocks=2, decoder_blocks=2, classes=5):
+        super().__init__()
+        self.dim, self.num_encoder_blocks = dim, encoder_blocks
+        self.num_blocks = encoder_blocks + decoder_blocks
+        self.s_embedder = nn.Linear(in_dim, dim)
+        self.x_embedder = nn.Linear(in_dim, dim)
+        self.t_embedder = mlp(dim, dim)
+        self.y_embedder = nn.Embedding(classes + 1, dim)
+        self.blocks = nn.ModuleList(TokenwiseBlock(dim) for _ in range(self.num_blocks))
+        self.final_layer = nn.Linear(dim, in_dim)
+
+    def forward(self, x, t, y):
+        """x: [B, L, in_dim] noisy tokens, t: [B], y: [B] labels."""
+        c = (self.t_embedder(timestep_embedding(t, self.dim)) + self.y_embedder(y))[:, None, :]
+        s = self.s_embedder(x)
+        for i in range(self.num_encoder_blocks):
+            s = self.blocks[i](s, c)
+        s = F.silu(c + s)
+        x = self.x_embedder(x)
+        for i in range(self.num_encoder_blocks, self.num_blocks):
+            x = self.blocks[i](x, s)
+        return self.final_layer(x)
+
+    def example_inputs(self, batch_size=2):
+        x, t = tokens_example(batch_size)
+        return (x, t, torch.arange(batch_size) % 5), {}
+
+
+# -- blocks in a ModuleDict, blocks in nested stages ---------------------------------------------
+
+class ResMLPBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mod = nn.Linear(dim, dim)
+        self.mlp = mlp(dim, 2 * dim)
+
+    def forward(self, x, c):
+        return x + self.mlp(self.norm(x) * (1 + self.mod(c)[:, None]))
+
+
+class DictNet(nn.Module):
+    """Named blocks: the encoder half walked by ``.items()``, the decoder half by ``.values()``."""
+
+    def __init__(self, in_dim=4, dim=16):
+        super().__init__()
+        self.dim = dim
+        self.inp = nn.Linear(in_dim, dim)
+        self.temb = mlp(dim, dim)
+        self.encoder = nn.ModuleDict({f"enc{i}": ResMLPBlock(dim) for i in range(2)})
+        self.decoder = nn.ModuleDict({f"dec{i}": ResMLPBlock(dim) for i in range(2)})
+        self.out = nn.Linear(dim, in_dim)
+
+    def forward(self, x, t):
+        x, c = self.inp(x), self.temb(timestep_embedding(t, self.dim))
+        for _name, block in self.encoder.items():  # noqa: PERF102 - the construct reproduced
+            x = block(x, c)
+        for block in self.decoder.values():
+            x = block(x, c)
+        return self.out(x)
+
+    def example_inputs(self, batch_size=2):
+        return tokens_example(batch_size), {}
+
+
+class StageNet(nn.Module):
+    """Stages of blocks at two widths, a linear downsampling between them."""
+
+    def __init__(self, in_dim=4, dims=(8, 16), depths=(2, 1)):
+        super().__init__()
+        self.dims = dims
+        self.inp = nn.Linear(in_dim, dims[0])
+        self.temb = nn.ModuleList(mlp(d, d) for d in dims)
+        self.stages = nn.ModuleList(nn.ModuleList(ResMLPBlock(d) for _ in range(n)) for d, n in zip(dims, depths))
+        self.downs = nn.ModuleList(nn.Linear(2 * a, b) for a, b in itertools.pairwise(dims))
+        self.out = nn.Linear(dims[-1], 2 * in_dim)
+
+    def forward(self, x, t):
+        x = self.inp(x)
+        for i, stage in enumerate(self.stages):
+            c = self.temb[i](timestep_embedding(t, self.dims[i]))
+            for blk in stage:
+                x = blk(x, c)
+            if i < len(self.downs):
+                x = self.downs[i](x.reshape(x.shape[0], x.shape[1] // 2, -1))
+        return self.out(x).reshape(x.shape[0], -1, self.inp.in_features)
+
+    def example_inputs(self, batch_size=2):
+        return tokens_example(batch_size), {}

@@ -20,7 +20,18 @@ FILE = "tests/resa_patterns.py"
 
 PATTERNS = {  # toy -> the units its default spec routes
     "FluxRefNet": ["double_blocks.0", "double_blocks.1", "single_blocks.0", "single_blocks.1"],
+    "SD3RefNet": ["joint_blocks.0", "joint_blocks.1", "joint_blocks.2"],
+    "ProjectorSiT": ["blocks.0", "blocks.1", "blocks.2", "blocks.3"],
+    "DecoupledDiT": ["blocks.0", "blocks.1", "blocks.2", "blocks.3"],
+    "DictNet": ["encoder.enc0", "encoder.enc1", "decoder.dec0", "decoder.dec1"],
+    "StageNet": ["stages.0.0", "stages.0.1", "stages.1.0"],
 }
+UNROUTED = {  # toy -> why its units are not found yet (dtrsurgeon file:line)
+    "SD3RefNet": "a joint block whose forward(*args, **kwargs) hands on to a module-level function returns a tuple "
+                 "the analysis cannot name (dtrsurgeon/analysis/streams.py:164, NoStreams)",
+}
+NAMES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=UNROUTED[n])) if n in UNROUTED else n
+         for n in PATTERNS]
 
 
 def spec_for(mode="block", ratio=None):
@@ -67,14 +78,14 @@ def train_step(routed):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("name", NAMES)
 def test_default_spec_finds_a_unit_on_every_residual_block(name):
     assert [u.path for u in dtrsurgeon.plan(build(name), spec_for()).units] == PATTERNS[name]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("name", NAMES)
 def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
     model = build(name)
     routed = dtrsurgeon.transform(model, spec_for(mode))
@@ -93,7 +104,7 @@ def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mod
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("name", NAMES)
 def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
     model = build(name)
     spec = tmp_path / "spec.json"
