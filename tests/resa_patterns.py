@@ -187,7 +187,8 @@ def block_mixing(context, x, context_block, x_block, c):
         context = None
     else:
         context = context_block.post_attention(context_attn, *context_intermediates)
-    return context, x_block.post_attention(x_attn, *x_intermediates)
+    x = x_block.post_attention(x_attn, *x_intermediates)
+    return context, x
 
 
 class JointBlock(nn.Module):
@@ -345,7 +346,8 @@ class ResMLPBlock(nn.Module):
 
 
 class DictNet(nn.Module):
-    """Named blocks: the encoder half walked by ``.items()``, the decoder half by ``.values()``."""
+    """Named blocks: the encoder walked by ``.items()``, the decoder by ``.values()``, the refiner
+    indexed by key in an order of its own (``self.refiner[name]``)."""
 
     def __init__(self, in_dim=4, dim=16):
         super().__init__()
@@ -354,6 +356,8 @@ class DictNet(nn.Module):
         self.temb = mlp(dim, dim)
         self.encoder = nn.ModuleDict({f"enc{i}": ResMLPBlock(dim) for i in range(2)})
         self.decoder = nn.ModuleDict({f"dec{i}": ResMLPBlock(dim) for i in range(2)})
+        self.refiner = nn.ModuleDict({f"ref{i}": ResMLPBlock(dim) for i in range(2)})
+        self.refine_order = ["ref1", "ref0"]
         self.out = nn.Linear(dim, in_dim)
 
     def forward(self, x, t):
@@ -362,6 +366,8 @@ class DictNet(nn.Module):
             x = block(x, c)
         for block in self.decoder.values():
             x = block(x, c)
+        for name in self.refine_order:
+            x = self.refiner[name](x, c)
         return self.out(x)
 
     def example_inputs(self, batch_size=2):

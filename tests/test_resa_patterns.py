@@ -12,6 +12,9 @@ import pytest
 import torch
 
 import dtrsurgeon
+from dtrsurgeon.analysis.capture import capture
+from dtrsurgeon.analysis.residuals import find_residual_adds, group_chains
+from dtrsurgeon.analysis.streams import NoStreams, tuple_streams
 from dtrsurgeon.cli import main
 from tests import resa_patterns as rp
 from tests.conftest import import_path, randomize_
@@ -23,15 +26,10 @@ PATTERNS = {  # toy -> the units its default spec routes
     "SD3RefNet": ["joint_blocks.0", "joint_blocks.1", "joint_blocks.2"],
     "ProjectorSiT": ["blocks.0", "blocks.1", "blocks.2", "blocks.3"],
     "DecoupledDiT": ["blocks.0", "blocks.1", "blocks.2", "blocks.3"],
-    "DictNet": ["encoder.enc0", "encoder.enc1", "decoder.dec0", "decoder.dec1"],
+    "DictNet": ["encoder.enc0", "encoder.enc1", "decoder.dec0", "decoder.dec1", "refiner.ref0",
+                "refiner.ref1"],
     "StageNet": ["stages.0.0", "stages.0.1", "stages.1.0"],
 }
-UNROUTED = {  # toy -> why its units are not found yet (dtrsurgeon file:line)
-    "SD3RefNet": "a joint block whose forward(*args, **kwargs) hands on to a module-level function returns a tuple "
-                 "the analysis cannot name (dtrsurgeon/analysis/streams.py:164, NoStreams)",
-}
-NAMES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=UNROUTED[n])) if n in UNROUTED else n
-         for n in PATTERNS]
 
 
 def spec_for(mode="block", ratio=None):
@@ -78,14 +76,14 @@ def train_step(routed):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(PATTERNS))
 def test_default_spec_finds_a_unit_on_every_residual_block(name):
     assert [u.path for u in dtrsurgeon.plan(build(name), spec_for()).units] == PATTERNS[name]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(PATTERNS))
 def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
     model = build(name)
     routed = dtrsurgeon.transform(model, spec_for(mode))
@@ -104,7 +102,7 @@ def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mod
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(PATTERNS))
 def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
     model = build(name)
     spec = tmp_path / "spec.json"
@@ -121,3 +119,54 @@ def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train_step(generated)
+
+
+# -- reference SD3: streams that come in through *args ---------------------------------------------
+
+def _joint_block_streams(context_tokens):
+    """tuple_streams of joint_blocks.0 of SD3RefNet on a context of ``context_tokens`` tokens (the
+    image gives 4)."""
+    model = build("SD3RefNet")
+    args, kwargs = inputs(model)
+    args = (*args[:3], torch.randn(3, context_tokens, 6))
+    cap = capture(model, args, kwargs)
+    params = set(cap.params)
+    starts = [(c.start, "") for c in group_chains(find_residual_adds(cap.graph, params)) if c.module == "joint_blocks.0"]
+    return tuple_streams("joint_blocks.0", model.joint_blocks[0], starts, cap.output_shapes["joint_blocks.0"], params,
+                         cap.input_shapes["joint_blocks.0"])
+
+
+def test_streams_through_args_are_told_apart_by_shape_and_never_guessed():
+    """forward(self, *args, **kwargs) returns what block_mixing builds: each stream is the positional
+    argument whose shape no other argument has, merged where the one item of that shape is returned.
+    A context as long as the image leaves nothing to tell them apart: the block is not a unit."""
+    assert [(s.arg, s.out_index) for s in _joint_block_streams(3)] == [("args[0]", 0), ("args[1]", 1)]
+    with pytest.raises(NoStreams, match="no argument of it comes back in that tuple with a shape no other"):
+        _joint_block_streams(4)
+
+
+def test_sd3_routes_the_image_tokens_by_default_and_the_context_on_request(tmp_path):
+    """The routed stream is args[1], the one the caller unpacks as ``x`` (the root's sample); with
+    routing.streams "all" the context too, except in the last block, which returns None for it.  The
+    generated forward puts each routed argument back into ``args``."""
+    model = build("SD3RefNet")
+    default = dtrsurgeon.plan(model, spec_for())
+    assert {(u.stream_arg, u.out_index, u.streams) for u in default.units} == {("args[1]", 1, ())}
+    every = {**spec_for(), "routing": {"streams": "all"}}
+    assert [[(s.arg, s.out_index, s.buffer) for s in u.streams] for u in dtrsurgeon.plan(model, every).units] == [
+        [("args[0]", 0, "dtr_mask_args_0")]] * 2 + [[]]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(every))
+    out = tmp_path / "sd3_all_dtr.py"
+    assert main(["apply", str(spec), FILE, "--entry", "SD3RefNet", "-o", str(out)]) == 0
+    lines = [ln.strip() for ln in out.read_text().splitlines()]
+    assert "def forward(self, *args, dtr_task, **kwargs):" in lines
+    assert "args = (*args[:1], args_1, *args[2:])" in lines and "args = (*args[:0], args_0, *args[1:])" in lines
+    generated = import_path(out, "gen_resa_sd3_all").SD3RefNet().eval()
+    generated.load_state_dict(model.state_dict(), strict=True)
+    routed = dtrsurgeon.transform(model, every)
+    args, kwargs = inputs(model)
+    with torch.no_grad():
+        assert torch.equal(generated(*args), routed(*args))
+        assert not torch.allclose(routed(*args), dtrsurgeon.transform(model, spec_for())(*args), atol=1e-4)
+        assert torch.allclose(routed(*args), run_alone(routed, args, kwargs)[0], atol=1e-5)
