@@ -7,8 +7,8 @@ written here from a description of the construct, not copied):
   made in the root, which slices the image tokens back out afterwards.
 * ``SD3RefNet``: reference-SD3 style MMDiT. ``context, x = block(context, x, c=c_mod)`` with the
   context first; each joint block holds two halves (``pre_attention`` / ``post_attention``
-  methods) mixed by a module-level function; the last block is "pre-only" for the context and
-  returns ``None`` for it.
+  methods) mixed by a module-level function, checkpointed by default; its forward is
+  ``(*args, **kwargs)``; the last block is "pre-only" for the context and returns ``None`` for it.
 * ``ProjectorSiT``: a SiT with a representation-alignment projector: the root returns ``(x, zs)``
   where ``zs`` are projector-MLP outputs of one intermediate block's tokens; blocks are called
   with ``block(x, c, **block_kwargs)``.
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -178,7 +179,13 @@ class DismantledBlock(nn.Module):
         return x + gate_mlp * self.mlp(self.norm2(x) * (1 + scale_mlp) + shift_mlp)
 
 
-def block_mixing(context, x, context_block, x_block, c):
+def block_mixing(*args, use_checkpoint=True, **kwargs):
+    if use_checkpoint:
+        return torch.utils.checkpoint.checkpoint(_block_mixing, *args, use_reentrant=False, **kwargs)
+    return _block_mixing(*args, **kwargs)
+
+
+def _block_mixing(context, x, context_block, x_block, c):
     context_qkv, context_intermediates = context_block.pre_attention(context, c)
     x_qkv, x_intermediates = x_block.pre_attention(x, c)
     attn = attend(torch.cat((context_qkv, x_qkv), dim=1))
