@@ -13,7 +13,8 @@ written here from a description of the construct, not copied):
   where ``zs`` are projector-MLP outputs of one intermediate block's tokens; blocks are called
   with ``block(x, c, **block_kwargs)``.
 * ``DecoupledDiT``: a decoupled encoder-decoder DiT: the first blocks turn the tokens into a
-  condition ``s``, the last blocks take the noisy tokens again, modulated token-wise by ``s``.
+  condition ``s``, the last blocks take the noisy tokens again, modulated token-wise by ``s``;
+  the root returns ``s`` too, and skips the encoder when given one.
 * ``DictNet`` / ``StageNet``: blocks in an ``nn.ModuleDict`` walked by ``.items()`` and
   ``.values()``; blocks in stages (an ``nn.ModuleList`` of ``nn.ModuleList``) walked by two loops.
 """
@@ -322,17 +323,19 @@ class DecoupledDiT(nn.Module):
         self.blocks = nn.ModuleList(TokenwiseBlock(dim) for _ in range(self.num_blocks))
         self.final_layer = nn.Linear(dim, in_dim)
 
-    def forward(self, x, t, y):
-        """x: [B, L, in_dim] noisy tokens, t: [B], y: [B] labels."""
+    def forward(self, x, t, y, s=None):
+        """x: [B, L, in_dim] noisy tokens, t: [B], y: [B] labels; s: the encoder's condition of an
+        earlier step, reused by samplers.  Returns (prediction, s)."""
         c = (self.t_embedder(timestep_embedding(t, self.dim)) + self.y_embedder(y))[:, None, :]
-        s = self.s_embedder(x)
-        for i in range(self.num_encoder_blocks):
-            s = self.blocks[i](s, c)
-        s = F.silu(c + s)
+        if s is None:
+            s = self.s_embedder(x)
+            for i in range(self.num_encoder_blocks):
+                s = self.blocks[i](s, c)
+            s = F.silu(c + s)
         x = self.x_embedder(x)
         for i in range(self.num_encoder_blocks, self.num_blocks):
             x = self.blocks[i](x, s)
-        return self.final_layer(x)
+        return self.final_layer(x), s
 
     def example_inputs(self, batch_size=2):
         x, t = tokens_example(batch_size)

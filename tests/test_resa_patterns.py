@@ -170,3 +170,17 @@ def test_sd3_routes_the_image_tokens_by_default_and_the_context_on_request(tmp_p
         assert torch.equal(generated(*args), routed(*args))
         assert not torch.allclose(routed(*args), dtrsurgeon.transform(model, spec_for())(*args), atol=1e-4)
         assert torch.allclose(routed(*args), run_alone(routed, args, kwargs)[0], atol=1e-5)
+
+
+def test_decoupled_dit_reuses_a_routed_condition():
+    """Given the condition s of a routed call, the routed model skips its encoder and predicts what the
+    call that computed s predicted; the unrouted encoder's s gives another prediction."""
+    model = build("DecoupledDiT")
+    routed = dtrsurgeon.transform(model, spec_for())
+    args, _ = inputs(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            out, s = routed(*args)
+            assert torch.equal(routed(*args, s=s)[0], out)
+            assert not torch.allclose(routed(*args, s=model(*args)[1])[0], out, atol=1e-4)
