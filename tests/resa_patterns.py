@@ -408,3 +408,37 @@ class StageNet(nn.Module):
 
     def example_inputs(self, batch_size=2):
         return tokens_example(batch_size), {}
+
+
+class ListStageNet(nn.Module):
+    """Stages named in plain Python lists: a list written in the loop for inference, a list attribute made
+    in ``__init__`` for masked training (the kept tokens only; the dropped ones come back as a learned token)."""
+
+    def __init__(self, in_dim=4, dim=16):
+        super().__init__()
+        self.dim = dim
+        self.inp = nn.Linear(in_dim, dim)
+        self.temb = mlp(dim, dim)
+        self.stage1 = nn.ModuleList(ResMLPBlock(dim) for _ in range(2))
+        self.stage2 = nn.ModuleList([ResMLPBlock(dim)])
+        self.stage_list = [self.stage1, self.stage2]
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.out = nn.Linear(dim, in_dim)
+
+    def forward(self, x, t, mask_ratio=0.0):
+        x, c = self.inp(x), self.temb(timestep_embedding(t, self.dim))
+        if self.training and mask_ratio > 0:
+            keep = max(1, int(x.shape[1] * (1 - mask_ratio)))
+            kept = x[:, :keep]
+            for stage in self.stage_list:
+                for blk in stage:
+                    kept = blk(kept, c)
+            x = torch.cat([kept, self.mask_token.expand(x.shape[0], x.shape[1] - keep, -1)], dim=1)
+        else:
+            for stage in [self.stage1, self.stage2]:
+                for blk in stage:
+                    x = blk(x, c)
+        return self.out(x)
+
+    def example_inputs(self, batch_size=2):
+        return tokens_example(batch_size), {}

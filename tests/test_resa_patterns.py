@@ -29,6 +29,7 @@ PATTERNS = {  # toy -> the units its default spec routes
     "DictNet": ["encoder.enc0", "encoder.enc1", "decoder.dec0", "decoder.dec1", "refiner.ref0",
                 "refiner.ref1"],
     "StageNet": ["stages.0.0", "stages.0.1", "stages.1.0"],
+    "ListStageNet": ["stage1.0", "stage1.1", "stage2.0"],
 }
 
 
@@ -184,3 +185,33 @@ def test_decoupled_dit_reuses_a_routed_condition():
             out, s = routed(*args)
             assert torch.equal(routed(*args, s=s)[0], out)
             assert not torch.allclose(routed(*args, s=model(*args)[1])[0], out, atol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["module", "source"])
+def test_stages_in_plain_lists_route_on_the_path_the_example_did_not_take(form, tmp_path):
+    """Masked training walks the stages through a plain list attribute, a line the example inputs did
+    not run: every block called there gets its task (no call runs unrouted), in the live module and
+    in apply's file."""
+    model = build("ListStageNet")
+    if form == "module":
+        routed = dtrsurgeon.transform(model, spec_for())
+    else:
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps(spec_for()))
+        out = tmp_path / "list_stage_dtr.py"
+        assert main(["apply", str(spec), FILE, "--entry", "ListStageNet", "-o", str(out)]) == 0
+        assert "kept = blk(kept, c, dtr_task=dtr_task)" in out.read_text()
+        routed = import_path(out, "gen_resa_list_stage").ListStageNet()
+        routed.load_state_dict(model.state_dict(), strict=True)
+    args, _ = inputs(model)
+    seen = []
+    hooks = [routed.get_submodule(p).register_forward_pre_hook(lambda m, a, kw: seen.append("dtr_task" in kw),
+                                                                with_kwargs=True)
+             for p in PATTERNS["ListStageNet"]]
+    routed.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        routed(*args, mask_ratio=0.5).square().mean().backward()
+    for hook in hooks:
+        hook.remove()
+    assert seen == [True] * 3
