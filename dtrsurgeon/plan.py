@@ -87,8 +87,8 @@ class Stream:
             return encoder_hidden_states, hidden_states                    # out_index 0 and 1
     """
 
-    arg: str  # the forward parameter carrying it
-    buffer: str  # the unit's mask buffer for it ("dtr_mask_<arg>"; None on instances that do not route it)
+    arg: str  # the forward parameter carrying it (``args[0]``: item 0 of a ``*args``)
+    buffer: str  # the unit's mask buffer for it ("dtr_mask_<arg>", "dtr_mask_args_0"; None on instances that do not route it)
     out_index: int  # its position in the tuple the unit returns
     channel_axis: int
     rank: int
@@ -107,7 +107,7 @@ class RoutedUnit:
     channels: int  # C
     active: int  # K = floor(C * beta)
     mask: MaskParams
-    stream_arg: str  # forward parameter carrying the routed stream ("" when it starts inside the unit)
+    stream_arg: str  # forward parameter carrying the routed stream ("args[1]": in *args; "" when it starts inside)
     stream_var: str  # the variable holding the stream in the unit's forward
     stream_line: SourceLine | None  # where the stream starts when not at the unit's input (U-ViT: after the long-skip merge)
     masked_at: str  # in words, for inspect

@@ -46,6 +46,8 @@ class Capture:
     returns_tensor: dict[str, bool]  # module path -> whether its first call returned a plain tensor
     # module path -> shapes of the items of the tuple its first call returned (None: not a tensor)
     output_shapes: dict[str, tuple] = field(default_factory=dict)
+    # module path -> shapes of the positional arguments of that call, for the same modules
+    input_shapes: dict[str, tuple] = field(default_factory=dict)
     # (operator, module path, modules inside) of sub-graph regions left opaque (torch.cond, ...): not analysed
     opaque: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     method: str = "export"  # or "real-tensor trace": export could not follow the forward
@@ -105,8 +107,8 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, timestep_arg: str | Non
             f"that run inside it ({', '.join(inside) if inside else 'none found'}) are not routed",
             OpaqueRegionWarning, stacklevel=3)
     return Capture(graph=graph, args=tuple(args), kwargs=dict(kwargs), callers=calls.callers, params=params,
-                   returns_tensor=calls.returns_tensor, output_shapes=calls.output_shapes, opaque=tuple(opaque),
-                   method=method, inputs=inputs)
+                   returns_tensor=calls.returns_tensor, output_shapes=calls.output_shapes,
+                   input_shapes=calls.input_shapes, opaque=tuple(opaque), method=method, inputs=inputs)
 
 
 @contextlib.contextmanager
@@ -129,6 +131,11 @@ class ModuleCalls:
     callers: dict[str, list] = field(default_factory=dict)  # path -> source frames, root.forward first
     returns_tensor: dict[str, bool] = field(default_factory=dict)  # path -> returned a plain tensor
     output_shapes: dict[str, tuple] = field(default_factory=dict)  # path -> shapes of a returned tuple
+    input_shapes: dict[str, tuple] = field(default_factory=dict)  # path -> shapes of its positional arguments
+
+
+def _shapes(values: tuple) -> tuple:
+    return tuple(tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in values)
 
 
 @contextlib.contextmanager
@@ -148,8 +155,8 @@ def _recording_calls(model: nn.Module, paths: dict[int, str]) -> Iterator[Module
         if path is not None and path not in calls.returns_tensor:
             calls.returns_tensor[path] = isinstance(output, torch.Tensor)
             if isinstance(output, tuple):
-                calls.output_shapes[path] = tuple(tuple(o.shape) if isinstance(o, torch.Tensor) else None
-                                                  for o in output)
+                calls.output_shapes[path] = _shapes(output)
+                calls.input_shapes[path] = _shapes(_inputs)
 
     handles = [nn.modules.module.register_module_forward_pre_hook(record_caller),
                nn.modules.module.register_module_forward_hook(record_output)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import re
 import textwrap
 from dataclasses import dataclass
 
@@ -84,9 +85,10 @@ def origin(node: fx.Node, path: str, params: set[str]) -> fx.Node:
 
 @dataclass(frozen=True)
 class FoundStream:
-    arg: str  # the forward parameter carrying it
+    arg: str  # the forward parameter carrying it (``args[1]``: item 1 of its ``*args``)
     node: fx.Node  # its value entering the unit
     out_index: int  # its position in the returned tuple
+    position: int = -1  # its place among the positional arguments of the call, where matched by shape
 
 
 class NoStreams(Exception):
@@ -144,16 +146,21 @@ def _names_in(code: str) -> list[str]:
 
 
 def tuple_streams(path: str, module: nn.Module, starts: list[tuple[fx.Node, str]], output_shapes: tuple,
-                  value_params: set[str]) -> list[FoundStream]:
+                  value_params: set[str], input_shapes: tuple = ()) -> list[FoundStream]:
     """The streams of a unit that returns a tuple, in forward-parameter order.  ``starts``:
     (stream entering a residual chain, the source line that starts the chain or builds its input).
     A stream is a forward parameter a residual chain starts from, returned under its own name
-    with its own shape; raises :class:`NoStreams` when there is none."""
+    with its own shape; raises :class:`NoStreams` when there is none.  A forward that returns a
+    tuple another function builds has its streams matched by shape (see :func:`_streams_by_shape`)."""
     sig = [n for n, p in inspect.signature(module.forward).parameters.items()
            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     returns = _returned_names(type(module))
     if not returns:
-        raise NoStreams("it returns a tuple that is not a tuple of names in its forward's source")
+        found = _streams_by_shape(path, module, [n for n, _ in starts], input_shapes, output_shapes, value_params)
+        if not found:
+            raise NoStreams("it returns a tuple that is not a tuple of names in its forward's source, and no "
+                            "argument of it comes back in that tuple with a shape no other argument or item has")
+        return found
     found: dict[str, FoundStream] = {}
     for stream, code in starts:
         for arg, node in _inputs_of(stream, path, code, sig, value_params):
@@ -168,6 +175,64 @@ def tuple_streams(path: str, module: nn.Module, starts: list[tuple[fx.Node, str]
         raise NoStreams("it returns a tuple, and no item of it is a residual stream returned under the name "
                         "of the forward parameter it came in by, with the same shape")
     return sorted(found.values(), key=lambda s: sig.index(s.arg))
+
+
+def identifier(arg: str) -> str:
+    """A name made from a stream's argument for variables and buffers: ``args[1]`` -> ``args_1``."""
+    return "_".join(part for part in re.split(r"\W+", arg) if part)
+
+
+def positional_name(forward, position: int) -> str | None:
+    """The name of positional argument ``position`` of ``forward`` (a bound method): its parameter, or
+    ``args[i]`` where it lands in a ``*args`` (``def forward(self, *args, **kwargs)`` -> ``args[1]``)."""
+    params = list(inspect.signature(forward).parameters.values())
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if position < len(named):
+        return named[position]
+    rest = next((p.name for p in params if p.kind is p.VAR_POSITIONAL), None)
+    return None if rest is None else f"{rest}[{position - len(named)}]"
+
+
+def assigned_item(code: str, index: int) -> str:
+    """The name a tuple-unpacking statement assigns item ``index`` of its value to, else "":
+    ``context, x = block(context, x, c=c)`` (or ``= checkpoint(block, context, x)``), 1 -> ``x``."""
+    try:
+        tree = ast.parse(code.strip() or "0")
+    except SyntaxError:
+        return ""
+    stmt = tree.body[0] if len(tree.body) == 1 else None
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else []
+    if len(targets) != 1 or not isinstance(targets[0], (ast.Tuple, ast.List)):
+        return ""
+    items = targets[0].elts
+    return items[index].id if index < len(items) and isinstance(items[index], ast.Name) else ""
+
+
+def _unique_index(shapes: tuple, shape: tuple) -> int | None:
+    places = [i for i, s in enumerate(shapes) if s == shape]
+    return places[0] if len(places) == 1 else None
+
+
+def _streams_by_shape(path: str, module: nn.Module, starts: list[fx.Node], input_shapes: tuple, output_shapes: tuple,
+                      value_params: set[str]) -> list[FoundStream]:
+    """Streams of a unit whose forward returns a tuple built elsewhere (SD3's reference joint block:
+    ``def forward(self, *args, **kwargs): return block_mixing(*args, ..., **kwargs)``), told apart by
+    shape: a residual chain starts from a positional argument of the unit's call whose shape no other
+    argument has, and one item of the returned tuple, no other, has that shape::
+
+        context, x = block(context, x, c=c)   # [B, 154, C], [B, 4096, C] -> streams args[0] -> 0, args[1] -> 1
+    """
+    found: dict[str, FoundStream] = {}
+    for start in starts:
+        node = origin(start, path, value_params)
+        if inside(node, path):
+            continue
+        shape = tuple(node.meta["val"].shape)
+        position, index = _unique_index(input_shapes, shape), _unique_index(output_shapes, shape)
+        name = positional_name(module.forward, position) if position is not None else None
+        if name is not None and index is not None:
+            found.setdefault(name, FoundStream(arg=name, node=node, out_index=index, position=position))
+    return sorted(found.values(), key=lambda s: s.position)
 
 
 # -- folded batches ------------------------------------------------------------------------------

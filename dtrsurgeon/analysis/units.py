@@ -49,7 +49,17 @@ from dtrsurgeon.analysis.residuals import (
     find_residual_adds,
     group_chains,
 )
-from dtrsurgeon.analysis.streams import _CHANNEL_FIRST, FoundStream, NoStreams, batch_layouts, channel_axis, fold_of, tuple_streams
+from dtrsurgeon.analysis.streams import (
+    _CHANNEL_FIRST,
+    FoundStream,
+    NoStreams,
+    assigned_item,
+    batch_layouts,
+    channel_axis,
+    fold_of,
+    identifier,
+    tuple_streams,
+)
 from dtrsurgeon.analysis.streams import inside as _inside
 from dtrsurgeon.analysis.streams import op_name as _op_name
 from dtrsurgeon.analysis.streams import origin as _origin
@@ -382,7 +392,7 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
         starts = [(c.start, _chain_frame(c, path, module, params)) for c in holders[path]]
         try:
             streams[path] = tuple_streams(path, module, [(n, _statement(f)) for n, f in starts],
-                                          cap.output_shapes.get(path, ()), params)
+                                          cap.output_shapes.get(path, ()), params, cap.input_shapes.get(path, ()))
         except NoStreams as e:
             skipped.append((path, f"{e}; residual blocks inside it are routed"))
             del holders[path]
@@ -541,9 +551,13 @@ def _multi_stream_unit(path, module, chains, streams: list[FoundStream], spec, s
                        model) -> tuple[RoutedUnit, fx.Node]:
     """A unit returning several streams (MMDiT joint blocks), routed in block mode: each chosen
     stream is routed on entry and merged with its bypass where it is returned.  The routed
-    stream is the one named like the root's sample (else the first); ``routing.streams`` "all"
-    adds the others, each with its own table.  Returns the unit and its routed stream's node."""
-    primary = next((s for s in streams if s.arg == sample_name), streams[0])
+    stream is the one named like the root's sample, as the forward's parameter or, for one that comes
+    in through ``*args``, where the caller unpacks the returned tuple (else the first);
+    ``routing.streams`` "all" adds the others, each with its own table.  Returns the unit and its
+    routed stream's node."""
+    call = _statement(cap.callers[path][-1]) if cap.callers.get(path) else ""
+    primary = next((s for s in streams if s.arg == sample_name
+                    or (s.position >= 0 and assigned_item(call, s.out_index) == sample_name)), streams[0])
     others = [s for s in streams if s is not primary] if spec.streams == "all" else []
     mask = spec.mask_params_for(path)
     note = "" if spec.mode == "block" else (f"{spec.mode} mode falls back to block semantics: the unit returns "
@@ -552,7 +566,7 @@ def _multi_stream_unit(path, module, chains, streams: list[FoundStream], spec, s
     def record(s: FoundStream) -> Stream:
         axis = channel_axis(s.node)
         channels = int(s.node.meta["val"].shape[axis])
-        return Stream(arg=s.arg, buffer=f"dtr_mask_{s.arg}", out_index=s.out_index, channel_axis=axis,
+        return Stream(arg=s.arg, buffer=f"dtr_mask_{identifier(s.arg)}", out_index=s.out_index, channel_axis=axis,
                       rank=s.node.meta["val"].dim(), channels=channels,
                       active=active_channels(channels, mask.channel_ratio))
 

@@ -28,6 +28,7 @@ from libcst.metadata import PositionProvider
 from torch import nn
 
 from dtrsurgeon.analysis.sources import absolute
+from dtrsurgeon.analysis.streams import identifier
 from dtrsurgeon.emit.locate import _calls_in, _code, _elements, _loop_variables
 from dtrsurgeon.emit.resolve import defined_in, parse_file, unwrapped
 from dtrsurgeon.emit.transformers import function_nodes
@@ -195,16 +196,30 @@ def _block_edit(unit, streams) -> tuple[tuple[str, ...], str]:
     if not unit.merge:  # the caller adds the skip: only the input is routed
         return (*stmts, f"{var} = dtr_masked({var}, self.dtr_mask, {TASK}, {unit.channel_axis})"), ""
     stmts += [f"{KEEP} = dtr_channel_mask(self.dtr_mask, {TASK}, {var}, {unit.channel_axis})",
-              f"{var}, dtr_skip = dtr_route({var}, {KEEP})"]
+              *_route_stmts(var, "dtr_skip", KEEP)]
     if unit.out_index is None:
         return tuple(stmts), f"dtr_merge(__out__, dtr_skip, {KEEP})"
     merges = [f"({unit.out_index}, dtr_skip, {KEEP})"]
     for s in streams:
-        keep, skip = f"{KEEP}_{s.arg}", f"dtr_skip_{s.arg}"
+        keep, skip = f"{KEEP}_{identifier(s.arg)}", f"dtr_skip_{identifier(s.arg)}"
         stmts += [f"{keep} = dtr_channel_mask(self.{s.buffer}, {TASK}, {s.arg}, {s.channel_axis})",
-                  f"{s.arg}, {skip} = dtr_route({s.arg}, {keep})"]
+                  *_route_stmts(s.arg, skip, keep)]
         merges.append(f"({s.out_index}, {skip}, {keep})")
     return tuple(stmts), f"dtr_merge_outputs(__out__, ({', '.join(merges)},))"
+
+
+def _route_stmts(var: str, skip: str, keep: str) -> tuple[str, ...]:
+    """Route the stream in ``var``; one that came in through ``*args`` (``args[1]``) goes back into a new tuple::
+
+        args_1, dtr_skip = dtr_route(args[1], dtr_keep)
+        args = (*args[:1], args_1, *args[2:])
+    """
+    rest, _, index = var.partition("[")
+    if not index:
+        return (f"{var}, {skip} = dtr_route({var}, {keep})",)
+    i = int(index.rstrip("]"))
+    return (f"{identifier(var)}, {skip} = dtr_route({var}, {keep})",
+            f"{rest} = (*{rest}[:{i}], {identifier(var)}, *{rest}[{i + 1}:])")
 
 
 def _collect_sites(unit, edits: _Edits, forward_of) -> None:

@@ -406,7 +406,14 @@ def _denoted(expr: cst.BaseExpression, loops: dict, owners: tuple) -> list[nn.Mo
 
 
 def _elements(source: cst.BaseExpression, loops: dict, owners: tuple) -> list[nn.Module] | None:
-    """The modules a ``for`` loop over ``source`` binds: the children of a container, or of a slice of one."""
+    """The modules a ``for`` loop over ``source`` binds: the children of a container, or of a slice of one;
+    the items of a list written in the loop (``for stage in [self.down, self.up]``) or held in a plain
+    list attribute (``self.stages = [self.down, self.up]`` in ``__init__``)."""
+    if isinstance(source, (cst.List, cst.Tuple)):
+        items = [_denoted(e.value, loops, owners) if isinstance(e, cst.Element) else None for e in source.elements]
+        return None if any(i is None for i in items) else [m for i in items for m in i]
+    if isinstance(source, cst.Attribute) and (held := _plain_list(source, loops, owners)) is not None:
+        return held
     if isinstance(source, cst.Subscript) and len(source.slice) == 1:
         index = _literal_index(source.slice[0].slice)
         containers = _denoted(source.value, loops, owners)
@@ -416,6 +423,16 @@ def _elements(source: cst.BaseExpression, loops: dict, owners: tuple) -> list[nn
     if containers is None:
         return None
     return [m for c in containers for m in _children(c)]
+
+
+def _plain_list(attr: cst.Attribute, loops: dict, owners: tuple) -> list[nn.Module] | None:
+    """The modules in the plain list or tuple attribute ``attr`` names on every module it may be read
+    from, else None (not such an attribute: a registered container, a property, other values)."""
+    parents = _denoted(attr.value, loops, owners)
+    held = [vars(m).get(attr.attr.value) for m in parents or ()]
+    if not held or not all(isinstance(h, (list, tuple)) and all(isinstance(m, nn.Module) for m in h) for h in held):
+        return None
+    return [m for h in held for m in h]
 
 
 def _calls_in(node: cst.CSTNode) -> list[cst.Call]:

@@ -224,12 +224,23 @@ def _call_plain(fn, self, args, kwargs):
 def _block_routes(unit: RoutedUnit, cls: type) -> tuple[tuple[str, int, str, int, int | None], ...]:
     """(parameter, position, mask buffer, channel axis, place in the returned tuple) of each stream
     ``unit`` routes, its main stream first."""
-    params = [n for n in inspect.signature(cls.forward).parameters if n != "self"]
     main = _stream_position(unit, cls)
     routes = [(main[0], main[1], "dtr_mask", unit.channel_axis, unit.out_index)]
-    routes += [(s.arg, params.index(s.arg) if s.arg in params else len(params), s.buffer, s.channel_axis, s.out_index)
-               for s in unit.streams]
+    routes += [(s.arg, _position(cls, s.arg), s.buffer, s.channel_axis, s.out_index) for s in unit.streams]
     return tuple(routes)
+
+
+def _position(cls: type, arg: str, unknown: int | None = None) -> int:
+    """Where ``arg`` comes among the positional arguments of ``cls.forward``: its parameter's place, or
+    ``args[i]`` of a ``*args`` after the named ones; ``unknown`` (default: after them all) for others."""
+    params = [p for p in inspect.signature(cls.forward).parameters.values() if p.name != "self"]
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    rest = next((p.name for p in params if p.kind is p.VAR_POSITIONAL), None)
+    if arg in named:
+        return named.index(arg)
+    if rest is not None and arg.startswith(rest + "[") and arg.endswith("]") and arg[len(rest) + 1:-1].isdigit():
+        return len(named) + int(arg[len(rest) + 1:-1])
+    return len(params) if unknown is None else unknown
 
 
 def _pass_through_forward(self, *args, dtr_task=None, **kwargs):
@@ -377,8 +388,7 @@ def _routed_class(cls: type, methods: dict[str, object], role: str, stream: tupl
 
 
 def _stream_position(unit: RoutedUnit, cls: type) -> tuple[str, int]:
-    params = [n for n in inspect.signature(cls.forward).parameters if n != "self"]
-    return unit.stream_arg, params.index(unit.stream_arg) if unit.stream_arg in params else 0
+    return unit.stream_arg, _position(cls, unit.stream_arg, unknown=0)
 
 
 def refuse_routed(model: nn.Module) -> None:
