@@ -119,7 +119,8 @@ class RoutedUnit:
     out_index: int | None = None
     streams: tuple[Stream, ...] = ()  # further routed streams (routing.streams "all")
     # the stream's batch axis holds B*F rows for the root's B samples (frames folded into the batch):
-    # "interleave" (sample b owns rows b*F .. b*F+F-1) or "repeat" (rows b, b+B, ...); None: B rows
+    # "interleave" (sample b owns rows b*F .. b*F+F-1) or "repeat" (rows b, b+B, ...); "sequence_first":
+    # the samples lie on axis 1 ([L, B, C]); None: B rows
     fold: str | None = None
     # False: the residual add is the caller's (``x = attn(x) + x`` in the root's forward), so the unit
     # only routes its input: attn(x * m) + x is the block form x + f(x * m)
@@ -260,7 +261,9 @@ def summary_table(plan: Plan, spec_label: str) -> str:
             console.print(f"streams of {u.path}: " + ", ".join(_stream_summary(*s) for s in (
                 (u.stream_arg, u.channel_axis, u.channels, u.active, u.out_index),
                 *((s.arg, s.channel_axis, s.channels, s.active, s.out_index) for s in u.streams))))
-        if u.fold is not None:
+        if u.fold == "sequence_first":
+            console.print(f"sequence-first stream in {u.path}: the samples lie on axis 1; each takes its task there")
+        elif u.fold is not None:
             console.print(f"folded batch in {u.path}: several rows per sample ({u.fold}); each row takes its sample's task")
     for u in plan.units:
         if u.mode_note:

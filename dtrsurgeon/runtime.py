@@ -65,17 +65,17 @@ def dtr_task_index(t, t0, t1, num_tasks, reverse):
 
 
 def dtr_channel_mask(table, task, like, axis):
-    """The rows of `table` for `task` ([B] or 0-d), bool, shaped to broadcast along like's channel
-    axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps.  No table (None): the module runs its
-    class's routed forward without being a routed unit itself, and nothing is masked.  No task (None):
-    the unit was called on a path the analysis did not see; it runs unrouted, with a warning."""
+    """The rows of `table` for `task` ([B], 0-d, or [1, B] for a sequence-first stream), bool, shaped to
+    broadcast along like's channel axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps, [1, B, C]
+    for sequence-first tokens.  No table (None): the module runs its class's routed forward without being
+    a routed unit itself, and nothing is masked.  No task (None): the unit was called on a path the
+    analysis did not see; it runs unrouted, with a warning."""
     if table is None:
         return None
     if task is None:
         dtr_warn_unrouted()
         return None
-    shape = [1] * like.dim()
-    shape[0] = -1
+    shape = [*task.shape, *[1] * (like.dim() - task.dim())]
     shape[axis] = table.shape[1]
     return table[task].view(shape)
 
@@ -181,8 +181,13 @@ def dtr_merge_outputs(outs, merges):
 def dtr_fold_task(task, like, fold):
     """The task index per row of a stream whose batch axis holds F rows per sample (video models
     fold frames into the batch): "interleave" puts sample b on rows b*F .. b*F+F-1 (x.reshape(B*F, ...)),
-    "repeat" on rows b, b+B, ... (x.repeat(F, ...)).  A 0-d task, or one row per sample, is returned as is."""
-    if task.dim() == 0 or like.shape[0] == task.shape[0]:
+    "repeat" on rows b, b+B, ... (x.repeat(F, ...)).  A sequence-first stream [L, B, C] ("sequence_first")
+    takes the task as [1, B], so that its mask is [1, B, C].  A 0-d task, or one row per sample, is returned as is."""
+    if task.dim() == 0:
+        return task
+    if fold == "sequence_first":
+        return task.view(1, -1)
+    if like.shape[0] == task.shape[0]:
         return task
     frames = like.shape[0] // task.shape[0]
     return task.repeat_interleave(frames) if fold == "interleave" else task.repeat(frames)

@@ -9,7 +9,10 @@ released diffusion code on a few thousand parameters:
   ``frame_major=True`` folds frame-major instead (rows b, b+B, ...);
 * :class:`Hourglass`: channels-last token grids ``[B, H, W, C]``, ``torch.lerp`` merges of long
   skips, and a mapping network (residual MLP on the timestep embedding only);
-* :class:`RootAttnNet`: residual adds written in the root's forward, ``x = attn(x) + x``.
+* :class:`RootAttnNet`: residual adds written in the root's forward, ``x = attn(x) + x``;
+* :class:`SeqFirstNet`: sequence-first tokens ``[L, B, C]`` (image and text joined by ``torch.cat``
+  along the sequence), modulated by an adaLN shift and scale the root expands to the stream's shape
+  once for every block (``norm(x) * (1 + scale) + shift``: the shift fed the blocks before).
 """
 
 from __future__ import annotations
@@ -290,3 +293,44 @@ class RootAttnNet(nn.Module):
         g = torch.Generator().manual_seed(0)
         t = torch.linspace(10, 900, batch_size).round().long()
         return (torch.randn(batch_size, 6, 3, generator=g), t), {}
+
+
+# -- sequence-first tokens, a modulation expanded to the stream's shape ------------------------------
+
+class SeqFirstBlock(nn.Module):
+    """A modulated residual block on sequence-first tokens [L, B, C]."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mix = TokenMixer(dim)
+
+    def forward(self, x, shift, scale):
+        h = self.norm(x) * (1 + scale) + shift
+        return x + self.mix(h.transpose(0, 1)).transpose(0, 1)
+
+
+class SeqFirstNet(nn.Module):
+    def __init__(self, channels=3, dim=8):
+        super().__init__()
+        self.dim = dim
+        self.proj_in = nn.Linear(channels, dim)
+        self.context = nn.Linear(channels, dim)
+        self.time = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.blocks = nn.ModuleList(SeqFirstBlock(dim) for _ in range(2))
+        self.proj_out = nn.Linear(dim, channels)
+
+    def forward(self, x, context, t):
+        """x: [B, L, C] image tokens, context: [B, T, C] text tokens, t: [B]."""
+        n = x.shape[1]
+        h = torch.cat([self.proj_in(x).transpose(0, 1), self.context(context).transpose(0, 1)], dim=0)
+        shift, scale = (m.unsqueeze(0).expand(h.shape[0], -1, -1).contiguous()
+                        for m in self.time(timestep_features(t, self.dim)).chunk(2, dim=-1))
+        for block in self.blocks:
+            h = block(h, shift, scale)
+        return self.proj_out(h[:n].transpose(0, 1))
+
+    def example_inputs(self, batch_size=2):
+        g = torch.Generator().manual_seed(0)
+        t = torch.linspace(10, 900, batch_size).round().long()
+        return (torch.randn(batch_size, 6, 3, generator=g), torch.randn(batch_size, 2, 3, generator=g), t), {}

@@ -2,6 +2,8 @@
 stores in place (a cache dict of rotary tables, as diffusers' Qwen-Image keeps) holds no fake tensor
 afterwards, and the next real forward works."""
 
+import functools
+
 import torch
 from torch import nn
 
@@ -26,3 +28,28 @@ def test_in_place_caches_hold_real_tensors_after_capture():
     assert all(type(v) is torch.Tensor for v in model.cache.values())
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), x + model.lin(x * torch.linspace(0, 1, 8)) * t[:, None, None])
+
+
+class MemoisedTableBlock(nn.Module):
+    """A rotary-style table memoised with ``functools.lru_cache`` on a method (diffusers' NucleusMoE keeps
+    its video frequencies so): the capture's call fills the cache with a fake tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - the pattern under test
+    def table(self, width: int) -> torch.Tensor:
+        return torch.linspace(0, 1, width)
+
+    def forward(self, x, t):
+        return x + self.lin(x * self.table(x.shape[-1])) * t[:, None, None]
+
+
+def test_memoised_methods_hold_no_capture_values_after_capture():
+    model = MemoisedTableBlock()
+    x, t = torch.randn(2, 3, 8), torch.rand(2)
+    capture(model, (x, t), {})
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), x + model.lin(x * torch.linspace(0, 1, 8)) * t[:, None, None])
+    assert type(model.table(8)) is torch.Tensor

@@ -12,7 +12,7 @@ import torch
 
 import dtrsurgeon
 from dtrsurgeon.cli import main
-from dtrsurgeon.runtime import dtr_fold_task
+from dtrsurgeon.runtime import dtr_channel_mask, dtr_fold_task
 from tests import stream_patterns as sp
 from tests.conftest import import_path, randomize_
 
@@ -33,6 +33,8 @@ EXPECTED = {
     "Hourglass": {"down_block": (3, 8, None, None, ()), "mid_block": (3, 16, None, None, ()),
                   "up_block": (3, 8, None, None, ())},
     "RootAttnNet": {"attn1": (2, 8, None, None, ()), "attn2": (2, 8, None, None, ())},
+    # the samples on axis 1; the shift added to the normalised stream is no residual skip
+    "SeqFirstNet": {"blocks.0": (2, 8, None, "sequence_first", ()), "blocks.1": (2, 8, None, "sequence_first", ())},
 }
 SPEC = {"version": 1, "routing": {"streams": "all", "channel_ratio": 0.5}}
 
@@ -128,6 +130,14 @@ def test_fold_task_expands_each_sample_onto_its_rows(fold, expected):
     assert dtr_fold_task(task, torch.zeros(6, 4), fold).tolist() == expected
     assert dtr_fold_task(task, torch.zeros(3, 4), fold).tolist() == [7, 9, 5]
     assert dtr_fold_task(torch.tensor(4), torch.zeros(6, 4), fold).dim() == 0
+
+
+def test_a_sequence_first_stream_takes_its_mask_on_axis_1():
+    table = torch.tensor([[True, False], [False, True]])
+    task = dtr_fold_task(torch.tensor([1, 0, 1]), torch.zeros(5, 3, 2), "sequence_first")
+    keep = dtr_channel_mask(table, task, torch.zeros(5, 3, 2), 2)
+    assert keep.shape == (1, 3, 2) and keep[0].tolist() == [[False, True], [True, False], [False, True]]
+    assert dtr_fold_task(torch.tensor(1), torch.zeros(5, 3, 2), "sequence_first").dim() == 0
 
 
 def test_a_fold_the_analysis_cannot_follow_leaves_the_unit_unrouted():

@@ -94,7 +94,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, timestep_arg: str | Non
     paths = _module_paths(model)
     if timestep_arg is not None:
         check_timestep_input(model, args, kwargs, timestep_arg)
-    with _inference_flags(model):
+    with _inference_flags(model), _memoised_methods_reset(model):
         gm, params, inputs, method, calls = _graph(model, args, kwargs, paths)
     _check_sources(model, calls.callers)
     if timestep_arg is not None:
@@ -122,6 +122,22 @@ def _inference_flags(model: nn.Module):
     finally:
         for m, training in flags:
             m.training = training
+
+
+@contextlib.contextmanager
+def _memoised_methods_reset(model: nn.Module):
+    """Methods of the model's classes memoised with ``functools.lru_cache`` (a rotary table keyed by
+    the image size) keep what the capture's call computed, fake tensors; a cache that missed during
+    the capture is cleared afterwards, so the next real call computes its values again."""
+    caches = {id(f): f for m in model.modules() for cls in type(m).__mro__ for f in vars(cls).values()
+              if callable(getattr(f, "cache_clear", None)) and callable(getattr(f, "cache_info", None))}
+    misses = {key: f.cache_info().misses for key, f in caches.items()}
+    try:
+        yield
+    finally:
+        for key, f in caches.items():
+            if f.cache_info().misses != misses[key]:
+                f.cache_clear()
 
 
 @dataclass

@@ -199,6 +199,8 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
             stream, skip, branch = src, b, a
         else:
             continue
+        if _broadcast(skip):
+            continue  # a modulation expanded to the stream's shape, added to the normalised stream
         path, key = innermost_module(node)
         if (node.target in _LERPS or path) and not _computed_in(branch, path):
             # the branch comes into the module from outside: a long skip merged into the stream (hourglass
@@ -206,6 +208,15 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
             continue
         found.append(ResidualAdd(node=node, stream=stream, skip=skip, branch=branch, module=path, module_key=key))
     return found
+
+
+def _broadcast(node: fx.Node) -> bool:
+    """Is ``node`` a smaller tensor expanded to a stream's shape (through casts and copies)?
+    ``shift.unsqueeze(0).expand(L, -1, -1).contiguous()``: an adaLN shift every block adds to its
+    normalised input, ``norm(x) * (1 + scale) + shift``; it fed the blocks before, so the stream is
+    computed from it and the add looks like a residual one with the shift for its skip."""
+    node = uncast(node)
+    return node.op == "call_function" and node.target is aten.expand.default
 
 
 def _on_stream(src: fx.Node, dst: fx.Node, depth: int = 3) -> bool:

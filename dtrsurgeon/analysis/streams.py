@@ -328,11 +328,26 @@ def _layout(node: fx.Node, layouts: dict, value_params: set[str], batch: int) ->
     if node.target is aten.select.int and src.axis is not None:
         dim = node.args[1] % first.meta["val"].dim()
         return None if dim == src.axis else _Layout(src.axis - (dim < src.axis), src.fold)
+    if node.target is aten.cat.default:
+        return _cat_layout(node, layouts)
     if _reorders_rows(node):
         return None
-    rows = {layouts[n] for n in inputs if layouts[n].axis == 0 and n.meta["val"].dim() == len(shape)
-            and n.meta["val"].shape[0] == shape[0]}
+    rows = {layouts[n] for n in inputs if layouts[n].axis is not None and n.meta["val"].dim() == len(shape)
+            and n.meta["val"].shape[layouts[n].axis] == shape[layouts[n].axis]}
     return rows.pop() if len(rows) == 1 else None
+
+
+def _cat_layout(node: fx.Node, layouts: dict) -> _Layout | None:
+    """A ``torch.cat`` along another axis than the samples' keeps their layout when every part
+    computed from the inputs holds them alike (the others: learned tokens, constants):
+    ``torch.cat([img, txt], dim=0)`` of sequence-first [L, B, C] tokens."""
+    rank = node.meta["val"].dim()
+    dim = (node.args[1] if len(node.args) > 1 else 0) % rank
+    found = {layouts[p] for p in node.args[0] if p in layouts}
+    if len(found) != 1:
+        return None
+    layout = found.pop()
+    return layout if layout is not None and layout.axis is not None and layout.axis != dim else None
 
 
 def batch_layouts(graph: fx.Graph, value_params: set[str], batch: int) -> dict[fx.Node, _Layout]:
@@ -355,9 +370,12 @@ def batch_layouts(graph: fx.Graph, value_params: set[str], batch: int) -> dict[f
 
 def fold_of(node: fx.Node, layouts: dict, batch: int) -> tuple[bool, str | None]:
     """(known, fold) of a stream: (True, None) for one row per sample, (True, "interleave" /
-    "repeat") for F rows per sample, (False, None) when the analysis cannot tell."""
-    rows = node.meta["val"].shape[0]
+    "repeat") for F rows per sample, (True, "sequence_first") for samples on axis 1 ([L, B, C]),
+    (False, None) when the analysis cannot tell."""
+    shape = node.meta["val"].shape
     layout = layouts.get(node)
-    if layout is not None and layout.axis == 0 and (layout.fold is None) == (rows == batch):
+    if layout is not None and layout.axis == 0 and (layout.fold is None) == (shape[0] == batch):
         return True, layout.fold
-    return rows == batch, None
+    if layout == _Layout(1, None) and shape[1] == batch:
+        return True, "sequence_first"
+    return shape[0] == batch, None

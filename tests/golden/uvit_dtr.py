@@ -91,17 +91,17 @@ def dtr_task_index(t, t0, t1, num_tasks, reverse):
 
 
 def dtr_channel_mask(table, task, like, axis):
-    """The rows of `table` for `task` ([B] or 0-d), bool, shaped to broadcast along like's channel
-    axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps.  No table (None): the module runs its
-    class's routed forward without being a routed unit itself, and nothing is masked.  No task (None):
-    the unit was called on a path the analysis did not see; it runs unrouted, with a warning."""
+    """The rows of `table` for `task` ([B], 0-d, or [1, B] for a sequence-first stream), bool, shaped to
+    broadcast along like's channel axis: [B, 1, C] for tokens, [B, C, 1, 1] for feature maps, [1, B, C]
+    for sequence-first tokens.  No table (None): the module runs its class's routed forward without being
+    a routed unit itself, and nothing is masked.  No task (None): the unit was called on a path the
+    analysis did not see; it runs unrouted, with a warning."""
     if table is None:
         return None
     if task is None:
         dtr_warn_unrouted()
         return None
-    shape = [1] * like.dim()
-    shape[0] = -1
+    shape = [*task.shape, *[1] * (like.dim() - task.dim())]
     shape[axis] = table.shape[1]
     return table[task].view(shape)
 

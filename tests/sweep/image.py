@@ -133,6 +133,122 @@ FACTORIES.update({
                                 pooled_embeds=torch.randn(b, 8, generator=g),
                                 encoder_hidden_states_llama3=[torch.randn(b, 4, 4, generator=g) for _ in range(2)])),
 })
+FACTORIES.update({
+    "ErnieImageTransformer2DModel": (
+        lambda: _seeded(_d().ErnieImageTransformer2DModel, hidden_size=16, num_attention_heads=2, num_layers=2,
+                        ffn_hidden_size=32, in_channels=4, out_channels=4, text_in_dim=8, rope_axes_dim=(2, 2, 4)),
+        lambda m, g, b, t: dict(hidden_states=torch.randn(b, 4, 4, 4, generator=g), timestep=t,
+                                text_bth=torch.randn(b, 5, 8, generator=g), text_lens=torch.full((b,), 5))),
+})
+def _ideogram4_inputs(model, g, b, t):
+    """One packed sequence per sample: 4 text tokens (indicator 3) then a 4x4 grid of image tokens
+    (indicator 2), one segment each."""
+    indicator = torch.tensor([3] * 4 + [2] * 16).expand(b, -1)
+    grid = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij"), -1).reshape(16, 2)
+    positions = torch.cat([torch.stack([torch.arange(4)] * 3, -1), torch.cat([torch.zeros(16, 1).long(), grid], -1)])
+    return dict(hidden_states=torch.randn(b, 20, 4, generator=g), timestep=t.float() / 1000,
+                encoder_hidden_states=torch.randn(b, 20, 8, generator=g), position_ids=positions.expand(b, -1, -1),
+                segment_ids=torch.zeros(b, 20, dtype=torch.long), indicator=indicator)
+
+
+def _krea2_inputs(model, g, b, t):
+    """16 image tokens, 5 text tokens of 2 tapped encoder layers; position ids of the joint sequence."""
+    return dict(hidden_states=torch.randn(b, 16, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 2, 8, generator=g),
+                timestep=t.float() / 1000, position_ids=torch.zeros(21, 3))
+
+
+def _omnigen_inputs(model, g, b, t):
+    """A 4x8x8 latent with no multimodal condition (input_ids None): a time token and 16 image tokens."""
+    return dict(hidden_states=torch.randn(b, 4, 8, 8, generator=g), timestep=t, input_ids=None, input_img_latents=[],
+                input_image_sizes={}, attention_mask=None, position_ids=torch.arange(17).expand(b, -1))
+
+
+FACTORIES.update({
+    "Ideogram4Transformer2DModel": (
+        lambda: _seeded(_d().Ideogram4Transformer2DModel, in_channels=4, num_layers=2, attention_head_dim=8,
+                        num_attention_heads=2, intermediate_size=32, adaln_dim=8, llm_features_dim=8,
+                        mrope_section=(2, 1, 1)), _ideogram4_inputs),
+    "Krea2Transformer2DModel": (
+        lambda: _seeded(_d().Krea2Transformer2DModel, in_channels=4, num_layers=2, attention_head_dim=8,
+                        num_attention_heads=2, num_key_value_heads=1, intermediate_size=32, timestep_embed_dim=16,
+                        text_hidden_dim=8, num_text_layers=2, text_num_attention_heads=2, text_num_key_value_heads=1,
+                        text_intermediate_size=16, num_layerwise_text_blocks=1, num_refiner_text_blocks=1,
+                        axes_dims_rope=(2, 2, 4)), _krea2_inputs),
+    "OmniGenTransformer2DModel": (
+        lambda: _seeded(_d().OmniGenTransformer2DModel, in_channels=4, patch_size=2, hidden_size=16,
+                        num_attention_heads=2, num_key_value_heads=1, intermediate_size=32, num_layers=2,
+                        pad_token_id=0, vocab_size=16, pos_embed_max_size=8, time_step_dim=16,
+                        rope_scaling={"short_factor": [1.0] * 4, "long_factor": [1.0] * 4}), _omnigen_inputs),
+})
+
+FACTORIES.update({
+    # width 64: the feed-forward's hidden width is (dim * 8 // 3) // 64 * 64, 0 below 64
+    "BriaFibo2Transformer2DModel": (
+        lambda: _seeded(_d().BriaFibo2Transformer2DModel, in_channels=4, patch_size=2, dim=64, n_layers=2,
+                        n_refiner_layers=1, n_heads=4, cap_feat_dim=8, injection_layer_ids=(1,), perceiver_num_layers=1,
+                        min_num_gist_tokens=2, max_num_gist_tokens=4, gist_step=2, gist_min_text_len=2,
+                        gist_max_text_len=8, axes_dims=(4, 6, 6), axes_lens=(16, 8, 8)),
+        lambda m, g, b, t: dict(hidden_states=torch.randn(b, 4, 8, 8, generator=g), timestep=t.float() / 1000,
+                                encoder_hidden_states=torch.randn(b, 2, 5, 8, generator=g))),
+})
+FACTORIES.update({
+    "GlmImageTransformer2DModel": (
+        lambda: _seeded(_d().GlmImageTransformer2DModel, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+                        attention_head_dim=8, num_attention_heads=2, text_embed_dim=8, time_embed_dim=16,
+                        condition_dim=4, prior_vq_quantizer_codebook_size=16),
+        lambda m, g, b, t: dict(hidden_states=torch.randn(b, 4, 8, 8, generator=g),
+                                encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                                prior_token_id=torch.randint(0, 16, (b, 16), generator=g),
+                                prior_token_drop=torch.zeros(b, 16, dtype=torch.bool), timestep=t,
+                                target_size=torch.tensor([[64, 64]] * b), crop_coords=torch.tensor([[0, 0]] * b))),
+})
+FACTORIES.update({
+    "HunyuanImageTransformer2DModel": (
+        lambda: _seeded(_d().HunyuanImageTransformer2DModel, in_channels=4, out_channels=4, num_attention_heads=2,
+                        attention_head_dim=8, num_layers=2, num_single_layers=2, num_refiner_layers=1, mlp_ratio=2.0,
+                        patch_size=(1, 1), text_embed_dim=8, rope_axes_dim=(4, 4)),
+        lambda m, g, b, t: dict(hidden_states=torch.randn(b, 4, 4, 4, generator=g), timestep=t.float(),
+                                encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                                encoder_attention_mask=torch.ones(b, 5))),
+})
+FACTORIES.update({
+    # width 64: the dense MLP's hidden width is int(dim * mlp_ratio * 2 / 3) // 128 * 128, 0 below 48; the first
+    # block dense, the second a mixture of 2 experts (expert-choice: each expert takes its top 8 of a sample's tokens)
+    "NucleusMoEImageTransformer2DModel": (
+        lambda: _seeded(_d().NucleusMoEImageTransformer2DModel, patch_size=2, in_channels=8, out_channels=4,
+                        num_layers=2, attention_head_dim=16, num_attention_heads=4, joint_attention_dim=8,
+                        axes_dims_rope=(4, 6, 6), dense_moe_strategy="leave_first_block_dense", num_experts=2,
+                        moe_intermediate_dim=16, capacity_factors=1.0),
+        lambda m, g, b, t: dict(hidden_states=torch.randn(b, 16, 8, generator=g), img_shapes=[(1, 4, 4)] * b,
+                                encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                                encoder_hidden_states_mask=torch.ones(b, 5, dtype=torch.long),
+                                timestep=t.float() / 1000)),
+})
+def _qwen_image21_inputs(model, g, b, t):
+    """5 text slots then 4 image slots (one 2x2 group of latent tokens each): the target image of 4x4 tokens."""
+    img_mask = torch.tensor([False] * 5 + [True] * 4).expand(b, -1)
+    return dict(hidden_states=torch.randn(b, 16, 4, generator=g), encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
+                timestep=t.float() / 1000, img_shapes=[[(1, 4, 4)]] * b, img_mask=img_mask)
+
+
+FACTORIES.update({
+    "QwenImage21Transformer2DModel": (
+        lambda: _seeded(_d().QwenImage21Transformer2DModel, patch_size=1, in_channels=4, out_channels=4, num_layers=2,
+                        attention_head_dim=8, num_attention_heads=2, context_in_dim=8, mlp_ratio=2,
+                        axes_dims_rope=(2, 2, 4)), _qwen_image21_inputs),
+})
+
+FACTORIES.update({
+    # attention_head_dim is the number of heads (diffusers' U-Net naming)
+    "DreamLiteUNetModel": (
+        lambda: _seeded(_d().DreamLiteUNetModel, sample_size=8, in_channels=4, out_channels=4,
+                        down_block_types=("DreamLiteCrossAttnNoSelfAttnDownBlock2D", "DreamLiteCrossAttnDownBlock2D"),
+                        up_block_types=("DreamLiteCrossAttnUpBlock2D", "DreamLiteCrossAttnNoSelfAttnUpBlock2D"),
+                        block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
+                        attention_head_dim=2, ff_mult=2),
+        lambda m, g, b, t: dict(sample=torch.randn(b, 4, 8, 8, generator=g), timestep=t,
+                                encoder_hidden_states=torch.randn(b, 5, 16, generator=g))),
+})
 UNITS = {
     "BriaTransformer2DModel": {"BriaTransformerBlock": 2, "BriaSingleTransformerBlock": 2},
     "BriaFiboTransformer2DModel": {"BriaFiboTransformerBlock": 2, "BriaFiboSingleTransformerBlock": 2},
@@ -150,22 +266,26 @@ UNITS = {
     "Lumina2Transformer2DModel": {"Lumina2TransformerBlock": 3},
     # the wrappers (double_stream_blocks.0, ...) hold the residual blocks as .block
     "HiDreamImageTransformer2DModel": {"HiDreamImageTransformerBlock": 1, "HiDreamImageSingleTransformerBlock": 2},
+    "Ideogram4Transformer2DModel": {"Ideogram4TransformerBlock": 2},
+    # the text fusion's layerwise and refiner blocks see the text tokens only: conditioning
+    "Krea2Transformer2DModel": {"Krea2TransformerBlock": 2},
+    # the time token and the image tokens in one sequence (no multimodal condition)
+    "OmniGenTransformer2DModel": {"OmniGenBlock": 2},
 }
 NOT_YET = "no tiny config and inputs written in tests/sweep/image.py yet"
 LEFT_OUT = {name: NOT_YET for name in (
     "BriaFibo2Transformer2DModel",
-    "DreamLiteTransformer2DModel",
     "DreamLiteUNetModel",
     "ErnieImageTransformer2DModel",
     "GlmImageTransformer2DModel",
     "HunyuanImageTransformer2DModel",
-    "Ideogram4Transformer2DModel",
-    "Krea2Transformer2DModel",
     "NucleusMoEImageTransformer2DModel",
-    "OmniGenTransformer2DModel",
     "QwenImage21Transformer2DModel",
 )}
 LEFT_OUT.update({
+    "DreamLiteTransformer2DModel": "a wrapper of BasicTransformerBlockDreamLite, routed inside DreamLiteUNetModel "
+                                   "where it is used; alone, its default layer_norm blocks ignore the timestep, and "
+                                   "its ada_norm (AdaLayerNorm) takes one timestep for the batch, not one per sample",
     "ZImageTransformer2DModel": "its sample is a list of per-sample [C, F, H, W] tensors (x=[...]): "
                                 "analysis/units.py:_sample_input takes the first tensor argument, t, for the sample, "
                                 "so the image tokens' noise_refiner is dropped as conditioning (and under export the "
@@ -181,4 +301,6 @@ NO_FULLGRAPH = {
     "Lumina2Transformer2DModel": "data-dependent Python on tensor values (seq_lengths from the caption mask, "
                                  "len(set(seq_lengths))): a graph break",
     "HiDreamImageTransformer2DModel": "its MoE gate calls .numpy() on a tensor: a graph break",
+    "OmniGenTransformer2DModel": "its rotary embedding branches on a tensor value (torch.max(position_ids) + 1 > "
+                                 "original_max_position_embeddings): a graph break",
 }
