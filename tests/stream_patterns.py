@@ -9,7 +9,8 @@ released diffusion code on a few thousand parameters:
   ``frame_major=True`` folds frame-major instead (rows b, b+B, ...);
 * :class:`Hourglass`: channels-last token grids ``[B, H, W, C]``, ``torch.lerp`` merges of long
   skips, and a mapping network (residual MLP on the timestep embedding only);
-* :class:`RootAttnNet`: residual adds written in the root's forward, ``x = attn(x) + x``.
+* :class:`RootAttnNet`: residual adds written in the root's forward, ``x = attn(x) + x``;
+  :class:`RootCastNet` casts the callee's output there before the add (``.to(device=...)``).
 """
 
 from __future__ import annotations
@@ -290,3 +291,32 @@ class RootAttnNet(nn.Module):
         g = torch.Generator().manual_seed(0)
         t = torch.linspace(10, 900, batch_size).round().long()
         return (torch.randn(batch_size, 6, 3, generator=g), t), {}
+
+
+class RootCastNet(nn.Module):
+    """Residual adds in the root's forward on a cast of the callee's output, as video models write
+    their adapters: ``out = self.attn1(x); out = out.to(device=x.device); x = out + x``."""
+
+    def __init__(self, channels=3, dim=8):
+        super().__init__()
+        self.dim = dim
+        self.proj_in = nn.Linear(channels, dim)
+        self.time = nn.Linear(dim, dim)
+        self.attn1 = TokenMixer(dim)
+        self.attn2 = TokenMixer(dim)
+        self.proj_out = nn.Linear(dim, channels)
+
+    def forward(self, x, t):
+        """x: [B, L, C] tokens, t: [B]."""
+        x = self.proj_in(x) + self.time(timestep_features(t, self.dim))[:, None]
+        out = self.attn1(x)
+        out = out.to(device=x.device)
+        x = out + x
+        x = x + self.attn2(x).to(device=x.device)
+        return self.proj_out(x)
+
+    def example_inputs(self, batch_size=2):
+        g = torch.Generator().manual_seed(0)
+        t = torch.linspace(10, 900, batch_size).round().long()
+        return (torch.randn(batch_size, 6, 3, generator=g), t), {}
+

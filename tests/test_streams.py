@@ -1,7 +1,7 @@
 """Multi-stream units, folded batches and the choice of units, on toy backbones of our own
 (tests/stream_patterns.py): MMDiT joint blocks, video models that fold frames into the batch both
 ways, a channels-last hourglass with lerp skips and a mapping network, and ``x = attn(x) + x``
-written in the root's forward.  Each is checked the same way: the plan's units, identity at
+written in the root's forward (also on a cast of the callee's output).  Each is checked the same way: the plan's units, identity at
 channel_ratio 1, every sample routed as if run alone, a training step, and ``apply``'s
 generated file computing what ``transform()`` computes."""
 
@@ -33,6 +33,7 @@ EXPECTED = {
     "Hourglass": {"down_block": (3, 8, None, None, ()), "mid_block": (3, 16, None, None, ()),
                   "up_block": (3, 8, None, None, ())},
     "RootAttnNet": {"attn1": (2, 8, None, None, ()), "attn2": (2, 8, None, None, ())},
+    "RootCastNet": {"attn1": (2, 8, None, None, ()), "attn2": (2, 8, None, None, ())},
 }
 SPEC = {"version": 1, "routing": {"streams": "all", "channel_ratio": 0.5}}
 

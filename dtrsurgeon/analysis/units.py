@@ -48,6 +48,7 @@ from dtrsurgeon.analysis.residuals import (
     dataflow_graph,
     find_residual_adds,
     group_chains,
+    uncast,
 )
 from dtrsurgeon.analysis.streams import _CHANNEL_FIRST, FoundStream, NoStreams, batch_layouts, channel_axis, fold_of, tuple_streams
 from dtrsurgeon.analysis.streams import inside as _inside
@@ -399,16 +400,19 @@ def _statement(frame: Frame | None) -> str:
 def _root_calls(root_chains: list[ResidualChain], holders, cap) -> dict[str, list[ResidualChain]]:
     """Residual adds written in the root's forward whose branch is one submodule's output computed
     from the skip (``x = attn(x) + x``): that submodule -> the chain.  It becomes a unit that routes
-    its input only (the add is the root's); other root adds (long skips) are no units."""
+    its input only (the add is the root's); other root adds (long skips) are no units.  A cast the
+    root writes on the output (``out = self.adapter(x).to(device=x.device); x = out + x``) is looked
+    through: the branch is still that submodule's output."""
     found: dict[str, list[ResidualChain]] = {}
     for chain in root_chains:
         for add in chain.adds:
             if add.projection or add.node.target not in _PLAIN_ADDS:
                 continue
-            stack = [p for p, _ in (add.branch.meta.get("nn_module_stack") or {}).values() if p]
+            branch = uncast(add.branch)
+            stack = [p for p, _ in (branch.meta.get("nn_module_stack") or {}).values() if p]
             callee = stack[0] if stack else ""
             if (not callee or callee in holders or callee in found or cap.returns_tensor.get(callee) is not True
-                    or any(_inside(u, callee) for u in add.branch.users)
+                    or any(_inside(u, callee) for u in branch.users)
                     or not any(_inside(u, callee) for u in add.stream.users)):
                 continue
             found[callee] = [ResidualChain(module=callee, module_key="", adds=[add])]
