@@ -10,7 +10,9 @@ released diffusion code on a few thousand parameters:
 * :class:`Hourglass`: channels-last token grids ``[B, H, W, C]``, ``torch.lerp`` merges of long
   skips, and a mapping network (residual MLP on the timestep embedding only);
 * :class:`RootAttnNet`: residual adds written in the root's forward, ``x = attn(x) + x``;
-  :class:`RootCastNet` casts the callee's output there before the add (``.to(device=...)``).
+  :class:`RootCastNet` casts the callee's output there before the add (``.to(device=...)``);
+* :class:`LoopNet`: blocks whose branch is a loop over layers of different widths on an alias of
+  the input (``out = x; for layer in self.layers: out = layer(out)``), added to a projected skip.
 """
 
 from __future__ import annotations
@@ -320,3 +322,42 @@ class RootCastNet(nn.Module):
         t = torch.linspace(10, 900, batch_size).round().long()
         return (torch.randn(batch_size, 6, 3, generator=g), t), {}
 
+
+# -- a branch that loops over layers of different widths -----------------------------------------
+
+class LoopBlock(nn.Module):
+    """``out = x``, then ``out = layer(out)`` in a loop, widths dim -> dim/2 -> dim; a projected skip."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU()),
+                                     nn.Sequential(nn.Linear(dim // 2, dim), nn.GELU())])
+        self.skip = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        out = x
+        for layer in self.layers:
+            out = layer(out)
+        return self.skip(x) + out
+
+
+class LoopNet(nn.Module):
+    def __init__(self, channels=3, dim=8):
+        super().__init__()
+        self.dim = dim
+        self.proj_in = nn.Linear(channels, dim)
+        self.time = nn.Linear(dim, dim)
+        self.blocks = nn.ModuleList([LoopBlock(dim), LoopBlock(dim)])
+        self.proj_out = nn.Linear(dim, channels)
+
+    def forward(self, x, t):
+        """x: [B, L, C] tokens, t: [B]."""
+        x = self.proj_in(x) + self.time(timestep_features(t, self.dim))[:, None]
+        for block in self.blocks:
+            x = block(x)
+        return self.proj_out(x)
+
+    def example_inputs(self, batch_size=2):
+        g = torch.Generator().manual_seed(0)
+        t = torch.linspace(10, 900, batch_size).round().long()
+        return (torch.randn(batch_size, 6, 3, generator=g), t), {}

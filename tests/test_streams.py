@@ -34,6 +34,7 @@ EXPECTED = {
                   "up_block": (3, 8, None, None, ())},
     "RootAttnNet": {"attn1": (2, 8, None, None, ()), "attn2": (2, 8, None, None, ())},
     "RootCastNet": {"attn1": (2, 8, None, None, ()), "attn2": (2, 8, None, None, ())},
+    "LoopNet": {"blocks.0": (2, 8, None, None, ()), "blocks.1": (2, 8, None, None, ())},
 }
 SPEC = {"version": 1, "routing": {"streams": "all", "channel_ratio": 0.5}}
 
@@ -173,6 +174,22 @@ def test_a_real_tensor_capture_leaves_out_the_mapping_network_too():
     skipped = dict(plan.skipped)
     assert "mapping" in skipped and "timestep or the conditioning" in skipped["mapping"]
     assert {u.path for u in plan.units} == {"down_block", "mid_block", "up_block"}
+
+
+def test_a_branch_looping_on_an_alias_of_the_input_reads_it_masked_once():
+    """``out = x; for layer in self.layers: out = layer(out)``: the first layer reads x masked, the
+    next ones read what the previous made (4 channels, where a mask of 8 would not fit)."""
+    m = model("LoopNet")
+    routed = dtrsurgeon.transform(m, SPEC)
+    x, t = inputs(m)
+    h = m.proj_in(x) + m.time(sp.timestep_features(t, m.dim))[:, None]
+    task = torch.round(t.float()).long()
+    keep = routed.blocks[0].dtr_mask[task][:, None, :].float()
+    block = m.blocks[0]
+    with torch.no_grad():
+        expected = block.skip(h) + block.layers[1](block.layers[0](h * keep))
+        assert torch.allclose(routed.blocks[0](h, dtr_task=task), expected, atol=1e-6)
+        assert torch.allclose(routed(x, t), one_by_one(routed, (x, t)), atol=1e-5)
 
 
 def test_root_level_residual_add_routes_the_callee_input_only():
