@@ -390,12 +390,14 @@ class MaskLoads(FunctionEditTransformer):
         super().__init__(path, functions)
         self.aliases: list[frozenset[str]] = []
         self.carried: list[dict[str, int]] = []  # loop-carried alias -> the channel axis to mask it on
+        self.sources: list[frozenset[str]] = []  # the stream and its aliases: what a carried alias is bound to
 
     def enter_function(self, node):
         aliases = _aliases(node, self.current[0].var) if self.current else frozenset()
         carried = self._loop_carried(node, aliases)
         self.aliases.append(aliases - set(carried))
         self.carried.append(carried)
+        self.sources.append(aliases | {self.current[0].var} if self.current else frozenset())
 
     def _loop_carried(self, func: cst.FunctionDef, aliases: frozenset[str]) -> dict[str, int]:
         carried = {}
@@ -409,12 +411,14 @@ class MaskLoads(FunctionEditTransformer):
     def leave_FunctionDef(self, original, updated):
         self.aliases.pop()
         self.carried.pop()
+        self.sources.pop()
         return super().leave_FunctionDef(original, updated)
 
     def leave_Assign(self, original, updated):
         carried = self.carried[-1] if self.carried else {}
         target = updated.targets[0].target if len(updated.targets) == 1 else None
-        if isinstance(target, cst.Name) and target.value in carried and isinstance(updated.value, cst.Name):
+        if (isinstance(target, cst.Name) and target.value in carried and isinstance(updated.value, cst.Name)
+                and updated.value.value in self.sources[-1]):
             return updated.with_changes(value=cst.parse_expression(
                 f"dtr_masked({updated.value.value}, self.dtr_mask, {TASK}, {carried[target.value]})"))
         edit = self.on_line(original)
