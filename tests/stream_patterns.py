@@ -10,9 +10,12 @@ released diffusion code on a few thousand parameters:
 * :class:`Hourglass`: channels-last token grids ``[B, H, W, C]``, ``torch.lerp`` merges of long
   skips, and a mapping network (residual MLP on the timestep embedding only);
 * :class:`RootAttnNet`: residual adds written in the root's forward, ``x = attn(x) + x``;
+  :class:`RootCastNet` casts the callee's output there before the add (``.to(device=...)``);
 * :class:`SeqFirstNet`: sequence-first tokens ``[L, B, C]`` (image and text joined by ``torch.cat``
   along the sequence), modulated by an adaLN shift and scale the root expands to the stream's shape
   once for every block (``norm(x) * (1 + scale) + shift``: the shift fed the blocks before).
+* :class:`LoopNet`: blocks whose branch is a loop over layers of different widths on an alias of
+  the input (``out = x; for layer in self.layers: out = layer(out)``), added to a projected skip.
 """
 
 from __future__ import annotations
@@ -334,3 +337,71 @@ class SeqFirstNet(nn.Module):
         g = torch.Generator().manual_seed(0)
         t = torch.linspace(10, 900, batch_size).round().long()
         return (torch.randn(batch_size, 6, 3, generator=g), torch.randn(batch_size, 2, 3, generator=g), t), {}
+
+
+class RootCastNet(nn.Module):
+    """Residual adds in the root's forward on a cast of the callee's output, as video models write
+    their adapters: ``out = self.attn1(x); out = out.to(device=x.device); x = out + x``."""
+
+    def __init__(self, channels=3, dim=8):
+        super().__init__()
+        self.dim = dim
+        self.proj_in = nn.Linear(channels, dim)
+        self.time = nn.Linear(dim, dim)
+        self.attn1 = TokenMixer(dim)
+        self.attn2 = TokenMixer(dim)
+        self.proj_out = nn.Linear(dim, channels)
+
+    def forward(self, x, t):
+        """x: [B, L, C] tokens, t: [B]."""
+        x = self.proj_in(x) + self.time(timestep_features(t, self.dim))[:, None]
+        out = self.attn1(x)
+        out = out.to(device=x.device)
+        x = out + x
+        x = x + self.attn2(x).to(device=x.device)
+        return self.proj_out(x)
+
+    def example_inputs(self, batch_size=2):
+        g = torch.Generator().manual_seed(0)
+        t = torch.linspace(10, 900, batch_size).round().long()
+        return (torch.randn(batch_size, 6, 3, generator=g), t), {}
+
+
+# -- a branch that loops over layers of different widths -----------------------------------------
+
+class LoopBlock(nn.Module):
+    """``out = x``, then ``out = layer(out)`` in a loop, widths dim -> dim/2 -> dim; a projected skip."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU()),
+                                     nn.Sequential(nn.Linear(dim // 2, dim), nn.GELU())])
+        self.skip = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        out = x
+        for layer in self.layers:
+            out = layer(out)
+        return self.skip(x) + out
+
+
+class LoopNet(nn.Module):
+    def __init__(self, channels=3, dim=8):
+        super().__init__()
+        self.dim = dim
+        self.proj_in = nn.Linear(channels, dim)
+        self.time = nn.Linear(dim, dim)
+        self.blocks = nn.ModuleList([LoopBlock(dim), LoopBlock(dim)])
+        self.proj_out = nn.Linear(dim, channels)
+
+    def forward(self, x, t):
+        """x: [B, L, C] tokens, t: [B]."""
+        x = self.proj_in(x) + self.time(timestep_features(t, self.dim))[:, None]
+        for block in self.blocks:
+            x = block(x)
+        return self.proj_out(x)
+
+    def example_inputs(self, batch_size=2):
+        g = torch.Generator().manual_seed(0)
+        t = torch.linspace(10, 900, batch_size).round().long()
+        return (torch.randn(batch_size, 6, 3, generator=g), t), {}

@@ -1,7 +1,7 @@
 """Multi-stream units, folded batches and the choice of units, on toy backbones of our own
 (tests/stream_patterns.py): MMDiT joint blocks, video models that fold frames into the batch both
 ways, a channels-last hourglass with lerp skips and a mapping network, and ``x = attn(x) + x``
-written in the root's forward.  Each is checked the same way: the plan's units, identity at
+written in the root's forward (also on a cast of the callee's output).  Each is checked the same way: the plan's units, identity at
 channel_ratio 1, every sample routed as if run alone, a training step, and ``apply``'s
 generated file computing what ``transform()`` computes."""
 
@@ -35,6 +35,8 @@ EXPECTED = {
     "RootAttnNet": {"attn1": (2, 8, None, None, ()), "attn2": (2, 8, None, None, ())},
     # the samples on axis 1; the shift added to the normalised stream is no residual skip
     "SeqFirstNet": {"blocks.0": (2, 8, None, "sequence_first", ()), "blocks.1": (2, 8, None, "sequence_first", ())},
+    "RootCastNet": {"attn1": (2, 8, None, None, ()), "attn2": (2, 8, None, None, ())},
+    "LoopNet": {"blocks.0": (2, 8, None, None, ()), "blocks.1": (2, 8, None, None, ())},
 }
 SPEC = {"version": 1, "routing": {"streams": "all", "channel_ratio": 0.5}}
 
@@ -182,6 +184,22 @@ def test_a_real_tensor_capture_leaves_out_the_mapping_network_too():
     skipped = dict(plan.skipped)
     assert "mapping" in skipped and "timestep or the conditioning" in skipped["mapping"]
     assert {u.path for u in plan.units} == {"down_block", "mid_block", "up_block"}
+
+
+def test_a_branch_looping_on_an_alias_of_the_input_reads_it_masked_once():
+    """``out = x; for layer in self.layers: out = layer(out)``: the first layer reads x masked, the
+    next ones read what the previous made (4 channels, where a mask of 8 would not fit)."""
+    m = model("LoopNet")
+    routed = dtrsurgeon.transform(m, SPEC)
+    x, t = inputs(m)
+    h = m.proj_in(x) + m.time(sp.timestep_features(t, m.dim))[:, None]
+    task = torch.round(t.float()).long()
+    keep = routed.blocks[0].dtr_mask[task][:, None, :].float()
+    block = m.blocks[0]
+    with torch.no_grad():
+        expected = block.skip(h) + block.layers[1](block.layers[0](h * keep))
+        assert torch.allclose(routed.blocks[0](h, dtr_task=task), expected, atol=1e-6)
+        assert torch.allclose(routed(x, t), one_by_one(routed, (x, t)), atol=1e-5)
 
 
 def test_root_level_residual_add_routes_the_callee_input_only():

@@ -48,6 +48,7 @@ from dtrsurgeon.analysis.residuals import (
     dataflow_graph,
     find_residual_adds,
     group_chains,
+    uncast,
 )
 from dtrsurgeon.analysis.streams import (
     _CHANNEL_FIRST,
@@ -432,17 +433,19 @@ def _caller_calls(chains: list[ResidualChain], holders, cap) -> dict[str, list[R
     """Residual adds written in the root's (or a container's) forward whose branch is one
     submodule's output computed from the skip (``x = attn(x) + x``): that submodule -> the chain.
     It becomes a unit that routes its input only (the add is the caller's); other adds there (long
-    skips) are no units."""
+    skips) are no units.  A cast the caller writes on the output (``out = self.adapter(x).to(device=x.device);
+    x = out + x``) is looked through: the branch is still that submodule's output."""
     found: dict[str, list[ResidualChain]] = {}
     for chain in chains:
         for add in chain.adds:
             if add.projection or add.node.target not in _PLAIN_ADDS:
                 continue
+            branch = uncast(add.branch)
             inner = f"{chain.module}." if chain.module else ""
-            stack = [p for p, _ in (add.branch.meta.get("nn_module_stack") or {}).values() if p and p.startswith(inner)]
+            stack = [p for p, _ in (branch.meta.get("nn_module_stack") or {}).values() if p and p.startswith(inner)]
             callee = stack[0] if stack else ""
             if (not callee or callee in holders or callee in found or cap.returns_tensor.get(callee) is not True
-                    or any(_inside(u, callee) for u in add.branch.users)
+                    or any(_inside(u, callee) for u in branch.users)
                     or not any(_inside(u, callee) for u in add.stream.users)):
                 continue
             found[callee] = [ResidualChain(module=callee, module_key="", adds=[add])]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import libcst as cst
+import libcst.matchers
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from dtrsurgeon.emit.editplan import Edit, EditKind, FunctionEdits
@@ -374,32 +375,74 @@ class MaskBranch(FunctionEditTransformer):
 
 class MaskLoads(FunctionEditTransformer):
     """Branch mode: the assignment on the edit's line reads the stream masked, through plain aliases
-    too: ``h = self.norm(x)`` -> ``h = self.norm(dtr_masked(x, self.dtr_mask, dtr_task, 1))``."""
+    too: ``h = self.norm(x)`` -> ``h = self.norm(dtr_masked(x, self.dtr_mask, dtr_task, 1))``.
+    An alias that a loop holding the edit's line rebinds is masked where it is bound, once, not at
+    every iteration::
+
+        out = x                          out = dtr_masked(x, self.dtr_mask, dtr_task, 1)
+        for block in self.blocks:   ->   for block in self.blocks:
+            out = block(out)                 out = block(out)
+    """
 
     KIND = EditKind.MASK_LOADS
 
     def __init__(self, path: str, functions: Iterable[FunctionEdits]):
         super().__init__(path, functions)
         self.aliases: list[frozenset[str]] = []
+        self.carried: list[dict[str, int]] = []  # loop-carried alias -> the channel axis to mask it on
+        self.sources: list[frozenset[str]] = []  # the stream and its aliases: what a carried alias is bound to
 
     def enter_function(self, node):
-        self.aliases.append(_aliases(node, self.current[0].var) if self.current else frozenset())
+        aliases = _aliases(node, self.current[0].var) if self.current else frozenset()
+        carried = self._loop_carried(node, aliases)
+        self.aliases.append(aliases - set(carried))
+        self.carried.append(carried)
+        self.sources.append(aliases | {self.current[0].var} if self.current else frozenset())
+
+    def _loop_carried(self, func: cst.FunctionDef, aliases: frozenset[str]) -> dict[str, int]:
+        carried = {}
+        for loop in cst.matchers.findall(func, cst.matchers.For() | cst.matchers.While()):
+            pos = self.get_metadata(PositionProvider, loop)
+            edits = [e for e in self.current if pos.start.line <= e.line <= pos.end.line]
+            if edits:
+                carried.update((name, edits[0].axis) for name in _bound_names(loop) & aliases)
+        return carried
 
     def leave_FunctionDef(self, original, updated):
         self.aliases.pop()
+        self.carried.pop()
+        self.sources.pop()
         return super().leave_FunctionDef(original, updated)
 
     def leave_Assign(self, original, updated):
+        carried = self.carried[-1] if self.carried else {}
+        target = updated.targets[0].target if len(updated.targets) == 1 else None
+        if (isinstance(target, cst.Name) and target.value in carried and isinstance(updated.value, cst.Name)
+                and updated.value.value in self.sources[-1]):
+            return updated.with_changes(value=cst.parse_expression(
+                f"dtr_masked({updated.value.value}, self.dtr_mask, {TASK}, {carried[target.value]})"))
         edit = self.on_line(original)
         if edit is None or isinstance(updated.value, cst.Name):
             return updated  # `h = x`: an alias, masked where it is read
         mask = _MaskStream(edit.var, edit.axis, self.aliases[-1])
         value = updated.value.visit(mask)
+        if mask.count == 0 and _reads(updated.value, set(carried)):
+            return updated  # reads the loop-carried alias, masked where it is bound
         if mask.count == 0:
             pos = self.get_metadata(PositionProvider, original)
             raise EmitError(f"{self.path}:{pos.start.line}: branch mode found no read of {edit.var!r} to mask "
                             "on this line; use routing.mode 'block' or 'pre_output' for this unit")
         return updated.with_changes(value=value)
+
+
+def _bound_names(node: cst.CSTNode) -> set[str]:
+    """Names that plain assignments inside ``node`` bind."""
+    return {t.target.value for a in cst.matchers.findall(node, cst.matchers.Assign())
+            for t in a.targets if isinstance(t.target, cst.Name)}
+
+
+def _reads(node: cst.CSTNode, names: set[str]) -> bool:
+    return any(n.value in names for n in cst.matchers.findall(node, cst.matchers.Name()))
 
 
 def _aliases(func: cst.FunctionDef, var: str) -> frozenset[str]:

@@ -248,8 +248,16 @@ FACTORIES.update({
                         attention_head_dim=2, ff_mult=2),
         lambda m, g, b, t: dict(sample=torch.randn(b, 4, 8, 8, generator=g), timestep=t,
                                 encoder_hidden_states=torch.randn(b, 5, 16, generator=g))),
+    "Kandinsky3UNet": (lambda: _seeded(_d().Kandinsky3UNet, in_channels=4, time_embedding_dim=16, groups=4,
+                                       attention_head_dim=8, layers_per_block=2, block_out_channels=(16, 32),
+                                       cross_attention_dim=16, encoder_hid_dim=16),
+                       lambda m, g, b, t: {"sample": torch.randn(b, 4, 8, 8, generator=g), "timestep": t,
+                                           "encoder_hidden_states": torch.randn(b, 5, 16, generator=g),
+                                           "encoder_attention_mask": torch.ones(b, 5)}),
 })
 UNITS = {
+    # each Kandinsky3ResNetBlock runs its 4 inner blocks in a loop (16 -> 8 -> 8 -> 8 -> 16 channels) and adds its input back
+    "Kandinsky3UNet": {"Kandinsky3ResNetBlock": 16, "Kandinsky3AttentionBlock": 9},
     "BriaTransformer2DModel": {"BriaTransformerBlock": 2, "BriaSingleTransformerBlock": 2},
     "BriaFiboTransformer2DModel": {"BriaFiboTransformerBlock": 2, "BriaFiboSingleTransformerBlock": 2},
     "LongCatImageTransformer2DModel": {"LongCatImageTransformerBlock": 2, "LongCatImageSingleTransformerBlock": 2},
@@ -290,11 +298,6 @@ LEFT_OUT.update({
                                 "analysis/units.py:_sample_input takes the first tensor argument, t, for the sample, "
                                 "so the image tokens' noise_refiner is dropped as conditioning (and under export the "
                                 "list's placeholders are x_0, x_1, ..., not x)",
-    "Kandinsky3UNet": "routes (16 Kandinsky3ResNetBlock, 9 Kandinsky3AttentionBlock with layers_per_block=2), then the "
-                      "routed forward fails: Kandinsky3ResNetBlock's site is the input of resnet_blocks.0, called "
-                      "in a loop `for resnet_block in self.resnet_blocks: out = resnet_block(out, ...)`, so the "
-                      "rewrite masks `out` at every iteration, and the second block's 8 channels meet the 16-channel "
-                      "mask (runtime.dtr_masked: size 8 vs 16)",
 })
 # class -> why its vanilla model does not compile with fullgraph=True (checked: the vanilla compile raises)
 NO_FULLGRAPH = {

@@ -254,9 +254,8 @@ FACTORIES: dict = {
     "ChronoEditTransformer3DModel": (_wan_like("ChronoEditTransformer3DModel", rope_temporal_skip_len=2), _wan_inputs),
 }
 UNITS: dict = {
-    # the face adapters' residual add (`hidden_states = face_adapter_output + hidden_states`) is in the model's own
-    # forward, and the root is never a unit: only the Wan blocks are routed
-    "WanAnimateTransformer3DModel": {"WanTransformerBlock": 2},
+    # a face adapter after each block: its residual add is the root's, on a cast of the adapter's output
+    "WanAnimateTransformer3DModel": {"WanTransformerBlock": 2, "WanAnimateFaceBlockCrossAttention": 2},
     "JoyImageEditTransformer3DModel": {"JoyImageTransformerBlock": 2},
     "JoyImageEditPlusTransformer3DModel": {"JoyImageEditPlusTransformerBlock": 2},
     "Kandinsky6SRTransformer3DModel": {"Kandinsky6SRTransformerBlock": 2},
