@@ -53,3 +53,35 @@ def test_memoised_methods_hold_no_capture_values_after_capture():
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), x + model.lin(x * torch.linspace(0, 1, 8)) * t[:, None, None])
     assert type(model.table(8)) is torch.Tensor
+
+
+class TableMaker:
+    """A plain helper object (no nn.Module) that computes its table on the first call and keeps it, as
+    diffusers' Z-Image / Bria Fibo 2 RopeEmbedder keeps its frequencies."""
+
+    def __init__(self):
+        self.table = None
+
+    def __call__(self, width):
+        if self.table is None:
+            self.table = torch.linspace(0, 1, width)
+        return self.table
+
+
+class HelperTableBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.tables = TableMaker()
+
+    def forward(self, x, t):
+        return x + self.lin(x * self.tables(x.shape[-1])) * t[:, None, None]
+
+
+def test_plain_helper_objects_hold_no_capture_values_after_capture():
+    model = HelperTableBlock()
+    x, t = torch.randn(2, 3, 8), torch.rand(2)
+    capture(model, (x, t), {})
+    assert model.tables.table is None or type(model.tables.table) is torch.Tensor
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), x + model.lin(x * torch.linspace(0, 1, 8)) * t[:, None, None])

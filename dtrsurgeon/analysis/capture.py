@@ -94,7 +94,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, timestep_arg: str | Non
     paths = _module_paths(model)
     if timestep_arg is not None:
         check_timestep_input(model, args, kwargs, timestep_arg)
-    with _inference_flags(model), _memoised_methods_reset(model):
+    with _inference_flags(model), _memoised_methods_reset(model), _helper_objects_kept(model):
         gm, params, inputs, method, calls = _graph(model, args, kwargs, paths)
     _check_sources(model, calls.callers)
     if timestep_arg is not None:
@@ -138,6 +138,23 @@ def _memoised_methods_reset(model: nn.Module):
         for key, f in caches.items():
             if f.cache_info().misses != misses[key]:
                 f.cache_clear()
+
+
+@contextlib.contextmanager
+def _helper_objects_kept(model: nn.Module):
+    """Plain objects the modules hold (no module, no tensor: a rotary-table maker that keeps its table
+    after the first call) get their attributes back after the capture, which would leave fake tensors
+    in them: ``self.rope_embedder.freqs_cis``."""
+    helpers = {id(v): v for m in model.modules() for v in vars(m).values()
+               if not isinstance(v, (nn.Module, torch.Tensor, type)) and type(v).__module__ != "builtins"
+               and isinstance(getattr(v, "__dict__", None), dict)}
+    saved = [(v, dict(vars(v))) for v in helpers.values()]
+    try:
+        yield
+    finally:
+        for v, attrs in saved:
+            vars(v).clear()
+            vars(v).update(attrs)
 
 
 @dataclass

@@ -211,14 +211,25 @@ FACTORIES.update({
                                 encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
                                 encoder_attention_mask=torch.ones(b, 5))),
 })
+def _nucleus_moe():
+    """NucleusMoE; its experts' weights are allocated with torch.empty (uninitialised memory): seeded here."""
+    model = _seeded(_d().NucleusMoEImageTransformer2DModel, patch_size=2, in_channels=8, out_channels=4, num_layers=2,
+                    attention_head_dim=16, num_attention_heads=4, joint_attention_dim=8, axes_dims_rope=(4, 6, 6),
+                    dense_moe_strategy="leave_first_block_dense", num_experts=2, moe_intermediate_dim=16,
+                    capacity_factors=1.0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".experts." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
 FACTORIES.update({
     # width 64: the dense MLP's hidden width is int(dim * mlp_ratio * 2 / 3) // 128 * 128, 0 below 48; the first
     # block dense, the second a mixture of 2 experts (expert-choice: each expert takes its top 8 of a sample's tokens)
     "NucleusMoEImageTransformer2DModel": (
-        lambda: _seeded(_d().NucleusMoEImageTransformer2DModel, patch_size=2, in_channels=8, out_channels=4,
-                        num_layers=2, attention_head_dim=16, num_attention_heads=4, joint_attention_dim=8,
-                        axes_dims_rope=(4, 6, 6), dense_moe_strategy="leave_first_block_dense", num_experts=2,
-                        moe_intermediate_dim=16, capacity_factors=1.0),
+        _nucleus_moe,
         lambda m, g, b, t: dict(hidden_states=torch.randn(b, 16, 8, generator=g), img_shapes=[(1, 4, 4)] * b,
                                 encoder_hidden_states=torch.randn(b, 5, 8, generator=g),
                                 encoder_hidden_states_mask=torch.ones(b, 5, dtype=torch.long),
@@ -279,18 +290,22 @@ UNITS = {
     "Krea2Transformer2DModel": {"Krea2TransformerBlock": 2},
     # the time token and the image tokens in one sequence (no multimodal condition)
     "OmniGenTransformer2DModel": {"OmniGenBlock": 2},
+    # noise_refiner.0 and the 2 layers; the perceiver's layers read the text and learned queries only: conditioning
+    "BriaFibo2Transformer2DModel": {"BriaFibo2TransformerBlock": 3},
+    "GlmImageTransformer2DModel": {"GlmImageTransformerBlock": 2},
+    # the context embedder's token refiner sees the text only: conditioning
+    "HunyuanImageTransformer2DModel": {"HunyuanImageTransformerBlock": 2, "HunyuanImageSingleTransformerBlock": 2},
+    "NucleusMoEImageTransformer2DModel": {"NucleusMoEImageTransformerBlock": 2},
+    # one joint sequence: the image tokens are written into the text's slots before the blocks
+    "QwenImage21Transformer2DModel": {"QwenImage21TransformerBlock": 2},
+    # like UNet2DConditionModel: 2 down, 2 mid and 4 up resnets; a transformer block per attention (the
+    # DreamLiteTransformer2DModel wrappers return a tuple and are left to the blocks inside)
+    "DreamLiteUNetModel": {"ResnetBlock2DDreamLite": 8, "BasicTransformerBlockDreamLite": 7},
+    # a sequence-first stream [L, B, C] (image then text tokens); the adaLN shift, expanded to the stream's
+    # shape and added to each block's normalised input, is no residual skip
+    "ErnieImageTransformer2DModel": {"ErnieImageSharedAdaLNBlock": 2},
 }
-NOT_YET = "no tiny config and inputs written in tests/sweep/image.py yet"
-LEFT_OUT = {name: NOT_YET for name in (
-    "BriaFibo2Transformer2DModel",
-    "DreamLiteUNetModel",
-    "ErnieImageTransformer2DModel",
-    "GlmImageTransformer2DModel",
-    "HunyuanImageTransformer2DModel",
-    "NucleusMoEImageTransformer2DModel",
-    "QwenImage21Transformer2DModel",
-)}
-LEFT_OUT.update({
+LEFT_OUT = {
     "DreamLiteTransformer2DModel": "a wrapper of BasicTransformerBlockDreamLite, routed inside DreamLiteUNetModel "
                                    "where it is used; alone, its default layer_norm blocks ignore the timestep, and "
                                    "its ada_norm (AdaLayerNorm) takes one timestep for the batch, not one per sample",
@@ -298,12 +313,14 @@ LEFT_OUT.update({
                                 "analysis/units.py:_sample_input takes the first tensor argument, t, for the sample, "
                                 "so the image tokens' noise_refiner is dropped as conditioning (and under export the "
                                 "list's placeholders are x_0, x_1, ..., not x)",
-})
+}
 # class -> why its vanilla model does not compile with fullgraph=True (checked: the vanilla compile raises)
 NO_FULLGRAPH = {
     "Lumina2Transformer2DModel": "data-dependent Python on tensor values (seq_lengths from the caption mask, "
                                  "len(set(seq_lengths))): a graph break",
     "HiDreamImageTransformer2DModel": "its MoE gate calls .numpy() on a tensor: a graph break",
+    "QwenImage21Transformer2DModel": "its rotary embedding calls image_pad_mask.tolist() "
+                                     "(transformer_qwenimage21.py:689): a graph break",
     "OmniGenTransformer2DModel": "its rotary embedding branches on a tensor value (torch.max(position_ids) + 1 > "
                                  "original_max_position_embeddings): a graph break",
 }
