@@ -81,6 +81,7 @@ def test_generated_file_imports_only_torch_and_the_library(name, tmp_path_factor
     compile(text, name, "exec")
 
 
+@pytest.mark.slow
 def test_only_the_edited_methods_are_overridden(tmp_path_factory):
     """DiT: the root's forward and BasicTransformerBlock's forward, nothing else; the library's own
     code runs for every other method (e.g. __init__, save_pretrained)."""

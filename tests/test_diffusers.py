@@ -157,6 +157,7 @@ def test_each_sample_is_routed_by_its_own_timestep(name):
         assert torch.allclose(run(r, (args[0][i:i + 1],), one), batch[i:i + 1], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet2d", "unet2d_condition"])
 def test_zero_dim_and_python_timesteps_broadcast(name):
     """diffusers' sampling loops pass a 0-d tensor (UNet2DModel also takes a Python number). DiT is left

@@ -81,6 +81,7 @@ def test_checkpointed_unet_routes_per_sample(unet):
     assert not torch.allclose(out, swapped, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_checkpointed_unet_trains_through_the_autograd_function(unet):
     routed = dtrsurgeon.transform(unet, spec_for(unet)).train()
     x, t = batch(unet)

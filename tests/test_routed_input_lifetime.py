@@ -64,6 +64,7 @@ def check_the_masked_input_is_freed():
     assert probe(model, routed) == [True, True]
 
 
+@pytest.mark.slow
 def test_the_masked_input_is_freed_when_the_unit_rebinds_it():
     """In a fresh interpreter: late in a long test session something process-wide holds extra references
     to new tensors (seen in the full suite only), which keeps the input alive whatever the runtime does."""

@@ -143,6 +143,7 @@ def test_sharded_resume_refuses_a_missing_folder_and_another_spec(tmp_path, caps
     assert "trained with another spec" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_generated_file_is_sharded_by_its_units(tmp_path):
     from dtrsurgeon.cli import main as cli
     from dtrsurgeon.cli._model import build_model as build_from_file

@@ -1,4 +1,4 @@
-"""More research code as released (tests/resa_patterns.py): reference-Flux and reference-SD3
+"""More research code as released (tests/reference_impl_patterns.py): reference-Flux and reference-SD3
 blocks, a root that returns projector features beside its output, a decoupled encoder-decoder
 DiT, and blocks held in a ModuleDict or in nested stages.  Each toy goes through the default spec
 (the one a user gets with no options): the plan's units, every sample routed as if run alone,
@@ -16,10 +16,10 @@ from dtrsurgeon.analysis.capture import capture
 from dtrsurgeon.analysis.residuals import find_residual_adds, group_chains
 from dtrsurgeon.analysis.streams import NoStreams, tuple_streams
 from dtrsurgeon.cli import main
-from tests import resa_patterns as rp
+from tests import reference_impl_patterns as rp
 from tests.conftest import import_path, randomize_
 
-FILE = "tests/resa_patterns.py"
+FILE = "tests/reference_impl_patterns.py"
 
 PATTERNS = {  # toy -> the units its default spec routes
     "FluxRefNet": ["double_blocks.0", "double_blocks.1", "single_blocks.0", "single_blocks.1"],
@@ -110,7 +110,7 @@ def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
     spec.write_text(json.dumps(spec_for(mode)))
     out = tmp_path / f"{name}_{mode}_dtr.py"
     assert main(["apply", str(spec), FILE, "--entry", name, "-o", str(out)]) == 0
-    generated = getattr(import_path(out, f"gen_resa_{name}_{mode}"), name)().eval()
+    generated = getattr(import_path(out, f"gen_refimpl_{name}_{mode}"), name)().eval()
     generated.load_state_dict(model.state_dict(), strict=True)
     routed = dtrsurgeon.transform(model, str(spec))
     args, kwargs = inputs(model)
@@ -146,6 +146,7 @@ def test_streams_through_args_are_told_apart_by_shape_and_never_guessed():
         _joint_block_streams(4)
 
 
+@pytest.mark.slow
 def test_sd3_routes_the_image_tokens_by_default_and_the_context_on_request(tmp_path):
     """The routed stream is args[1], the one the caller unpacks as ``x`` (the root's sample); with
     routing.streams "all" the context too, except in the last block, which returns None for it.  The
@@ -163,7 +164,7 @@ def test_sd3_routes_the_image_tokens_by_default_and_the_context_on_request(tmp_p
     lines = [ln.strip() for ln in out.read_text().splitlines()]
     assert "def forward(self, *args, dtr_task, **kwargs):" in lines
     assert "args = (*args[:1], args_1, *args[2:])" in lines and "args = (*args[:0], args_0, *args[1:])" in lines
-    generated = import_path(out, "gen_resa_sd3_all").SD3RefNet().eval()
+    generated = import_path(out, "gen_refimpl_sd3_all").SD3RefNet().eval()
     generated.load_state_dict(model.state_dict(), strict=True)
     routed = dtrsurgeon.transform(model, every)
     args, kwargs = inputs(model)
@@ -201,7 +202,7 @@ def test_stages_in_plain_lists_route_on_the_path_the_example_did_not_take(form, 
         out = tmp_path / "list_stage_dtr.py"
         assert main(["apply", str(spec), FILE, "--entry", "ListStageNet", "-o", str(out)]) == 0
         assert "kept = blk(kept, c, dtr_task=dtr_task)" in out.read_text()
-        routed = import_path(out, "gen_resa_list_stage").ListStageNet()
+        routed = import_path(out, "gen_refimpl_list_stage").ListStageNet()
         routed.load_state_dict(model.state_dict(), strict=True)
     args, _ = inputs(model)
     seen = []

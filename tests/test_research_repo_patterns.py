@@ -1,4 +1,4 @@
-"""More research constructs as released (tests/resb_patterns.py): PixArt's auto_grad_checkpoint,
+"""More research constructs as released (tests/research_repo_patterns.py): PixArt's auto_grad_checkpoint,
 adaLN-single and packed captions, OpenSora's spatial/temporal folds inside a block, LightningDiT's
 checkpointed blocks with complex rotary embedding and DropPath, DiT's forward_with_cfg, and a U-Net
 of Residual(PreNorm(...)) wrappers.  Each routes with the default spec: units found, identity at
@@ -12,10 +12,10 @@ import torch
 
 import dtrsurgeon
 from dtrsurgeon.cli import main
-from tests import resb_patterns as rp
+from tests import research_repo_patterns as rp
 from tests.conftest import import_path
 
-FILE = "tests/resb_patterns.py"
+FILE = "tests/research_repo_patterns.py"
 DEFAULT = {"version": 1}
 
 PATTERNS = {  # toy -> the units its default spec routes
@@ -100,7 +100,7 @@ def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
     spec.write_text(json.dumps(spec_for(mode)))
     out = tmp_path / f"{name}_{mode}_dtr.py"
     assert main(["apply", str(spec), FILE, "--entry", name, "-o", str(out)]) == 0
-    module = import_path(out, f"gen_resb_{name}_{mode}")
+    module = import_path(out, f"gen_repo_{name}_{mode}")
     # units called through torch's nn.Sequential.forward: a file of subclasses and route(model)
     generated = module.route(build(name)) if name in LIBRARY_FORM else getattr(module, name)().eval()
     assert hasattr(module, "route") == (name in LIBRARY_FORM)
@@ -123,6 +123,7 @@ def cfg_mix(out, scale):
     return torch.cat([torch.cat([half, half]), rest], dim=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["transform", "apply"])
 def test_forward_with_cfg_routes_each_sample_of_the_doubled_batch(form, tmp_path):
     """DiT samples with forward_with_cfg, a method the example inputs never call: it runs the routed
@@ -133,7 +134,7 @@ def test_forward_with_cfg_routes_each_sample_of_the_doubled_batch(form, tmp_path
         spec = tmp_path / "spec.json"
         spec.write_text(json.dumps(DEFAULT))
         assert main(["apply", str(spec), FILE, "--entry", "CfgDiT", "-o", str(tmp_path / "cfg_dtr.py")]) == 0
-        generated = import_path(tmp_path / "cfg_dtr.py", "gen_resb_cfg").CfgDiT().eval()
+        generated = import_path(tmp_path / "cfg_dtr.py", "gen_repo_cfg").CfgDiT().eval()
         generated.load_state_dict(model.state_dict(), strict=True)
         routed = generated
     torch.manual_seed(3)
@@ -152,6 +153,7 @@ def test_forward_with_cfg_routes_each_sample_of_the_doubled_batch(form, tmp_path
         assert torch.allclose(model.forward_with_cfg(x, t, y, 4.0), cfg_mix(model(combined, t, y), 4.0), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["PixArtNet", "LightningNet"])
 def test_checkpointed_blocks_recompute_with_their_task(name):
     """auto_grad_checkpoint / checkpoint(block, x, c, rope): with checkpointing on, backward's
@@ -182,6 +184,7 @@ def test_a_container_of_residual_blocks_routes_its_callees():
     assert [sl.code.strip() for sl in plan.units[1].residual_lines] == ["x = ff(x) + x"]
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=UserWarning, reason=(
     "dtrsurgeon/emit/locate.py:237 _CHECKPOINT_CALLS: checkpoint_sequential(module, segments, *args), which "
     "calls each child of its first argument, is not bound to the task, so the rewritten helper hands the "
