@@ -16,6 +16,10 @@ released diffusion code on a few thousand parameters:
   once for every block (``norm(x) * (1 + scale) + shift``: the shift fed the blocks before).
 * :class:`LoopNet`: blocks whose branch is a loop over layers of different widths on an alias of
   the input (``out = x; for layer in self.layers: out = layer(out)``), added to a projected skip.
+* :class:`CopyingAttnNet`: root-level ``x = attn(x) + x`` where the callee ends with a copy of its own
+  (``return out.clone()``);
+* :class:`OutNormNet`: blocks with two residual adds, only the first of them ``attn(x) + x``, and a norm on
+  the way out: one unit each, not a container of ``attn``.
 """
 
 from __future__ import annotations
@@ -405,3 +409,45 @@ class LoopNet(nn.Module):
         g = torch.Generator().manual_seed(0)
         t = torch.linspace(10, 900, batch_size).round().long()
         return (torch.randn(batch_size, 6, 3, generator=g), t), {}
+
+
+# -- a callee that ends with a copy; a block that ends with a norm ---------------------------------
+
+class CopyingMixer(nn.Module):
+    """A token mixer whose forward ends with a copy, as attention code ending ``return out.clone()``."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return torch.tanh(self.proj(x)).clone()
+
+
+class CopyingAttnNet(RootAttnNet):
+    def __init__(self, channels=3, dim=8):
+        super().__init__(channels, dim)
+        self.attn1 = CopyingMixer(dim)
+        self.attn2 = CopyingMixer(dim)
+
+
+class OutNormBlock(nn.Module):
+    """``x + attn(x)``, then ``x + mlp(norm(x))``, then a norm on the way out."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.attn = TokenMixer(dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.norm_out = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x = x + self.attn(x)
+        x = x + self.mlp(self.norm(x))
+        return self.norm_out(x)
+
+
+class OutNormNet(LoopNet):
+    def __init__(self, channels=3, dim=8):
+        super().__init__(channels, dim)
+        self.blocks = nn.ModuleList([OutNormBlock(dim), OutNormBlock(dim)])

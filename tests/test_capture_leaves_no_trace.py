@@ -4,6 +4,7 @@ afterwards, and the next real forward works."""
 
 import functools
 
+import pytest
 import torch
 from torch import nn
 
@@ -46,8 +47,18 @@ class MemoisedTableBlock(nn.Module):
         return x + self.lin(x * self.table(x.shape[-1])) * t[:, None, None]
 
 
-def test_memoised_methods_hold_no_capture_values_after_capture():
-    model = MemoisedTableBlock()
+class StaticMemoisedTableBlock(MemoisedTableBlock):
+    """The same table memoised on a static method (no ``self`` in the cache key)."""
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4)
+    def table(width: int) -> torch.Tensor:
+        return torch.linspace(0, 1, width)
+
+
+@pytest.mark.parametrize("block", [MemoisedTableBlock, StaticMemoisedTableBlock])
+def test_memoised_methods_hold_no_capture_values_after_capture(block):
+    model = block()
     x, t = torch.randn(2, 3, 8), torch.rand(2)
     capture(model, (x, t), {})
     with torch.no_grad():

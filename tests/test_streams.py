@@ -37,6 +37,10 @@ EXPECTED = {
     "SeqFirstNet": {"blocks.0": (2, 8, None, "sequence_first", ()), "blocks.1": (2, 8, None, "sequence_first", ())},
     "RootCastNet": {"attn1": (2, 8, None, None, ()), "attn2": (2, 8, None, None, ())},
     "LoopNet": {"blocks.0": (2, 8, None, None, ()), "blocks.1": (2, 8, None, None, ())},
+    "CopyingAttnNet": {"attn1": (2, 8, None, None, ()), "attn2": (2, 8, None, None, ())},
+    # the mlp add is no callee's (its branch reads norm(x)): the block stays one unit, the bypass merged
+    # into norm_out's output as for any block
+    "OutNormNet": {"blocks.0": (2, 8, None, None, ()), "blocks.1": (2, 8, None, None, ())},
 }
 SPEC = {"version": 1, "routing": {"streams": "all", "channel_ratio": 0.5}}
 

@@ -126,10 +126,12 @@ def _inference_flags(model: nn.Module):
 
 @contextlib.contextmanager
 def _memoised_methods_reset(model: nn.Module):
-    """Methods of the model's classes memoised with ``functools.lru_cache`` (a rotary table keyed by
-    the image size) keep what the capture's call computed, fake tensors; a cache that missed during
-    the capture is cleared afterwards, so the next real call computes its values again."""
-    caches = {id(f): f for m in model.modules() for cls in type(m).__mro__ for f in vars(cls).values()
+    """Methods of the model's classes memoised with ``functools.lru_cache`` (plain, static or class
+    methods: a rotary table keyed by the image size) keep what the capture's call computed, fake
+    tensors; a cache that missed during the capture is cleared afterwards, so the next real call
+    computes its values again."""
+    methods = (getattr(f, "__func__", f) for m in model.modules() for cls in type(m).__mro__ for f in vars(cls).values())
+    caches = {id(f): f for f in methods
               if callable(getattr(f, "cache_clear", None)) and callable(getattr(f, "cache_info", None))}
     misses = {key: f.cache_info().misses for key, f in caches.items()}
     try:

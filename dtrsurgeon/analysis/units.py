@@ -383,7 +383,7 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
     owners = dict.fromkeys(calls, "")
     for path in [p for p in holders if _container(holders[p], p)]:
         found = _caller_calls(holders[path], holders, cap)
-        if found:
+        if found and _covers(found, holders[path]):
             del holders[path]
             calls.update(found)
             owners.update(dict.fromkeys(found, path))
@@ -426,7 +426,16 @@ def _container(chains: list[ResidualChain], path: str) -> bool:
             x = ff(x) + x
         return self.norm(x)
     """
-    return all(all(_inside(u, path) for u in _leaving(c.end, path).users) for c in chains)
+    ends = [_leaving(c.end, path) for c in chains]
+    return all(end.users and all(_inside(u, path) for u in end.users) for end in ends)
+
+
+def _covers(found: dict[str, list[ResidualChain]], chains: list[ResidualChain]) -> bool:
+    """Does every residual add of ``chains`` become one of the callee units ``found``?  Only then is
+    the module a container: a post-norm block (``x = self.norm(x + self.ff(x))``) with one such add
+    among others stays one unit, so none of its adds is left unrouted."""
+    taken = {c.adds[0].node for chains_ in found.values() for c in chains_}
+    return all(add.node in taken for chain in chains for add in chain.adds)
 
 
 def _caller_calls(chains: list[ResidualChain], holders, cap) -> dict[str, list[ResidualChain]]:
@@ -440,9 +449,9 @@ def _caller_calls(chains: list[ResidualChain], holders, cap) -> dict[str, list[R
         for add in chain.adds:
             if add.projection or add.node.target not in _PLAIN_ADDS:
                 continue
-            branch = uncast(add.branch)
             inner = f"{chain.module}." if chain.module else ""
-            stack = [p for p, _ in (branch.meta.get("nn_module_stack") or {}).values() if p and p.startswith(inner)]
+            branch = _caller_uncast(add.branch, inner)
+            stack = _inner_stack(branch, inner)
             callee = stack[0] if stack else ""
             if (not callee or callee in holders or callee in found or cap.returns_tensor.get(callee) is not True
                     or any(_inside(u, callee) for u in branch.users)
@@ -450,6 +459,20 @@ def _caller_calls(chains: list[ResidualChain], holders, cap) -> dict[str, list[R
                 continue
             found[callee] = [ResidualChain(module=callee, module_key="", adds=[add])]
     return found
+
+
+def _inner_stack(node: fx.Node, inner: str) -> list[str]:
+    """The paths of the modules below the caller (prefix ``inner``) that ``node`` was computed in."""
+    return [p for p, _ in (node.meta.get("nn_module_stack") or {}).values() if p and p.startswith(inner)]
+
+
+def _caller_uncast(node: fx.Node, inner: str) -> fx.Node:
+    """Look through the casts the caller writes on a callee's output (``self.attn(x).to(x.device)``),
+    never through those the callee ends with (``return out.to(dtype)``): the callee's value is the
+    branch, whatever its last op."""
+    while not _inner_stack(node, inner) and uncast(node) is not node:
+        node = node.args[0]
+    return node
 
 
 def _placeholder(graph: fx.Graph, name: str) -> fx.Node | None:
