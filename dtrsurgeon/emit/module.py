@@ -428,7 +428,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
                 module.register_buffer(extra.buffer, mask_table_for(unit.mask, extra.channels), persistent=False)
             module._dtr_axis = unit.channel_axis
             module._dtr_repr = unit_repr(unit)
-            module._dtr_fold = unit.fold
+            module._dtr_fold = None if unit.fold is None else str(unit.fold)
             module._dtr_merge = unit.merge
             if role == "block":
                 module._dtr_routes = _block_routes(unit, cls)
