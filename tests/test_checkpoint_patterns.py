@@ -76,7 +76,7 @@ def test_checkpoint_sequential_through_apply_equals_transform(name, reentrant, t
     assert main(["apply", str(spec), FILE, "--entry", name, *kwargs, "-o", str(out)]) == 0
     text = out.read_text()
     assert "dtr_bind_children(self.blocks, dtr_task)" in text
-    assert not re.search(r"^\s*(from|import) dtrsurgeon", text, re.M)
+    assert not re.search(r"^\s*(from|import) dtrsurgeon", text, re.MULTILINE)
     module = import_path(out, f"gen_checkpoint_{name}_{reentrant}")
     # SegmentedCheckpointNet also calls the Sequential's own forward: a file of subclasses and route(model)
     generated = module.route(build(name, reentrant)) if hasattr(module, "route") else getattr(module, name)(reentrant=reentrant)

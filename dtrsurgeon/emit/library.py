@@ -359,7 +359,7 @@ def _import_block(imports: _Imports, class_modules: set[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render(model, plan, header, imports: _Imports, classes, names, class_modules: set[str], edits) -> str:
+def _render(model, plan, header, imports: _Imports, classes, names, class_modules: set[str], edits: EditPlan) -> str:
     class_nodes = []
     for cls, base_ref, methods in classes:
         doc = f'"""{base_ref} with Denoising Task Routing: {", ".join(m.name.value for m in methods)} edited."""'

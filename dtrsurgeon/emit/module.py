@@ -153,7 +153,8 @@ def _routed_module(globals_: dict) -> types.ModuleType:
         module.__dict__.update({k: v for k, v in globals_.items() if k not in ("__name__", "__spec__", "__loader__")})
         module.__dict__.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask, dtr_masked=dtr_masked,
                                dtr_route=dtr_route, dtr_merge=dtr_merge, dtr_bind_task=dtr_bind_task,
-                               dtr_bind_children=dtr_bind_children,                               dtr_merge_outputs=dtr_merge_outputs, dtr_fold_task=dtr_fold_task)
+                               dtr_bind_children=dtr_bind_children, dtr_merge_outputs=dtr_merge_outputs,
+                               dtr_fold_task=dtr_fold_task)
         sys.modules[name] = module
     return module
 

@@ -127,7 +127,8 @@ def render_helpers(plan: Plan, unrouted: dict[str, str] | None = None, binds_tas
     rows += [f"    {json.dumps(path)}: None,  # {why}" for path, why in (unrouted or {}).items()]
     settings = "\n".join(f"{name} = {literal}" for literal, name in named.items())
     streams = _stream_rows(plan, unrouted_classes or {}, named)
-    return HELPERS.format(runtime=runtime_source(plan, binds_task, binds_children), settings=settings, units="\n".join(rows),
+    return HELPERS.format(runtime=runtime_source(plan, binds_task, binds_children), settings=settings,
+                          units="\n".join(rows),
                           streams=STREAM_TABLES.format(rows="\n".join(streams)) if streams else "",
                           attach_streams=ATTACH_STREAMS if streams else "").lstrip("\n")
 
