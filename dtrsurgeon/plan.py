@@ -16,7 +16,8 @@ from typing import Any
 
 from dtrsurgeon.spec.model import MaskParams, TimestepMap
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: a unit's fold may be "sequence_first", which readers of version 1 would take for "repeat"
+SUPPORTED_PLAN_VERSIONS = (1, 2)  # a version-1 plan has no such fold and reads the same
 
 
 class Mode(enum.StrEnum):
@@ -27,6 +28,16 @@ class Mode(enum.StrEnum):
     BLOCK = "block"
     BRANCH = "branch"
     PRE_OUTPUT = "pre_output"
+
+
+class Fold(enum.StrEnum):
+    """How the root's samples lie on a unit's stream when not one per row on axis 0: ``interleave``
+    (sample b on rows b*F .. b*F+F-1, ``x.reshape(B*F, ...)``), ``repeat`` (rows b, b+B, ...,
+    ``x.repeat(F, ...)``), ``sequence_first`` (on axis 1 of ``[L, B, C]``).  Equal to its string."""
+
+    INTERLEAVE = "interleave"
+    REPEAT = "repeat"
+    SEQUENCE_FIRST = "sequence_first"
 
 
 class SpanLine(int):
@@ -121,17 +132,20 @@ class RoutedUnit:
     # the stream's batch axis holds B*F rows for the root's B samples (frames folded into the batch):
     # "interleave" (sample b owns rows b*F .. b*F+F-1) or "repeat" (rows b, b+B, ...); "sequence_first":
     # the samples lie on axis 1 ([L, B, C]); None: B rows
-    fold: str | None = None
+    fold: Fold | None = None
     # False: the residual add is the caller's (``x = attn(x) + x`` in the root's forward), so the unit
     # only routes its input: attn(x * m) + x is the block form x + f(x * m)
     merge: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "mode", Mode(self.mode))
+        if self.fold is not None:
+            object.__setattr__(self, "fold", Fold(self.fold))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mode"] = str(self.mode)
+        d["fold"] = None if self.fold is None else str(self.fold)
         d["mask"] = self.mask.to_dict()
         for key in ("call_path", "residual_lines", "branch_lines"):
             d[key] = [sl.to_dict() for sl in getattr(self, key)]
@@ -191,8 +205,9 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
-        if d.get("version") != PLAN_VERSION:
-            raise ValueError(f"plan version {d.get('version')!r} is not supported (expected {PLAN_VERSION})")
+        if d.get("version") not in SUPPORTED_PLAN_VERSIONS:
+            raise ValueError(f"plan version {d.get('version')!r} is not supported (expected one of "
+                             f"{', '.join(map(str, SUPPORTED_PLAN_VERSIONS))})")
         ts = d["timestep"]
         return cls(
             model=d["model"],

@@ -169,6 +169,25 @@ def dtr_bind_task(module, task):
     return lambda *args, **kwargs: module(*args, dtr_task=task, **kwargs)
 
 
+def dtr_bind_children(functions, task):
+    """The children checkpoint_sequential(functions, segments, x) calls one by one (it never runs the
+    Sequential's own forward), each whose forward takes dtr_task with the task bound:
+    ``checkpoint_sequential(self.blocks, 2, x)`` -> ``checkpoint_sequential(dtr_bind_children(self.blocks,
+    dtr_task), 2, x)``.  Children that take no task (a Dropout between blocks) are passed as they are; no task
+    (a helper its caller gave none): ``functions`` unchanged."""
+    if task is None:
+        return functions
+    children = list(functions.children()) if isinstance(functions, torch.nn.Sequential) else list(functions)
+    return [dtr_bind_task(f, task) if dtr_takes_task(f) else f for f in children]
+
+
+def dtr_takes_task(fn):
+    """Whether fn (for a module: its forward) has a parameter named dtr_task."""
+    forward = getattr(fn, "forward", fn)
+    code = getattr(getattr(forward, "__func__", forward), "__code__", None)
+    return code is not None and "dtr_task" in code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+
+
 def dtr_merge_outputs(outs, merges):
     """A unit returning several streams (MMDiT: ``(encoder_hidden_states, hidden_states)``): the tuple
     with each routed item merged, ``merges`` holding one (position, bypass, keep) per routed stream."""

@@ -58,7 +58,7 @@ def test_feature_maps_route_on_axis_1():
 def test_plan_is_json_and_round_trips(dit):
     p = dtrsurgeon.plan(dit, {"version": 1, "overrides": [{"match": "blocks.1", "channel_ratio": 0.5}]})
     text = p.to_json()
-    assert json.loads(text)["version"] == 1
+    assert json.loads(text)["version"] == 2
     assert Plan.from_dict(json.loads(text)) == p
     assert p.unit("blocks.1").active == 32 and p.unit("blocks.0").active == 51
     call = p.unit("blocks.0").call_path[-1]

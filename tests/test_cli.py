@@ -19,7 +19,7 @@ def test_inspect_table_shows_units_widths_and_placement(capsys):
 def test_inspect_json_is_the_plan(capsys):
     assert main(["inspect", "model_zoo/dit.py", "--entry", "tiny_dit", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["version"] == 1 and [u["path"] for u in plan["units"]] == ["blocks.0", "blocks.1"]
+    assert plan["version"] == 2 and [u["path"] for u in plan["units"]] == ["blocks.0", "blocks.1"]
 
 
 def test_inspect_edits_lists_each_functions_edits_as_table_and_json(capsys):

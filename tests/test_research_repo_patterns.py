@@ -185,10 +185,6 @@ def test_a_container_of_residual_blocks_routes_its_callees():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=UserWarning, reason=(
-    "dtrsurgeon/emit/locate.py:237 _CHECKPOINT_CALLS: checkpoint_sequential(module, segments, *args), which "
-    "calls each child of its first argument, is not bound to the task, so the rewritten helper hands the "
-    "Sequential's units on without it and they run unrouted (runtime.py:98 warns)"))
 def test_checkpoint_sequential_of_units_routes_them():
     model = build("SequentialCheckpointNet")
     routed = dtrsurgeon.transform(model, DEFAULT)

@@ -14,6 +14,7 @@ only analysed; the model that trains is the user's own code.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import inspect
 import io
@@ -146,17 +147,44 @@ def _memoised_methods_reset(model: nn.Module):
 def _helper_objects_kept(model: nn.Module):
     """Plain objects the modules hold (no module, no tensor: a rotary-table maker that keeps its table
     after the first call) get their attributes back after the capture, which would leave fake tensors
-    in them: ``self.rope_embedder.freqs_cis``."""
+    in them: ``self.rope_embedder.freqs_cis``; and so do the dicts, lists and sets they hold, at any
+    depth, in place (a cache filled during the forward, ``self.tables[length] = (cos, sin)``)."""
     helpers = {id(v): v for m in model.modules() for v in vars(m).values()
                if not isinstance(v, (nn.Module, torch.Tensor, type)) and type(v).__module__ != "builtins"
                and isinstance(getattr(v, "__dict__", None), dict)}
     saved = [(v, dict(vars(v))) for v in helpers.values()]
+    seen: set[int] = set()
+    contents = [(c, copy.copy(c)) for v in helpers.values() for attr in vars(v).values()
+                for c in _containers_in(attr, seen)]
     try:
         yield
     finally:
         for v, attrs in saved:
             vars(v).clear()
             vars(v).update(attrs)
+        for container, items in contents:
+            _put_back(container, items)
+
+
+def _put_back(container: dict | list | set, items: dict | list | set) -> None:
+    """``container`` holding ``items`` again, the same object (others may hold it too)."""
+    container.clear()
+    if isinstance(container, list):
+        container.extend(items)
+    else:
+        container.update(items)
+
+
+def _containers_in(value, seen: set[int]) -> Iterator[dict | list | set]:
+    """The dicts, lists and sets in ``value`` (itself, and inside those and tuples), each once."""
+    if isinstance(value, (dict, list, set)) and id(value) not in seen:
+        seen.add(id(value))
+        yield value
+        for item in list(value.values() if isinstance(value, dict) else value):
+            yield from _containers_in(item, seen)
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from _containers_in(item, seen)
 
 
 @dataclass

@@ -482,13 +482,15 @@ def _placeholder(graph: fx.Graph, name: str) -> fx.Node | None:
 def _drop_conditioning(holders, streams, sample_name: str, sample: fx.Node | None, flow, include, skipped) -> None:
     """Networks that only process the timestep or the conditioning (mapping networks, embedding
     MLPs with residual layers) are no units: none of their streams is computed from the sample
-    (argument ``sample_name``, placeholder ``sample``).
+    (argument ``sample_name``, placeholder ``sample``), nor anything they add to them.  A first
+    block on learned queries (``q = self.queries.expand(B, -1, -1)``) adds what it reads from
+    the sample, ``q + attn(norm(q), context)``: it is a unit.
     An include pattern that names one routes it all the same."""
     if sample is None:
         return
     for path in list(holders):
         starts = [s.node for s in streams[path]] if path in streams else [c.start for c in holders[path]]
-        if any(n is sample or nx.has_path(flow, sample, n) for n in starts):
+        if any(n is sample or nx.has_path(flow, sample, n) for n in starts + [c.end for c in holders[path]]):
             continue
         if any(fnmatch.fnmatchcase(path, p) for p in include):
             continue

@@ -36,6 +36,7 @@ class EditKind(enum.StrEnum):
     COMPUTE_TASK = "compute_task"  # the root's forward computes dtr_task from the timestep on entry
     PASS_TASK = "pass_task"  # the call at `span` gets dtr_task=dtr_task (behind isinstance guards)
     BIND_TASK = "bind_task"  # checkpoint(unit, ...) at `span`: checkpoint(dtr_bind_task(unit, dtr_task), ...)
+    BIND_CHILDREN = "bind_children"  # checkpoint_sequential(units, ...) at `span`: (dtr_bind_children(units, dtr_task), ...)
     BIND_METHOD = "bind_method"  # the reference self.helper at `span`: dtr_bind_task(self.helper, dtr_task)
     FOLD_TASK = "fold_task"  # on entry: each row of a folded batch takes its sample's task
     ROUTE_STREAM = "route_stream"  # block mode: route the stream on entry (line 0) or after `line`
@@ -174,7 +175,12 @@ class EditPlan:
     def binds_task(self) -> bool:
         """Whether the edited code hands units on through ``dtr_bind_task`` (the generated file then
         defines it)."""
-        return bool(self.kinds() & {EditKind.BIND_TASK, EditKind.BIND_METHOD})
+        return bool(self.kinds() & {EditKind.BIND_TASK, EditKind.BIND_METHOD, EditKind.BIND_CHILDREN})
+
+    def binds_children(self) -> bool:
+        """Whether the edited code hands a Sequential's children to ``checkpoint_sequential`` through
+        ``dtr_bind_children`` (the generated file then defines it)."""
+        return EditKind.BIND_CHILDREN in self.kinds()
 
     def table(self) -> str:
         """The text table ``dtrsurgeon inspect --edits`` prints: one row per edit."""

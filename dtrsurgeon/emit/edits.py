@@ -179,7 +179,7 @@ def streams_by_class(plan: Plan) -> dict[str, tuple]:
 
 def _fold_stmt(unit) -> str:
     """Rows of a folded batch get their sample's task (see dtrsurgeon.runtime.dtr_fold_task)."""
-    return f"{TASK} = dtr_fold_task({TASK}, {unit.stream_arg}, {unit.fold!r})"
+    return f"{TASK} = dtr_fold_task({TASK}, {unit.stream_arg}, {str(unit.fold)!r})"
 
 
 def _block_edit(unit, streams) -> tuple[tuple[str, ...], str]:

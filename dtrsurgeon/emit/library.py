@@ -308,7 +308,7 @@ def emit_library(model: nn.Module, plan: Plan, header: LibraryHeader) -> str:
     refs = {c: _reference(c) for cls, methods in overrides.items() for c in [cls] + [m[0] for m in methods]}
     class_modules = {module for module, _ in refs.values()}
     imports = _Imports({}, {})
-    helpers = render_helpers(plan, unrouted_instances(model, plan), binds_task=True)
+    helpers = render_helpers(plan, unrouted_instances(model, plan), binds_task=True, binds_children=True)
     for name in _defined(helpers) | {names[c] for c in overrides}:
         imports.claim(name, object())
     for module in ("bisect", "math", "torch", *class_modules):
@@ -317,7 +317,7 @@ def emit_library(model: nn.Module, plan: Plan, header: LibraryHeader) -> str:
                                     for owner, name, node in methods])
                for cls, methods in overrides.items()]
     header = replace(header, libraries=libraries_of(sorted(class_modules)))
-    return _render(model, plan, header, imports, classes, names, class_modules, edits.binds_task())
+    return _render(model, plan, header, imports, classes, names, class_modules, edits)
 
 
 def _routed_method(owner: type, name: str, node: cst.FunctionDef, owner_ref: str, imports: _Imports) -> cst.FunctionDef:
@@ -359,7 +359,7 @@ def _import_block(imports: _Imports, class_modules: set[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render(model, plan, header, imports: _Imports, classes, names, class_modules: set[str], binds_task: bool) -> str:
+def _render(model, plan, header, imports: _Imports, classes, names, class_modules: set[str], edits: EditPlan) -> str:
     class_nodes = []
     for cls, base_ref, methods in classes:
         doc = f'"""{base_ref} with Denoising Task Routing: {", ".join(m.name.value for m in methods)} edited."""'
@@ -367,7 +367,8 @@ def _render(model, plan, header, imports: _Imports, classes, names, class_module
         body = [node.body.body[0]] + [m.with_changes(leading_lines=[cst.EmptyLine(indent=False)]) for m in methods]
         class_nodes.append(cst.Module(body=[node.with_changes(body=node.body.with_changes(body=body))]).code)
     classes_code = "\n\n".join(class_nodes)
-    helpers = render_helpers(plan, unrouted_instances(model, plan), binds_task=binds_task)
+    helpers = render_helpers(plan, unrouted_instances(model, plan), binds_task=edits.binds_task(),
+                             binds_children=edits.binds_children())
     root = f"{type(model).__module__}.{type(model).__qualname__}"
     routed = "\n".join(f"    {names[c]}," for c, _, _ in classes)
     return "".join([

@@ -91,6 +91,8 @@ class CallLocator(cst.CSTVisitor):
             code = code if len(code) <= 60 else code[:57] + "..."
             if what[0] == "site":
                 edits.append(Edit(EditKind.MASK_SITE, line=span[0], span=span, via=what[1], axis=what[2], code=code))
+            elif what[0] == "bind" and _is_sequential_checkpoint(node):
+                edits.append(Edit(EditKind.BIND_CHILDREN, line=span[0], span=span, code=code))
             elif what[0] == "bind":
                 kind = EditKind.BIND_TASK if isinstance(node, cst.Call) else EditKind.BIND_METHOD
                 edits.append(Edit(kind, line=span[0], span=span, if_given=if_given and kind == EditKind.BIND_TASK, code=code))
@@ -118,8 +120,8 @@ class CallLocator(cst.CSTVisitor):
                 chosen = list(dict.fromkeys(exact))
             else:
                 chosen = [self._call_by_text(node, qual, line)]
-            for call in chosen:
-                found[id(call)] = ("task", edit.call_guards.get(line, ()))
+            for call in chosen:  # checkpoint_sequential(units, ...) calls each unit itself: bind the task to them
+                found[id(call)] = ("bind",) if _is_sequential_checkpoint(call) else ("task", edit.call_guards.get(line, ()))
         self._collect_checkpointed_calls(node, found)
         if edit.pass_if_given:
             self._collect_helper_calls(node, found)
@@ -233,8 +235,9 @@ class CallLocator(cst.CSTVisitor):
         return best[0]
 
 
-_PASS_THROUGH_CALLS = (torch.utils.checkpoint.checkpoint,)
+_PASS_THROUGH_CALLS = (torch.utils.checkpoint.checkpoint, torch.utils.checkpoint.checkpoint_sequential)
 _CHECKPOINT_CALLS = ("checkpoint", "_gradient_checkpointing_func")  # call their first argument with the rest
+_SEQUENTIAL_CHECKPOINT_CALLS = ("checkpoint_sequential",)  # call each child of their first argument
 
 
 
@@ -266,7 +269,11 @@ def _first_arg(call: cst.Call) -> cst.BaseExpression | None:
 
 
 def _is_checkpoint_call(call: cst.Call) -> bool:
-    return _code(call.func).split(".")[-1] in _CHECKPOINT_CALLS
+    return _code(call.func).split(".")[-1] in _CHECKPOINT_CALLS + _SEQUENTIAL_CHECKPOINT_CALLS
+
+
+def _is_sequential_checkpoint(node) -> bool:
+    return isinstance(node, cst.Call) and _code(node.func).split(".")[-1] in _SEQUENTIAL_CHECKPOINT_CALLS
 
 
 def _isinstance_context(func: cst.FunctionDef) -> dict[int, tuple[tuple[str, bool], ...]]:

@@ -36,6 +36,7 @@ from dtrsurgeon.emit.lower import edit_plan
 from dtrsurgeon.emit.resolve import functions_by_qualname, parse_file, unwrapped
 from dtrsurgeon.emit.transformers import apply_edits, function_nodes
 from dtrsurgeon.runtime import (
+    dtr_bind_children,
     dtr_bind_task,
     dtr_channel_mask,
     dtr_fold_task,
@@ -152,7 +153,8 @@ def _routed_module(globals_: dict) -> types.ModuleType:
         module.__dict__.update({k: v for k, v in globals_.items() if k not in ("__name__", "__spec__", "__loader__")})
         module.__dict__.update(dtr_task_index=dtr_task_index, dtr_channel_mask=dtr_channel_mask, dtr_masked=dtr_masked,
                                dtr_route=dtr_route, dtr_merge=dtr_merge, dtr_bind_task=dtr_bind_task,
-                               dtr_merge_outputs=dtr_merge_outputs, dtr_fold_task=dtr_fold_task)
+                               dtr_bind_children=dtr_bind_children, dtr_merge_outputs=dtr_merge_outputs,
+                               dtr_fold_task=dtr_fold_task)
         sys.modules[name] = module
     return module
 
@@ -427,7 +429,7 @@ def apply_plan(model: nn.Module, plan: Plan, spec=None, inplace: bool = False) -
                 module.register_buffer(extra.buffer, mask_table_for(unit.mask, extra.channels), persistent=False)
             module._dtr_axis = unit.channel_axis
             module._dtr_repr = unit_repr(unit)
-            module._dtr_fold = unit.fold
+            module._dtr_fold = None if unit.fold is None else str(unit.fold)
             module._dtr_merge = unit.merge
             if role == "block":
                 module._dtr_routes = _block_routes(unit, cls)

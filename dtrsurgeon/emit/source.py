@@ -85,12 +85,15 @@ ATTACH_STREAMS = '''    for (path, buffer), table in DTR_STREAMS.items():
 '''
 
 
-def runtime_source(plan: Plan, binds_task: bool = False) -> str:
+def runtime_source(plan: Plan, binds_task: bool = False, binds_children: bool = False) -> str:
     """The definitions of :mod:`dtrsurgeon.runtime` this plan's generated code calls, as text
-    (``binds_task``: the code passes units to checkpoint functions through ``dtr_bind_task``)."""
+    (``binds_task``: the code passes units to checkpoint functions through ``dtr_bind_task``;
+    ``binds_children``: a Sequential's children to ``checkpoint_sequential`` through ``dtr_bind_children``)."""
     names = [runtime.dtr_mask_table, runtime.dtr_task_index, runtime.dtr_channel_mask, runtime.dtr_warn_unrouted]
-    if binds_task:
+    if binds_task or binds_children:
         names.append(runtime.dtr_bind_task)
+    if binds_children:
+        names += [runtime.dtr_bind_children, runtime.dtr_takes_task]
     if any(u.mode in (Mode.BRANCH, Mode.PRE_OUTPUT) or not u.merge for u in plan.units):
         names.append(runtime.dtr_masked)
     if any(u.mode == Mode.BLOCK for u in plan.units):
@@ -111,7 +114,7 @@ def _settings_literal(params: MaskParams) -> str:
 
 
 def render_helpers(plan: Plan, unrouted: dict[str, str] | None = None, binds_task: bool = False,
-                   unrouted_classes: dict[str, str] | None = None) -> str:
+                   unrouted_classes: dict[str, str] | None = None, binds_children: bool = False) -> str:
     """The helper block; ``unrouted``: path -> why, instances of routed classes that get no table
     (``unrouted_classes``: path -> their class, for the further streams' tables)."""
     named: dict[str, str] = {}
@@ -124,7 +127,8 @@ def render_helpers(plan: Plan, unrouted: dict[str, str] | None = None, binds_tas
     rows += [f"    {json.dumps(path)}: None,  # {why}" for path, why in (unrouted or {}).items()]
     settings = "\n".join(f"{name} = {literal}" for literal, name in named.items())
     streams = _stream_rows(plan, unrouted_classes or {}, named)
-    return HELPERS.format(runtime=runtime_source(plan, binds_task), settings=settings, units="\n".join(rows),
+    return HELPERS.format(runtime=runtime_source(plan, binds_task, binds_children), settings=settings,
+                          units="\n".join(rows),
                           streams=STREAM_TABLES.format(rows="\n".join(streams)) if streams else "",
                           attach_streams=ATTACH_STREAMS if streams else "").lstrip("\n")
 
@@ -306,7 +310,8 @@ def emit_source(model: nn.Module, plan: Plan, model_py: str, header: Header) -> 
     unrouted = unrouted_instances(model, plan)
     named = dict(model.named_modules())
     classes = {p: f"{type(named[p]).__module__}.{type(named[p]).__qualname__}" for p in unrouted}
-    helpers = render_helpers(plan, unrouted, binds_task=edits.binds_task(), unrouted_classes=classes)
+    helpers = render_helpers(plan, unrouted, binds_task=edits.binds_task(), unrouted_classes=classes,
+                             binds_children=edits.binds_children())
     return _insert_helpers(routed, helpers, header.render()).code
 
 

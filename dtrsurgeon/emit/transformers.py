@@ -287,6 +287,20 @@ class BindTask(FunctionEditTransformer):
         return updated.with_changes(args=[updated.args[0].with_changes(value=bound), *updated.args[1:]])
 
 
+class BindChildren(FunctionEditTransformer):
+    """checkpoint_sequential calls each child of the Sequential it is handed, not the Sequential's forward:
+    ``checkpoint_sequential(self.blocks, 2, x)`` -> ``checkpoint_sequential(dtr_bind_children(self.blocks,
+    dtr_task), 2, x)`` (the children that take the task get it bound; with no task, the Sequential as is)."""
+
+    KIND = EditKind.BIND_CHILDREN
+
+    def leave_Call(self, original, updated):
+        if self.at_span(original) is None:
+            return updated
+        bound = cst.parse_expression(f"dtr_bind_children({_code(updated.args[0].value)}, {TASK})")
+        return updated.with_changes(args=[updated.args[0].with_changes(value=bound), *updated.args[1:]])
+
+
 class BindMethod(FunctionEditTransformer):
     """A helper method handed on with its task bound:
     ``checkpoint(self._forward, x)`` -> ``checkpoint(dtr_bind_task(self._forward, dtr_task), x)``."""
@@ -463,7 +477,7 @@ def _aliases(func: cst.FunctionDef, var: str) -> frozenset[str]:
 # other statement inserters: it places statements by the original body's line ranges, and the
 # entry statements inserted last come first (the task index before the stream is routed).
 TRANSFORMERS: tuple[type[FunctionEditTransformer], ...] = (
-    TakeTask, PassTask, BindTask, BindMethod, MaskSite, MaskBranch, MaskLoads, MergeReturn,
+    TakeTask, PassTask, BindTask, BindChildren, BindMethod, MaskSite, MaskBranch, MaskLoads, MergeReturn,
     RouteStream, FoldTask, ComputeTask, AttachMasks,
 )
 
