@@ -7,6 +7,10 @@ from a description of the construct (no code copied):
 * ``ExpandedShiftNet``: an adaLN shift ``[B, C]`` expanded to the tokens ``[B, L, C]`` once in the root and
   added to each block's normalised input, ``norm(x) * (1 + scale) + shift``; the second block's input is
   computed from the shift (the first block added it), yet the shift is no stream: the blocks route ``x``.
+* ``GatedConditionNet``: a time embedding expanded to the tokens once in the root, ``c`` [B, L, C], that
+  each block adds to its normalised input and gates its MLP with, ``h = norm1(x) + c``,
+  ``x = x + mlp(norm2(x)) * sigmoid(gate(c))``; ``c`` reaches the next block's input through this
+  block's gate, yet each block routes ``x``.
 """
 
 import math
@@ -99,4 +103,37 @@ class ExpandedShiftNet(nn.Module):
                         for m in self.time(time_features(t, self.dim)).chunk(2, dim=-1))
         for block in self.blocks:
             x = block(x, shift, scale)
+        return self.out(x)
+
+
+class GatedConditionBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, elementwise_affine=False), nn.LayerNorm(dim)
+        self.attn = CrossAttention(dim)
+        self.gate = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x, c):
+        h = self.norm1(x) + c
+        x = x + self.attn(h)
+        return x + self.mlp(self.norm2(x)) * torch.sigmoid(self.gate(c))
+
+
+class GatedConditionNet(nn.Module):
+    def __init__(self, dim=16, depth=3):
+        super().__init__()
+        self.dim = dim
+        self.embed, self.temb = nn.Linear(4, dim), nn.Linear(dim, dim)
+        self.blocks = nn.ModuleList(GatedConditionBlock(dim) for _ in range(depth))
+        self.out = nn.Linear(dim, 4)
+
+    def example_inputs(self, batch_size=2):
+        return (torch.randn(batch_size, 6, 4), torch.linspace(10, 900, batch_size).long()), {}
+
+    def forward(self, x, t):
+        x = self.embed(x)
+        c = self.temb(time_features(t, self.dim))[:, None].expand(-1, x.shape[1], -1)
+        for block in self.blocks:
+            x = block(x, c)
         return self.out(x)

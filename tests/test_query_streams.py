@@ -48,7 +48,16 @@ def test_an_expanded_shift_is_no_stream():
     assert units(plan) == [(f"blocks.{i}", "x", ("return x + self.mix(h)",)) for i in range(2)]
 
 
-@pytest.mark.parametrize("name", ["LearnedQueryNet", "ExpandedShiftNet"])
+def test_an_expanded_condition_gating_a_block_is_no_stream_of_the_next():
+    """``c`` reaches blocks.1's ``norm1(x)`` through blocks.0's ``mlp(...) * sigmoid(gate(c))``, outside
+    blocks.1: every block is a unit on ``x`` with its two residual adds, none on ``c``."""
+    plan = dtrsurgeon.plan(build("GatedConditionNet"), DEFAULT)
+    lines = ("x = x + self.attn(h)", "return x + self.mlp(self.norm2(x)) * torch.sigmoid(self.gate(c))")
+    assert units(plan) == [(f"blocks.{i}", "x", lines) for i in range(3)]
+    assert not plan.skipped
+
+
+@pytest.mark.parametrize("name", ["LearnedQueryNet", "ExpandedShiftNet", "GatedConditionNet"])
 def test_routes_per_sample_is_identity_at_ratio_one_and_trains(name):
     model = build(name)
     routed = dtrsurgeon.transform(model, DEFAULT)
@@ -85,7 +94,7 @@ def test_first_query_block_routes_the_expanded_queries():
     assert not torch.allclose(seen["out"], model.blocks[0](queries, context), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["LearnedQueryNet", "ExpandedShiftNet"])
+@pytest.mark.parametrize("name", ["LearnedQueryNet", "ExpandedShiftNet", "GatedConditionNet"])
 def test_through_apply_equals_transform(name, tmp_path):
     model = build(name)
     spec = tmp_path / "spec.json"

@@ -199,7 +199,7 @@ def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx
             stream, skip, branch = src, b, a
         else:
             continue
-        if _broadcast(skip) and not _reaches_past_its_adds(skip, branch, flow):
+        if _broadcast(skip) and not _reaches_past_its_adds(skip, branch, flow, innermost_module(node)[0]):
             continue  # a modulation expanded to the stream's shape, added to the normalised stream
         path, key = innermost_module(node)
         if (node.target in _LERPS or path) and not _computed_in(branch, path):
@@ -219,14 +219,19 @@ def _broadcast(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target is aten.expand.default
 
 
-def _reaches_past_its_adds(skip: fx.Node, branch: fx.Node, flow: nx.DiGraph) -> bool:
-    """Is ``branch`` computed from the expanded ``skip`` other than through adds of it?  Learned queries
-    expanded to the batch, ``q = self.queries.expand(B, -1, -1)``, then ``q = q + attn(norm(q), ctx)``: the
-    branch reads ``q`` itself, so ``q`` is the stream entering the chain.  An adaLN shift reaches a later
-    block's branch only through the earlier blocks' ``norm(x) * (1 + scale) + shift``: a conditioning
-    vector broadcast over tokens, no stream."""
+def _reaches_past_its_adds(skip: fx.Node, branch: fx.Node, flow: nx.DiGraph, module: str) -> bool:
+    """Is ``branch`` computed from the expanded ``skip`` other than through adds of it, inside ``module``
+    (the module running the add; the whole graph when that is the root)?  Learned queries expanded to the
+    batch, ``q = self.queries.expand(B, -1, -1)``, then ``q = q + attn(norm(q), ctx)``: the branch reads
+    ``q`` itself, so ``q`` is the stream entering the chain.  An adaLN shift reaches a later block's branch
+    only through the earlier blocks' ``norm(x) * (1 + scale) + shift``: a conditioning vector broadcast over
+    tokens, no stream.  Only paths inside the module count: a conditioning ``c`` a block adds to its
+    normalised input, ``h = norm1(x) + c``, and gates its MLP with, ``x + mlp(norm2(x)) * gate(c)``, reaches
+    the next block's ``norm1(x)`` through this block's gate, which is no stream entering the next block."""
     adds_of_it = [u for u in skip.users if u.op == "call_function" and u.target in _ADDS | _LERPS]
-    return nx.has_path(nx.restricted_view(flow, adds_of_it, []), skip, branch)
+    if module:
+        flow = flow.subgraph([n for n in flow.nodes if n is skip or _computed_in(n, module)])
+    return branch in flow and nx.has_path(nx.restricted_view(flow, adds_of_it, []), skip, branch)
 
 
 def _on_stream(src: fx.Node, dst: fx.Node, depth: int = 3) -> bool:
