@@ -11,6 +11,9 @@ from a description of the construct (no code copied):
   each block adds to its normalised input and gates its MLP with, ``h = norm1(x) + c``,
   ``x = x + mlp(norm2(x)) * sigmoid(gate(c))``; ``c`` reaches the next block's input through this
   block's gate, yet each block routes ``x``.
+* ``JointTextRefinerNet``: text tokens refined before the image blocks by blocks that attend over
+  ``[text; image]`` and return the text, ``c = c + attn(norm(c), cat([norm(c), x]))``: what the first
+  refiner adds reads the sample, yet its stream starts from the text input: it is no unit.
 """
 
 import math
@@ -134,6 +137,45 @@ class GatedConditionNet(nn.Module):
     def forward(self, x, t):
         x = self.embed(x)
         c = self.temb(time_features(t, self.dim))[:, None].expand(-1, x.shape[1], -1)
+        for block in self.blocks:
+            x = block(x, c)
+        return self.out(x)
+
+
+class JointTextRefiner(nn.Module):
+    """Text tokens attend over [text; image] tokens; returns the text tokens only."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = CrossAttention(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, c, x):
+        h = self.norm1(c)
+        c = c + self.attn(h, torch.cat([h, x], dim=1))
+        return c + self.mlp(self.norm2(c))
+
+
+class JointTextRefinerNet(nn.Module):
+    def __init__(self, dim=16, depth=2):
+        super().__init__()
+        self.dim = dim
+        self.embed, self.temb, self.text = nn.Linear(4, dim), nn.Linear(dim, dim), nn.Linear(8, dim)
+        self.refiners = nn.ModuleList(JointTextRefiner(dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(QueryBlock(dim) for _ in range(depth))
+        self.out = nn.Linear(dim, 4)
+
+    def example_inputs(self, batch_size=2):
+        return (torch.randn(batch_size, 6, 4), torch.linspace(10, 900, batch_size).long(),
+                torch.randn(batch_size, 3, 8)), {}
+
+    def forward(self, x, t, text):
+        """x: [B, L, 4] image tokens, t: [B], text: [B, M, 8]; the image blocks read the refined text."""
+        x = self.embed(x) + self.temb(time_features(t, self.dim))[:, None]
+        c = self.text(text)
+        for refiner in self.refiners:
+            c = refiner(c, x)
         for block in self.blocks:
             x = block(x, c)
         return self.out(x)

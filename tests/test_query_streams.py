@@ -57,7 +57,17 @@ def test_an_expanded_condition_gating_a_block_is_no_stream_of_the_next():
     assert not plan.skipped
 
 
-@pytest.mark.parametrize("name", ["LearnedQueryNet", "ExpandedShiftNet", "GatedConditionNet"])
+def test_a_text_refiner_reading_the_image_is_no_unit():
+    """refiners.0's stream starts from the text input; what it adds reads the image through the joint
+    attention, which keeps only a stream that starts from parameters (learned queries) a unit."""
+    plan = dtrsurgeon.plan(build("JointTextRefinerNet"), DEFAULT)
+    assert [p for p, _ in plan.skipped] == ["refiners.0"]
+    assert "processes only the timestep or the conditioning" in plan.skipped[0][1]
+    assert [(f"blocks.{i}", "q", QUERY_LINES) for i in range(2)] == units(plan)[-2:]
+    assert "refiners.0" not in [u.path for u in plan.units]
+
+
+@pytest.mark.parametrize("name", ["LearnedQueryNet", "ExpandedShiftNet", "GatedConditionNet", "JointTextRefinerNet"])
 def test_routes_per_sample_is_identity_at_ratio_one_and_trains(name):
     model = build(name)
     routed = dtrsurgeon.transform(model, DEFAULT)
@@ -94,7 +104,7 @@ def test_first_query_block_routes_the_expanded_queries():
     assert not torch.allclose(seen["out"], model.blocks[0](queries, context), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["LearnedQueryNet", "ExpandedShiftNet", "GatedConditionNet"])
+@pytest.mark.parametrize("name", ["LearnedQueryNet", "ExpandedShiftNet", "GatedConditionNet", "JointTextRefinerNet"])
 def test_through_apply_equals_transform(name, tmp_path):
     model = build(name)
     spec = tmp_path / "spec.json"

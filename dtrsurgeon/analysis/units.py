@@ -301,7 +301,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     sample_name, batch = _sample_input(model, args, kwargs)
     holders, streams, caller_adds = _holders(chains, cap, named, params, skipped)
     _drop_conditioning(holders, streams, sample_name, _placeholder(cap.graph, cap.inputs.get(sample_name, sample_name)),
-                       flow, spec.include, skipped)
+                       flow, params, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
     outer = set(chosen)
@@ -479,18 +479,25 @@ def _placeholder(graph: fx.Graph, name: str) -> fx.Node | None:
     return next((n for n in graph.nodes if n.op == "placeholder" and n.name == name), None)
 
 
-def _drop_conditioning(holders, streams, sample_name: str, sample: fx.Node | None, flow, include, skipped) -> None:
+def _drop_conditioning(holders, streams, sample_name: str, sample: fx.Node | None, flow, params, include,
+                       skipped) -> None:
     """Networks that only process the timestep or the conditioning (mapping networks, embedding
     MLPs with residual layers) are no units: none of their streams is computed from the sample
-    (argument ``sample_name``, placeholder ``sample``), nor anything they add to them.  A first
-    block on learned queries (``q = self.queries.expand(B, -1, -1)``) adds what it reads from
-    the sample, ``q + attn(norm(q), context)``: it is a unit.
+    (argument ``sample_name``, placeholder ``sample``).  A first block on learned queries
+    (``q = self.queries.expand(B, -1, -1)``) starts from parameters only and adds what it reads
+    from the sample, ``q + attn(norm(q), context)``: it is a unit.  A text refiner whose stream starts
+    from the text input, ``c = c + attn(norm(c), cat([norm(c), x]))``, reads the sample too, yet its
+    stream is the conditioning's: no unit.
     An include pattern that names one routes it all the same."""
     if sample is None:
         return
+    inputs = [n for n in sample.graph.nodes if n.op == "placeholder" and n.name not in params]
     for path in list(holders):
         starts = [s.node for s in streams[path]] if path in streams else [c.start for c in holders[path]]
-        if any(n is sample or nx.has_path(flow, sample, n) for n in starts + [c.end for c in holders[path]]):
+        if any(_computed_from(n, [sample], flow) for n in starts):
+            continue
+        if (not any(_computed_from(n, inputs, flow) for n in starts)
+                and any(_computed_from(c.end, [sample], flow) for c in holders[path])):
             continue
         if any(fnmatch.fnmatchcase(path, p) for p in include):
             continue
@@ -498,6 +505,11 @@ def _drop_conditioning(holders, streams, sample_name: str, sample: fx.Node | Non
                               f"from the sample {sample_name!r}); name it in targets.include to route it"))
         del holders[path]
         streams.pop(path, None)
+
+
+def _computed_from(node: fx.Node, sources: list[fx.Node], flow) -> bool:
+    """Is ``node`` one of ``sources`` or computed from one of them?"""
+    return any(node is s or (s in flow and node in flow and nx.has_path(flow, s, node)) for s in sources)
 
 
 def _sample_input(model: nn.Module, args: tuple, kwargs: dict) -> tuple[str, int]:
