@@ -6,10 +6,15 @@ forward), written here from a description of the construct:
   under ``if self.grad_checkpointing and torch.is_grad_enabled():`` and ``self.blocks(x)`` otherwise; the
   Sequential holds a ``Dropout`` between the blocks, a child that is no unit.
 * ``AlwaysSegmentedNet``: the root always calls ``checkpoint_sequential`` (the example inputs take it).
+* ``DecoratedSegmentedNet``: as AlwaysSegmentedNet, with blocks whose forward is decorated by a
+  ``functools.wraps`` wrapper taking ``(*args, **kwargs)`` (a logging or profiling decorator).
+* ``LoopElseNet``: ``checkpoint_sequential`` under ``if self.grad_checkpointing:``, a Python loop over the
+  blocks otherwise; the capture (eval, no checkpointing) takes the loop, never the checkpointed call.
 
 Both take ``reentrant``, handed to ``use_reentrant``.
 """
 
+import functools
 import math
 
 import torch
@@ -60,4 +65,39 @@ class AlwaysSegmentedNet(SegmentedCheckpointNet):
     def forward(self, x, t):
         x = self.embed(x) + self.temb(time_features(t, self.dim))[:, None]
         x = torch.utils.checkpoint.checkpoint_sequential(self.blocks, 2, x, use_reentrant=self.reentrant)
+        return self.out(x)
+
+
+def counted(forward):
+    """A decorator of a forward that counts its calls, the way a logging or profiling one wraps it."""
+    @functools.wraps(forward)
+    def wrapper(*args, **kwargs):
+        wrapper.calls += 1
+        return forward(*args, **kwargs)
+
+    wrapper.calls = 0
+    return wrapper
+
+
+class DecoratedResidualMLP(ResidualMLP):
+    @counted
+    def forward(self, x):
+        return x + self.mlp(self.norm(x))
+
+
+class DecoratedSegmentedNet(AlwaysSegmentedNet):
+    def __init__(self, dim=16, reentrant=False):
+        super().__init__(dim, reentrant)
+        self.blocks = nn.Sequential(DecoratedResidualMLP(dim), nn.Dropout(0.0), DecoratedResidualMLP(dim),
+                                    DecoratedResidualMLP(dim))
+
+
+class LoopElseNet(SegmentedCheckpointNet):
+    def forward(self, x, t):
+        x = self.embed(x) + self.temb(time_features(t, self.dim))[:, None]
+        if self.grad_checkpointing:
+            x = torch.utils.checkpoint.checkpoint_sequential(self.blocks, 2, x, use_reentrant=self.reentrant)
+        else:
+            for block in self.blocks:
+                x = block(x)
         return self.out(x)

@@ -49,7 +49,7 @@ def routed_reference(name, reentrant):
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
-@pytest.mark.parametrize("name", ["SegmentedCheckpointNet", "AlwaysSegmentedNet"])
+@pytest.mark.parametrize("name", ["SegmentedCheckpointNet", "AlwaysSegmentedNet", "DecoratedSegmentedNet", "LoopElseNet"])
 def test_checkpoint_sequential_routes_each_unit(name, reentrant):
     model = build(name, reentrant)
     routed = dtrsurgeon.transform(model, DEFAULT)
@@ -66,7 +66,7 @@ def test_checkpoint_sequential_routes_each_unit(name, reentrant):
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
-@pytest.mark.parametrize("name", ["SegmentedCheckpointNet", "AlwaysSegmentedNet"])
+@pytest.mark.parametrize("name", ["SegmentedCheckpointNet", "AlwaysSegmentedNet", "DecoratedSegmentedNet", "LoopElseNet"])
 def test_checkpoint_sequential_through_apply_equals_transform(name, reentrant, tmp_path):
     model = build(name, reentrant)
     spec = tmp_path / "spec.json"

@@ -123,6 +123,7 @@ class CallLocator(cst.CSTVisitor):
             for call in chosen:  # checkpoint_sequential(units, ...) calls each unit itself: bind the task to them
                 found[id(call)] = ("bind",) if _is_sequential_checkpoint(call) else ("task", edit.call_guards.get(line, ()))
         self._collect_checkpointed_calls(node, found)
+        self._collect_sequential_checkpoints(node, found)
         if edit.pass_if_given:
             self._collect_helper_calls(node, found)
         if edit.owners:
@@ -162,6 +163,16 @@ class CallLocator(cst.CSTVisitor):
                 first = _first_arg(call)
                 if _is_checkpoint_call(call) and first is not None and (_code(first), where) in routed:
                     found[id(call)] = ("bind",)
+
+    @staticmethod
+    def _collect_sequential_checkpoints(node, found) -> None:
+        """Every ``checkpoint_sequential(seq, ...)`` of a function that holds ``dtr_task``, also on a branch
+        the example inputs did not take (``if self.grad_checkpointing: x = checkpoint_sequential(self.blocks,
+        2, x)`` with ``for blk in self.blocks: x = blk(x)`` otherwise): ``dtr_bind_children`` binds the task to
+        the children that take it and hands the others, or everything without a task, on as they are."""
+        for call in _calls_in(node):
+            if id(call) not in found and _is_sequential_checkpoint(call):
+                found[id(call)] = ("bind",)
 
     def _collect_helper_calls(self, node, found) -> None:
         """In a module-level helper that calls the unit it is handed (``def checkpoint(fn, *args)``), the
