@@ -127,7 +127,10 @@ def from_pretrained(model_or_class: nn.Module | Callable[..., nn.Module], direct
     if doc is None:
         plan, spec = default
     else:
-        plan = Plan.from_dict(doc["plan"])
+        try:
+            plan = Plan.from_dict(doc["plan"])
+        except ValueError as e:
+            raise CheckpointError(f"{Path(directory, CONFIG_NAME)}: {e}") from None
         spec = load_spec(doc["spec"]) if doc["spec"] is not None else None
         check_architecture(model, plan, doc["shapes"], directory)
     if not loaded:

@@ -16,8 +16,8 @@ from typing import Any
 
 from dtrsurgeon.spec.model import MaskParams, TimestepMap
 
-PLAN_VERSION = 2  # 2: a unit's fold may be "sequence_first", which readers of version 1 would take for "repeat"
-SUPPORTED_PLAN_VERSIONS = (1, 2)  # a version-1 plan has no such fold and reads the same
+PLAN_VERSION = 2  # 2: a unit's fold is one of the closed set Fold
+SUPPORTED_PLAN_VERSIONS = (1, 2)  # version-1 plans read the same
 
 
 class Mode(enum.StrEnum):
@@ -139,6 +139,9 @@ class RoutedUnit:
 
     def __post_init__(self):
         object.__setattr__(self, "mode", Mode(self.mode))
+        if self.fold is not None and self.fold not in tuple(Fold):
+            raise ValueError(f"unit {self.path!r}: fold {self.fold!r} is not one of "
+                             f"{', '.join(str(f) for f in Fold)}")
         if self.fold is not None:
             object.__setattr__(self, "fold", Fold(self.fold))
 

@@ -557,8 +557,8 @@ def _one_fold_per_class(units: list[RoutedUnit], skipped: list) -> list[RoutedUn
     kept = []
     for u in units:
         if u.fold is not None and folds[u.cls] != u.fold:
-            skipped.append((u.path, f"its batch holds frames as {u.fold!r} while other {u.cls.rsplit('.', 1)[-1]} "
-                                    f"units hold them as {folds[u.cls]!r}, and one class has one forward"))
+            skipped.append((u.path, f"its batch holds frames as {str(u.fold)!r} while other {u.cls.rsplit('.', 1)[-1]} "
+                                    f"units hold them as {str(folds[u.cls])!r}, and one class has one forward"))
         else:
             kept.append(u)
     return kept

@@ -24,7 +24,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-EDIT_PLAN_VERSION = 1
+EDIT_PLAN_VERSION = 2  # 2: an edit may be bind_children, which readers of version 1 do not know
+SUPPORTED_EDIT_PLAN_VERSIONS = (1, 2)  # a version-1 edit plan holds none and reads the same
 
 Span = tuple[int, int, int, int]  # (line, column, end line, end column) of a node, as LibCST's PositionProvider
 
@@ -154,8 +155,9 @@ class EditPlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EditPlan":
-        if d.get("version") != EDIT_PLAN_VERSION:
-            raise ValueError(f"edit plan version {d.get('version')!r} is not supported (expected {EDIT_PLAN_VERSION})")
+        if d.get("version") not in SUPPORTED_EDIT_PLAN_VERSIONS:
+            raise ValueError(f"edit plan version {d.get('version')!r} is not supported (expected one of "
+                             f"{', '.join(map(str, SUPPORTED_EDIT_PLAN_VERSIONS))})")
         return cls(Form(d["form"]), tuple(FunctionEdits.from_dict(f) for f in d["functions"]),
                    tuple(d.get("wrapped", ())))
 
