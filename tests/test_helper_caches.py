@@ -46,3 +46,20 @@ def test_real_forwards_after_capture_use_real_tables():
     with torch.no_grad():
         assert torch.equal(identity(x, t), ref)
     assert torch.isfinite(out).all() and not torch.allclose(out, ref, atol=1e-4)
+
+
+def test_a_deeply_nested_helper_container_is_put_back():
+    """A helper's history kept as nested pairs 5,000 deep (``[item, [item, [...]]]``) is walked without
+    recursion, and its innermost list is put back after the capture."""
+    model = build()
+    innermost = []
+    nested = innermost
+    for depth in range(5000):
+        nested = [depth, (nested,)] if depth % 2 else [depth, nested]
+    model.rope.history = nested
+    innermost.append("kept")
+    dtrsurgeon.plan(model, {"version": 1})
+    walk = model.rope.history
+    while walk is not innermost:
+        walk = walk[1][0] if isinstance(walk[1], tuple) else walk[1]
+    assert innermost == ["kept"]  # the same object, reached through 5,000 levels, holding what it held

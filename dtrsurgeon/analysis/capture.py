@@ -176,15 +176,17 @@ def _put_back(container: dict | list | set, items: dict | list | set) -> None:
 
 
 def _containers_in(value, seen: set[int]) -> Iterator[dict | list | set]:
-    """The dicts, lists and sets in ``value`` (itself, and inside those and tuples), each once."""
-    if isinstance(value, (dict, list, set)) and id(value) not in seen:
-        seen.add(id(value))
-        yield value
-        for item in list(value.values() if isinstance(value, dict) else value):
-            yield from _containers_in(item, seen)
-    elif isinstance(value, tuple):
-        for item in value:
-            yield from _containers_in(item, seen)
+    """The dicts, lists and sets in ``value`` (itself, and inside those and tuples), each once; walked
+    with a stack of its own, so a deeply nested one (a linked list of pairs) needs no recursion."""
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, (dict, list, set)) and id(value) not in seen:
+            seen.add(id(value))
+            yield value
+            stack.extend(reversed(list(value.values() if isinstance(value, dict) else value)))
+        elif isinstance(value, tuple):
+            stack.extend(reversed(value))
 
 
 @dataclass
