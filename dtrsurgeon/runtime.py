@@ -184,7 +184,8 @@ def dtr_bind_children(functions, task):
 def dtr_takes_task(fn):
     """Whether fn (for a module: its forward) has a parameter named dtr_task; a forward decorated with
     functools.wraps (``wrapper(*args, **kwargs)``, which hands dtr_task on) is judged by the function it wraps."""
-    forward = getattr(getattr(fn, "forward", fn), "__func__", getattr(fn, "forward", fn))
+    forward = getattr(fn, "forward", fn)
+    forward = getattr(forward, "__func__", forward)
     while hasattr(forward, "__wrapped__"):
         forward = forward.__wrapped__
     code = getattr(getattr(forward, "__func__", forward), "__code__", None)
