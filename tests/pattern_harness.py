@@ -8,6 +8,7 @@ tests::
     TOYS = Toys(file="tests/research_patterns.py", spec_for=spec_for, build=build,
                 inputs=inputs, prefix="gen_research", prepare_training=switch_on_checkpointing)
 
+    @each_toy_and_mode(PATTERNS)
     def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
         check_routes(TOYS, name, mode, PATTERNS[name])
 """
@@ -19,11 +20,21 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import pytest
 import torch
 
 import dtrsurgeon
 from dtrsurgeon.cli import main
 from tests.conftest import import_path
+
+
+def each_toy_and_mode(names):
+    """``@pytest.mark.slow``, parametrized over the toys ``names`` and both routing modes (ids
+    ``[Toy-block]``, ``[Toy-branch]``)."""
+    def decorate(test):
+        by_name = pytest.mark.parametrize("name", list(names))(test)
+        return pytest.mark.slow(pytest.mark.parametrize("mode", ["block", "branch"])(by_name))
+    return decorate
 
 
 def _as_is(routed, name, kwargs):

@@ -18,7 +18,7 @@ from dtrsurgeon.analysis.streams import NoStreams, tuple_streams
 from dtrsurgeon.cli import main
 from tests import reference_impl_patterns as rp
 from tests.conftest import import_path, randomize_
-from tests.pattern_harness import Toys, check_apply, check_routes, run_alone
+from tests.pattern_harness import Toys, check_apply, check_routes, each_toy_and_mode, run_alone
 
 FILE = "tests/reference_impl_patterns.py"
 
@@ -55,16 +55,12 @@ def test_default_spec_finds_a_unit_on_every_residual_block(name):
     assert [u.path for u in dtrsurgeon.plan(build(name), spec_for()).units] == PATTERNS[name]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
     check_routes(TOYS, name, mode)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
     check_apply(TOYS, name, mode, tmp_path)
 

@@ -19,7 +19,7 @@ from dtrsurgeon.cli import main
 from dtrsurgeon.errors import CaptureError, SpecError
 from tests import research_patterns as rp
 from tests.conftest import import_path
-from tests.pattern_harness import Toys, check_apply, check_routes
+from tests.pattern_harness import Toys, check_apply, check_routes, each_toy_and_mode
 
 FILE = "tests/research_patterns.py"
 UNSEEN = "called without dtr_task"
@@ -65,16 +65,12 @@ PATTERNS = {  # toy -> the units its default spec routes
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
     check_routes(TOYS, name, mode, PATTERNS[name])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
     check_apply(TOYS, name, mode, tmp_path)
 

@@ -14,7 +14,7 @@ import dtrsurgeon
 from dtrsurgeon.cli import main
 from tests import research_repo_patterns as rp
 from tests.conftest import import_path
-from tests.pattern_harness import Toys, check_apply, check_routes
+from tests.pattern_harness import Toys, check_apply, check_routes, each_toy_and_mode
 
 FILE = "tests/research_repo_patterns.py"
 DEFAULT = {"version": 1}
@@ -72,16 +72,12 @@ TOYS = Toys(file=FILE, spec_for=spec_for, build=build, inputs=lambda model: (inp
             prepare_training=switch_on_checkpointing, library_form=LIBRARY_FORM)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
     check_routes(TOYS, name, mode, PATTERNS[name])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
     check_apply(TOYS, name, mode, tmp_path)
 
