@@ -104,9 +104,12 @@ def built(name):
 def routed_model(name):
     """A deep copy of ``transform(model, SPEC)``, the transform run once per class: training and
     compiling leave state (gradients, train mode, Dynamo's caches) on the copy a test gets, not on
-    the next test's."""
+    the next test's.  The model runs once first, as a model in use has: state a forward builds lazily
+    (BriaFibo2's rotary table, which Dynamo cannot build: a ``torch.device`` context) is in the copy."""
     if name not in _routed:
         model, kwargs = built(name)
+        with torch.no_grad():
+            model(**kwargs)
         _routed[name] = dtrsurgeon.transform(model, SPEC, example_inputs=((), kwargs))
     return copy.deepcopy(_routed[name])
 
