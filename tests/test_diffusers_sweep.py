@@ -10,6 +10,7 @@ timestep given to every sample (where the vanilla model takes one), and one
 NO_FULLGRAPH).  The training step needs a vanilla backward on CPU (NO_BACKWARD lists where it has none).
 """
 
+import copy
 import inspect
 
 import pytest
@@ -88,7 +89,9 @@ def test_every_timestep_class_is_built_or_left_out_with_a_reason():
     assert set(NO_BACKWARD) <= set(UNITS)
 
 
-_cache = {}
+# -- one build and one capture per class, shared by the tests here and test_apply_library's ---------------
+
+_cache, _routed = {}, {}
 
 
 def built(name):
@@ -96,6 +99,19 @@ def built(name):
         model = dm.sweep_model(name)
         _cache[name] = (model, dm.sweep_inputs(name, model))
     return _cache[name]
+
+
+def routed_model(name):
+    """A deep copy of ``transform(model, SPEC)``, the transform run once per class: training and
+    compiling leave state (gradients, train mode, Dynamo's caches) on the copy a test gets, not on
+    the next test's.  The model runs once first, as a model in use has: state a forward builds lazily
+    (BriaFibo2's rotary table, which Dynamo cannot build: a ``torch.device`` context) is in the copy."""
+    if name not in _routed:
+        model, kwargs = built(name)
+        with torch.no_grad():
+            model(**kwargs)
+        _routed[name] = dtrsurgeon.transform(model, SPEC, example_inputs=((), kwargs))
+    return copy.deepcopy(_routed[name])
 
 
 def first(output):
@@ -125,8 +141,8 @@ def split(kwargs, i, batch_size):
 @pytest.mark.parametrize("name", list(UNITS))
 def test_routes_every_block_per_sample_and_trains(name):
     model, kwargs = built(name)
-    example = ((), kwargs)
-    plan = dtrsurgeon.plan(model, SPEC, example_inputs=example)
+    routed = routed_model(name)
+    plan = routed.dtr_plan
     counts = {}
     for unit in plan.units:
         cls = unit.cls.rsplit(".", 1)[1]
@@ -134,9 +150,8 @@ def test_routes_every_block_per_sample_and_trains(name):
     assert counts == UNITS[name], plan.skipped
     with torch.no_grad():
         ref = first(model(**kwargs))
-        identity = dtrsurgeon.transform(model, {**SPEC, "routing": {"channel_ratio": 1.0}}, example_inputs=example)
+        identity = dtrsurgeon.transform(model, {**SPEC, "routing": {"channel_ratio": 1.0}}, example_inputs=((), kwargs))
         assert torch.allclose(first(identity(**kwargs)), ref, atol=1e-6)
-        routed = dtrsurgeon.transform(model, SPEC, example_inputs=example)
         out = first(routed(**kwargs))
         assert not torch.allclose(out, ref, atol=1e-4)
         alone = torch.cat([first(routed(**split(kwargs, i, len(ref)))) for i in range(len(ref))])
@@ -149,11 +164,6 @@ def test_routes_every_block_per_sample_and_trains(name):
     first(routed(**kwargs)).square().mean().backward()
     grads = [p.grad for p in routed.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-
-
-def routed_model(name):
-    model, kwargs = built(name)
-    return dtrsurgeon.transform(model, SPEC, example_inputs=((), kwargs))
 
 
 @pytest.mark.slow

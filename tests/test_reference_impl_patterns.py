@@ -18,6 +18,7 @@ from dtrsurgeon.analysis.streams import NoStreams, tuple_streams
 from dtrsurgeon.cli import main
 from tests import reference_impl_patterns as rp
 from tests.conftest import import_path, randomize_
+from tests.pattern_harness import Toys, check_apply, check_routes, each_toy_and_mode, run_alone
 
 FILE = "tests/reference_impl_patterns.py"
 
@@ -46,35 +47,7 @@ def inputs(model, batch=3):
     return model.example_inputs(batch)
 
 
-def sample(args, kwargs, i):
-    one = lambda v: v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() >= 1 else v
-    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
-
-
-def tensors(out):
-    """The tensors of a forward's result, in order: a tensor, or nested tuples and lists of them."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for item in out for t in tensors(item)]
-
-
-def run_alone(routed, args, kwargs):
-    """Each sample run alone, the results joined along the batch."""
-    outs = [tensors(routed(*sample(args, kwargs, i)[0], **sample(args, kwargs, i)[1])) for i in range(len(args[0]))]
-    return [torch.cat(parts) for parts in zip(*outs)]
-
-
-def loss_of(out):
-    return sum(t.square().mean() for t in tensors(out))
-
-
-def train_step(routed):
-    args, kwargs = inputs(routed)
-    routed.train()
-    routed.zero_grad()
-    loss_of(routed(*args, **kwargs)).backward()
-    grads = [p.grad for p in routed.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
+TOYS = Toys(file=FILE, spec_for=spec_for, build=build, inputs=inputs, prefix="gen_refimpl")
 
 
 @pytest.mark.parametrize("name", list(PATTERNS))
@@ -82,44 +55,14 @@ def test_default_spec_finds_a_unit_on_every_residual_block(name):
     assert [u.path for u in dtrsurgeon.plan(build(name), spec_for()).units] == PATTERNS[name]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
-    model = build(name)
-    routed = dtrsurgeon.transform(model, spec_for(mode))
-    identity = dtrsurgeon.transform(model, spec_for(mode, ratio=1.0))
-    args, kwargs = inputs(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no call runs unrouted
-        with torch.no_grad():
-            out, ref = tensors(routed(*args, **kwargs)), tensors(model(*args, **kwargs))
-            alone = run_alone(routed, args, kwargs)
-            assert all(torch.equal(a, b) for a, b in zip(tensors(identity(*args, **kwargs)), ref, strict=True))
-        assert not torch.allclose(out[0], ref[0], atol=1e-4)
-        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(out, alone, strict=True))
-        train_step(routed)
+    check_routes(TOYS, name, mode)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
-    model = build(name)
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(spec_for(mode)))
-    out = tmp_path / f"{name}_{mode}_dtr.py"
-    assert main(["apply", str(spec), FILE, "--entry", name, "-o", str(out)]) == 0
-    generated = getattr(import_path(out, f"gen_refimpl_{name}_{mode}"), name)().eval()
-    generated.load_state_dict(model.state_dict(), strict=True)
-    routed = dtrsurgeon.transform(model, str(spec))
-    args, kwargs = inputs(model)
-    with torch.no_grad():
-        a, b = tensors(generated(*args, **kwargs)), tensors(routed(*args, **kwargs))
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        train_step(generated)
+    check_apply(TOYS, name, mode, tmp_path)
 
 
 # -- reference SD3: streams that come in through *args ---------------------------------------------

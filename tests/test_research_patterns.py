@@ -19,6 +19,7 @@ from dtrsurgeon.cli import main
 from dtrsurgeon.errors import CaptureError, SpecError
 from tests import research_patterns as rp
 from tests.conftest import import_path
+from tests.pattern_harness import Toys, check_apply, check_routes, each_toy_and_mode
 
 FILE = "tests/research_patterns.py"
 UNSEEN = "called without dtr_task"
@@ -39,29 +40,20 @@ def inputs(model, batch=3):
     return model.example_inputs(batch)
 
 
-def sample(args, kwargs, i):
-    one = lambda v: v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() >= 1 else v  # noqa: E731
-    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
-
-
-def train_step(routed, name):
-    """One training step on the branch each pattern only takes while training."""
-    args, kwargs = inputs(routed)
-    routed.train()
+def switch_training_branches(routed, name, kwargs):
+    """The branch each pattern only takes while training: the call's kwargs, checkpointing switched on."""
     if name == "MaskedTrainNet":
         kwargs = {**kwargs, "mask_ratio": 0.5}
-    if name == "UnseenCallNet":
-        kwargs = {**kwargs, "shuffle": True}
     if name == "DispatchNet":
         routed.gradient_checkpointing = True
     if name == "HelperCheckpointNet":
         for block in routed.blocks:
             block.grad_checkpointing = True
-    routed.zero_grad()
-    routed(*args, **kwargs).square().mean().backward()
-    grads = [p.grad for p in routed.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
+    return kwargs
 
+
+TOYS = Toys(file=FILE, spec_for=spec_for, build=build, inputs=inputs, prefix="gen_research",
+            prepare_training=switch_training_branches)
 
 PATTERNS = {  # toy -> the units its default spec routes
     "HelperCheckpointNet": ["blocks.0", "blocks.1", "blocks.2", "blocks.3"],
@@ -73,47 +65,14 @@ PATTERNS = {  # toy -> the units its default spec routes
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
-    model = build(name)
-    plan = dtrsurgeon.plan(model, spec_for(mode))
-    assert [u.path for u in plan.units] == PATTERNS[name]
-    routed = dtrsurgeon.transform(model, spec_for(mode))
-    identity = dtrsurgeon.transform(model, spec_for(mode, ratio=1.0))
-    args, kwargs = inputs(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no call runs unrouted
-        with torch.no_grad():
-            out, ref = routed(*args, **kwargs), model(*args, **kwargs)
-            one_by_one = torch.cat([routed(*sample(args, kwargs, i)[0], **sample(args, kwargs, i)[1])
-                                    for i in range(len(args[1]))])
-            assert torch.equal(identity(*args, **kwargs), ref)
-        assert not torch.allclose(out, ref, atol=1e-4)
-        assert torch.allclose(out, one_by_one, atol=1e-5)
-        train_step(routed, name)
+    check_routes(TOYS, name, mode, PATTERNS[name])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
-    model = build(name)
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(spec_for(mode)))
-    out = tmp_path / f"{name}_{mode}_dtr.py"
-    assert main(["apply", str(spec), FILE, "--entry", name, "-o", str(out)]) == 0
-    generated = getattr(import_path(out, f"gen_research_{name}_{mode}"), name)().eval()
-    generated.load_state_dict(model.state_dict(), strict=True)
-    routed = dtrsurgeon.transform(model, str(spec))
-    args, kwargs = inputs(model)
-    with torch.no_grad():
-        assert torch.equal(generated(*args, **kwargs), routed(*args, **kwargs))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        torch.manual_seed(2)
-        train_step(generated, name)
+    check_apply(TOYS, name, mode, tmp_path)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import dtrsurgeon
 from dtrsurgeon.cli import main
 from tests import research_repo_patterns as rp
 from tests.conftest import import_path
+from tests.pattern_harness import Toys, check_apply, check_routes, each_toy_and_mode
 
 FILE = "tests/research_repo_patterns.py"
 DEFAULT = {"version": 1}
@@ -32,7 +33,7 @@ PATTERNS = {  # toy -> the units its default spec routes
     "SequentialViT": [f"transformer.{i}" for i in range(4)],
 }
 
-LIBRARY_FORM = {"SequentialViT"}
+LIBRARY_FORM = frozenset({"SequentialViT"})
 
 
 def spec_for(mode="block", ratio=None):
@@ -55,10 +56,8 @@ def one_by_one(routed, args):
     return torch.cat([routed(*(a[i:i + 1] for a in args)) for i in range(len(args[0]))])
 
 
-def train_step(routed, name):
-    """One training step, with each toy's checkpointing switched on."""
-    args = inputs(routed)
-    routed.train()
+def switch_on_checkpointing(routed, name, kwargs):
+    """Each toy's checkpointing, for its training step."""
     if name in ("PixArtNet", "STDiTNet"):  # blocks called through auto_grad_checkpoint
         for block in routed.blocks:
             block.grad_checkpointing = True
@@ -66,53 +65,21 @@ def train_step(routed, name):
         routed.head.grad_checkpointing = True
     if name == "LightningNet":
         routed.use_checkpoint = True
-    routed.zero_grad()
-    routed(*args).square().mean().backward()
-    grads = [p.grad for p in routed.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
+    return kwargs
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+TOYS = Toys(file=FILE, spec_for=spec_for, build=build, inputs=lambda model: (inputs(model), {}), prefix="gen_repo",
+            prepare_training=switch_on_checkpointing, library_form=LIBRARY_FORM)
+
+
+@each_toy_and_mode(PATTERNS)
 def test_pattern_routes_per_sample_is_identity_at_ratio_one_and_trains(name, mode):
-    model = build(name)
-    assert [u.path for u in dtrsurgeon.plan(model, spec_for(mode)).units] == PATTERNS[name]
-    routed = dtrsurgeon.transform(model, spec_for(mode))
-    identity = dtrsurgeon.transform(model, spec_for(mode, ratio=1.0))
-    args = inputs(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no call runs unrouted
-        with torch.no_grad():
-            out, ref = routed(*args), model(*args)
-            assert torch.equal(identity(*args), ref)
-            assert torch.allclose(out, one_by_one(routed, args), atol=1e-5)
-        assert not torch.allclose(out, ref, atol=1e-4)
-        train_step(routed, name)
+    check_routes(TOYS, name, mode, PATTERNS[name])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["block", "branch"])
-@pytest.mark.parametrize("name", list(PATTERNS))
+@each_toy_and_mode(PATTERNS)
 def test_pattern_through_apply_equals_transform(name, mode, tmp_path):
-    model = build(name)
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(spec_for(mode)))
-    out = tmp_path / f"{name}_{mode}_dtr.py"
-    assert main(["apply", str(spec), FILE, "--entry", name, "-o", str(out)]) == 0
-    module = import_path(out, f"gen_repo_{name}_{mode}")
-    # units called through torch's nn.Sequential.forward: a file of subclasses and route(model)
-    generated = module.route(build(name)) if name in LIBRARY_FORM else getattr(module, name)().eval()
-    assert hasattr(module, "route") == (name in LIBRARY_FORM)
-    generated.load_state_dict(model.state_dict(), strict=True)
-    routed = dtrsurgeon.transform(model, str(spec))
-    args = inputs(model)
-    with torch.no_grad():
-        assert torch.equal(generated(*args), routed(*args))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        torch.manual_seed(2)
-        train_step(generated, name)
+    check_apply(TOYS, name, mode, tmp_path)
 
 
 def cfg_mix(out, scale):
