@@ -16,6 +16,7 @@ import logging
 # with logging.basicConfig(level=logging.INFO)
 logging.getLogger("dtrsurgeon").addHandler(logging.NullHandler())
 
+from dtrsurgeon import runtime as _runtime  # noqa: E402
 from dtrsurgeon.api import plan, transform  # noqa: E402
 from dtrsurgeon.emit.editplan import EditPlan  # noqa: E402
 from dtrsurgeon.emit.lower import edit_plan  # noqa: E402
@@ -32,6 +33,16 @@ from dtrsurgeon.masks import mask_table, task_index  # noqa: E402
 from dtrsurgeon.persist import from_pretrained, save_pretrained  # noqa: E402
 from dtrsurgeon.plan import Plan, RoutedUnit  # noqa: E402
 from dtrsurgeon.spec import Spec, load_spec  # noqa: E402
+
+
+def _fused_kernels():
+    """The Triton kernels module, imported the first time a routed unit sees a CUDA tensor."""
+    from dtrsurgeon import kernels
+
+    return kernels
+
+
+_runtime.dtr_use_fused_kernels(_fused_kernels)
 
 __all__ = [
     "CaptureError",

@@ -148,14 +148,26 @@ def dtr_merge(out, skip, keep):
 
 def dtr_fused(x):
     """The fused kernels (:mod:`dtrsurgeon.kernels`, Triton) for a CUDA tensor x, or None: the plain
-    path (CPU, torch.compile, which fuses the plain ops itself, DTRSURGEON_FUSED=0, no Triton).
-    Imported on first use, so CPU runs never load Triton.  Generated files carry a dtr_fused that
-    always answers None: they import nothing but torch."""
-    if not x.is_cuda or torch.compiler.is_compiling():
+    path (CPU, torch.compile, which fuses the plain ops itself, DTRSURGEON_FUSED=0, no Triton, or no
+    kernels handed over by :func:`dtr_use_fused_kernels`).  Loaded on first use, so CPU runs never load
+    Triton.  Generated files carry a dtr_fused that always answers None: they import nothing but torch."""
+    if not x.is_cuda or torch.compiler.is_compiling() or _fused_kernels is None:
         return None
-    from dtrsurgeon import kernels
-
+    kernels = _fused_kernels()
     return kernels if kernels.enabled() else None
+
+
+#: A function returning the fused-kernel module, set by the package; the runtime imports nothing of it.
+_fused_kernels = None
+
+
+def dtr_use_fused_kernels(loader):
+    """Hands the runtime the way to its fused kernels: ``loader()`` returns a module with ``enabled``,
+    ``route``, ``masked`` and ``merge`` (:mod:`dtrsurgeon.kernels`).  The package does this on import
+    (``dtrsurgeon/__init__.py``), so the runtime, copied into generated files, names no module of it;
+    ``dtr_use_fused_kernels(None)`` keeps every call on the plain path."""
+    global _fused_kernels
+    _fused_kernels = loader
 
 
 def dtr_plain(x):

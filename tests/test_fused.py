@@ -137,3 +137,24 @@ def test_generated_files_carry_the_plain_dispatch():
     exec(text[start:text.index("\n\n", start)], namespace)
     assert namespace["dtr_fused"](torch.zeros(1)) is None
     assert not re.search(r"^\s*(from|import)\s+dtrsurgeon", text, re.MULTILINE)  # imports nothing from dtrsurgeon
+
+
+def test_the_runtime_imports_nothing_from_the_package_and_is_handed_its_kernels():
+    text = (ROOT / "dtrsurgeon" / "runtime.py").read_text()
+    assert not re.search(r"^\s*(from|import)\s+dtrsurgeon", text, re.MULTILINE)
+    loaded = runtime._fused_kernels()
+    assert loaded is kernels  # the package wired the loader on import
+
+
+def test_the_fused_dispatch_asks_the_handed_loader_only_for_cuda_tensors(monkeypatch):
+    asked = []
+    monkeypatch.setattr(runtime, "_fused_kernels", lambda: asked.append(1) or kernels)
+    assert runtime.dtr_fused(torch.zeros(2)) is None
+    assert asked == []
+    cuda_like = torch.empty(2, device="meta")
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(kernels, "enabled", lambda: True)
+    assert runtime.dtr_fused(cuda_like) is kernels
+    assert asked == [1]
+    runtime.dtr_use_fused_kernels(None)  # monkeypatch puts the package's loader back afterwards
+    assert runtime.dtr_fused(cuda_like) is None  # no kernels handed over: the plain path
