@@ -172,42 +172,52 @@ def _computed_in(node: fx.Node, path: str) -> bool:
 
 
 def find_residual_adds(graph: fx.Graph, params: set[str] = frozenset(), flow: nx.DiGraph | None = None) -> list[ResidualAdd]:
+    """Every add (or lerp) of ``graph`` that merges a branch back into the stream it was computed from."""
     flow = dataflow_graph(graph) if flow is None else flow
     found = []
     for node in graph.nodes:
-        if node.op != "call_function" or node.target not in _ADDS | _LERPS:
+        if not _same_shape_tensor_add(node):
             continue
-        a, b = node.args[0], node.args[1]
-        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
-            continue
-        va, vb, vo = (n.meta.get("val") for n in (a, b, node))
-        if not all(isinstance(v, torch.Tensor) for v in (va, vb, vo)):
-            continue
-        if va.shape != vo.shape or vb.shape != vo.shape:
-            continue  # one operand is broadcast into the other: a bias or an embedding, not a stream
-        if nx.has_path(flow, a, b):
-            stream, skip, branch = a, a, b
-        elif nx.has_path(flow, b, a):
-            stream, skip, branch = b, b, a
-        elif (src := _cast_source(a, b, flow, innermost_module(node)[0])) is not None:
-            stream, skip, branch = src, a, b
-        elif (src := _cast_source(b, a, flow, innermost_module(node)[0])) is not None:
-            stream, skip, branch = src, b, a
-        elif (src := _projection_source(a, b, flow, params)) is not None:
-            stream, skip, branch = src, a, b
-        elif (src := _projection_source(b, a, flow, params)) is not None:
-            stream, skip, branch = src, b, a
-        else:
-            continue
-        if _broadcast(skip) and not _reaches_past_its_adds(skip, branch, flow, innermost_module(node)[0]):
-            continue  # a modulation expanded to the stream's shape, added to the normalised stream
         path, key = innermost_module(node)
+        roles = _operand_roles(node.args[0], node.args[1], flow, params, path)
+        if roles is None:
+            continue
+        stream, skip, branch = roles
+        if _broadcast(skip) and not _reaches_past_its_adds(skip, branch, flow, path):
+            continue  # a modulation expanded to the stream's shape, added to the normalised stream
         if (node.target in _LERPS or path) and not _computed_in(branch, path):
             # the branch comes into the module from outside: a long skip merged into the stream (hourglass
             # U-Nets), or an embedding every block adds again (Cosmos' ``x + extra_pos_emb``), not a residual block
             continue
         found.append(ResidualAdd(node=node, stream=stream, skip=skip, branch=branch, module=path, module_key=key))
     return found
+
+
+def _same_shape_tensor_add(node: fx.Node) -> bool:
+    """An add or lerp of two graph tensors of the output's shape: one operand broadcast into the other
+    (``x + bias``, ``x + pos_embed``) is a bias or an embedding, never a stream meeting its branch."""
+    if node.op != "call_function" or node.target not in _ADDS | _LERPS:
+        return False
+    a, b = node.args[0], node.args[1]
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+        return False
+    va, vb, vo = (n.meta.get("val") for n in (a, b, node))
+    return all(isinstance(v, torch.Tensor) for v in (va, vb, vo)) and va.shape == vo.shape == vb.shape
+
+
+def _operand_roles(a: fx.Node, b: fx.Node, flow: nx.DiGraph, params: set[str], module: str):
+    """(stream, skip, branch) of ``a + b``, or None where neither operand leads to the other: the branch is
+    computed from the skip (``x + attn(norm(x))``: the skip is the stream), or the skip is a cast of the
+    stream the branch is computed from (``x.float() + attn(norm(x.float()))``), or a projection of it
+    (``skip_conv(h) + convs(h)``, a U-Net ResBlock changing width): the stream is then ``x`` or ``h``."""
+    for first, second in ((a, b), (b, a)):
+        if nx.has_path(flow, first, second):
+            return first, first, second
+    for find in (lambda x, y: _cast_source(x, y, flow, module), lambda x, y: _projection_source(x, y, flow, params)):
+        for first, second in ((a, b), (b, a)):
+            if (src := find(first, second)) is not None:
+                return src, first, second
+    return None
 
 
 def _broadcast(node: fx.Node) -> bool:

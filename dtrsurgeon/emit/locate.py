@@ -102,26 +102,9 @@ class CallLocator(cst.CSTVisitor):
         return tuple(edits)
 
     def _collect_calls(self, node, edit, found) -> None:
-        qual = ".".join(self.scope)
-        for line, (via, axis, hint) in edit.site_calls.items():
-            calls = [c for c in _calls_in(node) if self.get_metadata(PositionProvider, c).start.line <= line
-                     <= self.get_metadata(PositionProvider, c).end.line and _code(c.func).split(".")[0] != "torch"]
-            named = [c for c in calls if _code(c.func).split(".")[-1].split("[")[0] == hint] or calls
-            if len(named) != 1:
-                raise EmitError(f"{self.path}:{line}: cannot tell which call on this line runs {hint!r} "
-                                f"({len(named)} candidates); put it on its own line")
-            found[id(named[0])] = ("site", via, axis)
-        for line in edit.call_lines:
-            spans = edit.call_spans.get(line, set())
-            exact = [self._call_at(node, span) for span in sorted(spans)]
-            if spans and all(c is not None for c in exact):
-                # capture recorded the very call that reached the unit: rewrite that one (or those:
-                # different units reached through different calls on one line), no other
-                chosen = list(dict.fromkeys(exact))
-            else:
-                chosen = [self._call_by_text(node, qual, line)]
-            for call in chosen:  # checkpoint_sequential(units, ...) calls each unit itself: bind the task to them
-                found[id(call)] = ("bind",) if _is_sequential_checkpoint(call) else ("task", edit.call_guards.get(line, ()))
+        """Every call and reference of function ``node`` that ``edit`` changes, into ``found``."""
+        self._collect_site_calls(node, edit, found)
+        self._collect_unit_calls(node, edit, found)
         self._collect_checkpointed_calls(node, found)
         self._collect_sequential_checkpoints(node, found)
         if edit.pass_if_given:
@@ -131,6 +114,34 @@ class CallLocator(cst.CSTVisitor):
         calls, refs = _method_refs(node, edit.bind_methods)
         found.update((id(c), ("task", ())) for c in calls)
         found.update((id(r), ("bind",)) for r in refs)
+
+    def _collect_site_calls(self, node, edit, found) -> None:
+        """The call on each masked line that runs the site's module (``self.proj_out(h)``), told from the
+        line's other calls by the name capture recorded; a line with two such calls is refused."""
+        for line, (via, axis, hint) in edit.site_calls.items():
+            calls = [c for c in _calls_in(node) if self.get_metadata(PositionProvider, c).start.line <= line
+                     <= self.get_metadata(PositionProvider, c).end.line and _code(c.func).split(".")[0] != "torch"]
+            named = [c for c in calls if _code(c.func).split(".")[-1].split("[")[0] == hint] or calls
+            if len(named) != 1:
+                raise EmitError(f"{self.path}:{line}: cannot tell which call on this line runs {hint!r} "
+                                f"({len(named)} candidates); put it on its own line")
+            found[id(named[0])] = ("site", via, axis)
+
+    def _collect_unit_calls(self, node, edit, found) -> None:
+        """The calls capture saw reach a unit: each gets ``dtr_task=dtr_task`` (under the guards of its line),
+        or, for ``checkpoint_sequential(units, ...)``, which calls each unit itself, its children bound."""
+        qual = ".".join(self.scope)
+        for line in edit.call_lines:
+            spans = edit.call_spans.get(line, set())
+            exact = [self._call_at(node, span) for span in sorted(spans)]
+            if spans and all(c is not None for c in exact):
+                # capture recorded the very call that reached the unit: rewrite that one (or those:
+                # different units reached through different calls on one line), no other
+                chosen = list(dict.fromkeys(exact))
+            else:
+                chosen = [self._call_by_text(node, qual, line)]
+            for call in chosen:
+                found[id(call)] = ("bind",) if _is_sequential_checkpoint(call) else ("task", edit.call_guards.get(line, ()))
 
     def _collect_checkpointed_calls(self, node, found) -> None:
         """The other branch of ``if torch.is_grad_enabled() and self.gradient_checkpointing:`` (diffusers),
