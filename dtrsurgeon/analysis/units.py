@@ -542,14 +542,20 @@ def _sample_input(model: nn.Module, args: tuple, kwargs: dict, spec: Spec) -> tu
                      if name != spec.timestep.arg and (found := _samples_in(v, steps)) is not None), ("", 0))
     found = _samples_in(bound.get(spec.sample), steps)
     if found is None:
-        value = bound.get(spec.sample)
-        got = (f"a {type(value).__name__} of {len(value)} items" if isinstance(value, (list, tuple))
-               else f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor)
-               else "nothing (its default)" if value is None else f"a {type(value).__name__}")
-        raise SpecError("/sample/arg", f"{spec.sample!r} of {type(model).__name__}.forward gets {got} in the example "
-                        f"inputs, not samples (a tensor [B, ...] or a list of {steps or 'B'} tensors, one per "
-                        "sample); set sample.arg to the argument that carries the sample")
+        raise SpecError("/sample/arg", f"{spec.sample!r} of {type(model).__name__}.forward gets "
+                        f"{_described(bound.get(spec.sample))} in the example inputs, not samples (a tensor [B, ...] "
+                        f"or a list of {steps or 'B'} tensors, one per sample); set sample.arg to the argument that "
+                        "carries the sample")
     return spec.sample, found
+
+
+def _described(value) -> str:
+    """What an example input is, in a few words: ``a list of 3 items``, ``a tensor of shape [2]``."""
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return "nothing (its default)" if value is None else f"a {type(value).__name__}"
 
 
 def _samples_in(value, steps: int | None) -> int | None:
