@@ -52,7 +52,9 @@ class Capture:
     # (operator, module path, modules inside) of sub-graph regions left opaque (torch.cond, ...): not analysed
     opaque: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     method: str = "export"  # or "real-tensor trace": export could not follow the forward
-    inputs: dict[str, str] = field(default_factory=dict)  # forward argument -> its placeholder (a trace names them argN_M)
+    # forward argument -> the placeholders of its tensors, in order: one for a tensor, one per item for a
+    # list of per-sample tensors (export names them x_0, x_1, ...; a trace argN_M)
+    inputs: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class OpaqueRegionWarning(UserWarning):
@@ -252,8 +254,9 @@ def _check_sources(model: nn.Module, callers: dict[str, list]) -> None:
             check_current(code)
 
 
-def _graph(model, args, kwargs, paths) -> tuple[fx.GraphModule, dict[str, str], dict[str, str], str, ModuleCalls]:
-    """(graph module, placeholder -> parameter/buffer name, argument name -> placeholder, method,
+def _graph(model, args, kwargs, paths) -> tuple[fx.GraphModule, dict[str, str], dict[str, tuple[str, ...]], str,
+                                                ModuleCalls]:
+    """(graph module, placeholder -> parameter/buffer name, argument name -> its placeholders, method,
     the module calls recorded while it ran)."""
     try:
         with _quiet_torch_logs(), _recording_calls(model, paths) as calls, torch.no_grad():
@@ -275,9 +278,36 @@ def _graph(model, args, kwargs, paths) -> tuple[fx.GraphModule, dict[str, str], 
     sig = ep.graph_signature
     params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
+    return ep.graph_module, params, _exported_inputs(ep, model), "export", calls
+
+
+def _exported_inputs(ep, model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Forward argument -> the placeholders of its tensors.  Export flattens the call's arguments
+    into one placeholder per tensor and names it after the argument and the item, which can
+    collide with another argument's name; the call's tree of arguments, refilled with the
+    placeholders, says which is which::
+
+        forward(x=[a, b], t=t, x_0=c)  ->  placeholders x_0, x_1, t, x_0_1
+                                       ->  {"x": ("x_0", "x_1"), "t": ("t",), "x_0": ("x_0_1",)}
+    """
     names = {n.name for n in ep.graph_module.graph.nodes if n.op == "placeholder"}
-    inputs = {name: name for name in sig.user_inputs if name in names}
-    return ep.graph_module, params, inputs, "export", calls
+    specs = [s for s in ep.graph_signature.input_specs if s.kind is torch.export.graph_signature.InputKind.USER_INPUT]
+    leaves = [name if (name := getattr(s.arg, "name", None)) in names else None for s in specs]
+    in_spec = ep.call_spec.in_spec
+    if in_spec is None or in_spec.num_leaves != len(leaves):
+        return {}
+    call_args, call_kwargs = pytree.tree_unflatten(leaves, in_spec)
+    bound = _bound(model, call_args, call_kwargs)
+    return {arg: found for arg, value in bound.items()
+            if (found := tuple(v for v in pytree.tree_leaves(value) if isinstance(v, str)))}
+
+
+def _bound(model: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """The forward's arguments by name, as this call binds them ({} when it does not fit)."""
+    try:
+        return dict(inspect.signature(model.forward).bind(*args, **kwargs).arguments)
+    except TypeError:
+        return {}
 
 
 def on_meta(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> bool:
@@ -293,7 +323,7 @@ def trace_real(model: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphMod
     ``.tolist()``, ``if x.sum() > 0``.  Python takes the branches these inputs take; nodes carry the
     same ``nn_module_stack``, ``stack_trace`` and ``val`` as exported ones.  Parameters and buffers
     enter as placeholders (through ``functional_call``), so the analysis tells them from activations.
-    Returns (graph module, placeholder -> parameter/buffer name, top-level argument -> placeholder)."""
+    Returns (graph module, placeholder -> parameter/buffer name, argument -> its placeholders)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
@@ -315,21 +345,19 @@ def trace_real(model: nn.Module, args: tuple, kwargs: dict) -> tuple[fx.GraphMod
                      record_stack_traces=True, _error_on_data_dependent_ops=False)(params, buffers, [leaves[i] for i in at])
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     names = list(params) + list(buffers)
-    inputs = {}
-    top = _top_level_tensors(model, args, kwargs)
+    inputs: dict[str, tuple[str, ...]] = {}
+    owners = _tensor_owners(model, args, kwargs)
     for j, i in enumerate(at):
-        if id(leaves[i]) in top:
-            inputs.setdefault(top[id(leaves[i])], placeholders[len(names) + j])
+        if id(leaves[i]) in owners:
+            arg = owners[id(leaves[i])]
+            inputs[arg] = (*inputs.get(arg, ()), placeholders[len(names) + j])
     return gm, dict(zip(placeholders, names)), inputs
 
 
-def _top_level_tensors(model, args, kwargs) -> dict[int, str]:
-    """id of each tensor passed directly as a forward argument -> that argument's name."""
-    try:
-        bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
-    except TypeError:
-        return {}
-    return {id(v): k for k, v in bound.items() if isinstance(v, torch.Tensor)}
+def _tensor_owners(model, args, kwargs) -> dict[int, str]:
+    """id of each tensor the call passes -> the forward argument that holds it (itself, or in a list)."""
+    return {id(leaf): k for k, v in reversed(_bound(model, args, kwargs).items())
+            for leaf in pytree.tree_leaves(v) if isinstance(leaf, torch.Tensor)}
 
 
 def check_timestep_input(model: nn.Module, args: tuple, kwargs: dict, arg: str) -> None:
@@ -356,10 +384,10 @@ def check_timestep_input(model: nn.Module, args: tuple, kwargs: dict, arg: str) 
                         "0-d one); set timestep.arg to the argument that carries the timesteps")
 
 
-def _check_timestep_used(gm: fx.GraphModule, inputs: dict[str, str], arg: str, owner: str) -> None:
+def _check_timestep_used(gm: fx.GraphModule, inputs: dict[str, tuple[str, ...]], arg: str, owner: str) -> None:
     """The timestep tensor must reach the computation (an unused input cannot pick the tasks' masks
     for what the model computes)."""
-    name = inputs.get(arg)
+    name = next(iter(inputs.get(arg, ())), None)
     node = next((n for n in gm.graph.nodes if n.op == "placeholder" and n.name == name), None)
     if node is not None and not node.users:
         raise SpecError("/timestep/arg", f"{arg!r} of {owner}.forward is not used by the forward on the example "

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import networkx as nx
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from dtrsurgeon.analysis.callsites import (
     Frame,
@@ -65,7 +66,7 @@ from dtrsurgeon.analysis.streams import inside as _inside
 from dtrsurgeon.analysis.streams import op_name as _op_name
 from dtrsurgeon.analysis.streams import origin as _origin
 from dtrsurgeon.analysis.targets import check_overrides, select_units
-from dtrsurgeon.errors import CaptureError, EmitError
+from dtrsurgeon.errors import CaptureError, EmitError, SpecError
 from dtrsurgeon.masks import active_channels, check_table_size
 from dtrsurgeon.plan import MaskSite, Plan, RoutedUnit, SourceLine, Stream
 from dtrsurgeon.spec import Spec, load_spec
@@ -270,10 +271,19 @@ def _adds_in(code: str) -> bool:
                or isinstance(n, ast.Attribute) and n.attr in ("add", "add_", "lerp", "lerp_") for n in ast.walk(tree))
 
 
-def _resolve_timestep_arg(model: nn.Module, spec: Spec) -> Spec:
-    """The spec with timestep.arg checked against, or found in, the root's forward signature."""
-    params = inspect.signature(model.forward).parameters
-    return replace(spec, timestep=spec.timestep.resolved(params, f"{type(model).__name__}.forward"))
+def _resolve_args(model: nn.Module, spec: Spec) -> Spec:
+    """The spec with timestep.arg checked against, or found in, the root's forward signature, and
+    sample.arg, where it is given, checked against it."""
+    params = list(inspect.signature(model.forward).parameters)
+    owner = f"{type(model).__name__}.forward"
+    spec = replace(spec, timestep=spec.timestep.resolved(params, owner))
+    if spec.sample is not None and spec.sample not in params:
+        raise SpecError("/sample/arg", f"{spec.sample!r} is not an argument of {owner}({', '.join(params)}); set "
+                        "sample.arg to the argument that carries the sample")
+    if spec.sample is not None and spec.sample == spec.timestep.arg:
+        raise SpecError("/sample/arg", f"{spec.sample!r} is the timestep argument of {owner}; set sample.arg to "
+                        "the argument that carries the sample")
+    return spec
 
 
 def _inputs(model, spec, example_inputs):
@@ -289,8 +299,9 @@ def _inputs(model, spec, example_inputs):
 def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     """Analyse ``model`` and return the plan for ``spec``; changes nothing."""
     given = load_spec(spec)
-    spec = _resolve_timestep_arg(model, given)
+    spec = _resolve_args(model, given)
     args, kwargs = _inputs(model, spec, example_inputs)
+    sample_name, batch = _sample_input(model, args, kwargs, spec)
     cap = capture(model, args, kwargs, timestep_arg=spec.timestep.arg)
     params = set(cap.params)
     flow = dataflow_graph(cap.graph)
@@ -298,10 +309,9 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     named = dict(model.named_modules())
     order = list(named)
     skipped: list[tuple[str, str]] = []
-    sample_name, batch = _sample_input(model, args, kwargs)
     holders, streams, caller_adds = _holders(chains, cap, named, params, skipped)
-    _drop_conditioning(holders, streams, sample_name, _placeholder(cap.graph, cap.inputs.get(sample_name, sample_name)),
-                       flow, params, spec.include, skipped)
+    samples = [n for name in cap.inputs.get(sample_name, (sample_name,)) if (n := _placeholder(cap.graph, name))]
+    _drop_conditioning(holders, streams, sample_name, samples, flow, params, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
     chosen = select_units(candidates, spec.include, spec.exclude)
     outer = set(chosen)
@@ -479,25 +489,26 @@ def _placeholder(graph: fx.Graph, name: str) -> fx.Node | None:
     return next((n for n in graph.nodes if n.op == "placeholder" and n.name == name), None)
 
 
-def _drop_conditioning(holders, streams, sample_name: str, sample: fx.Node | None, flow, params, include,
+def _drop_conditioning(holders, streams, sample_name: str, samples: list[fx.Node], flow, params, include,
                        skipped) -> None:
     """Networks that only process the timestep or the conditioning (mapping networks, embedding
     MLPs with residual layers) are no units: none of their streams is computed from the sample
-    (argument ``sample_name``, placeholder ``sample``).  A first block on learned queries
+    (argument ``sample_name``, placeholders ``samples``: one, or one per item of a list of per-sample
+    tensors).  A first block on learned queries
     (``q = self.queries.expand(B, -1, -1)``) starts from parameters only and adds what it reads
     from the sample, ``q + attn(norm(q), context)``: it is a unit.  A text refiner whose stream starts
     from the text input, ``c = c + attn(norm(c), cat([norm(c), x]))``, reads the sample too, yet its
     stream is the conditioning's: no unit.
     An include pattern that names one routes it all the same."""
-    if sample is None:
+    if not samples:
         return
-    inputs = [n for n in sample.graph.nodes if n.op == "placeholder" and n.name not in params]
+    inputs = [n for n in samples[0].graph.nodes if n.op == "placeholder" and n.name not in params]
     for path in list(holders):
         starts = [s.node for s in streams[path]] if path in streams else [c.start for c in holders[path]]
-        if any(_computed_from(n, [sample], flow) for n in starts):
+        if any(_computed_from(n, samples, flow) for n in starts):
             continue
         if (not any(_computed_from(n, inputs, flow) for n in starts)
-                and any(_computed_from(c.end, [sample], flow) for c in holders[path])):
+                and any(_computed_from(c.end, samples, flow) for c in holders[path])):
             continue
         if any(fnmatch.fnmatchcase(path, p) for p in include):
             continue
@@ -512,14 +523,50 @@ def _computed_from(node: fx.Node, sources: list[fx.Node], flow) -> bool:
     return any(node is s or (s in flow and node in flow and nx.has_path(flow, s, node)) for s in sources)
 
 
-def _sample_input(model: nn.Module, args: tuple, kwargs: dict) -> tuple[str, int]:
-    """(name, batch size) of the root's sample: the first tensor argument of its forward."""
+def _sample_input(model: nn.Module, args: tuple, kwargs: dict, spec: Spec) -> tuple[str, int]:
+    """(name, batch size) of the root's sample: the argument ``sample.arg`` names, else the first
+    argument other than the timestep's that holds samples (:func:`_samples_in`).  A packed-sequence
+    model takes a list, one tensor per sample::
+
+        forward(x=[x0, x1, x2], t=t, cap_feats=[c0, c1, c2])   # x_i: [C, F, H, W], t: [3]
+        -> ("x", 3)      (not t, the first tensor: the blocks on the image tokens are no conditioning)
+    """
     try:
         bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
     except TypeError:
         bound = {}
-    return next(((name, int(v.shape[0])) for name, v in bound.items() if isinstance(v, torch.Tensor) and v.dim() > 0),
-                ("", 0))
+    t = bound.get(spec.timestep.arg)
+    steps = int(t.shape[0]) if isinstance(t, torch.Tensor) and t.dim() == 1 else None
+    if spec.sample is None:
+        return next(((name, found) for name, v in bound.items()
+                     if name != spec.timestep.arg and (found := _samples_in(v, steps)) is not None), ("", 0))
+    found = _samples_in(bound.get(spec.sample), steps)
+    if found is None:
+        raise SpecError("/sample/arg", f"{spec.sample!r} of {type(model).__name__}.forward gets "
+                        f"{_described(bound.get(spec.sample))} in the example inputs, not samples (a tensor [B, ...] "
+                        f"or a list of {steps or 'B'} tensors, one per sample); set sample.arg to the argument that "
+                        "carries the sample")
+    return spec.sample, found
+
+
+def _described(value) -> str:
+    """What an example input is, in a few words: ``a list of 3 items``, ``a tensor of shape [2]``."""
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return "nothing (its default)" if value is None else f"a {type(value).__name__}"
+
+
+def _samples_in(value, steps: int | None) -> int | None:
+    """The batch size where ``value`` holds samples: a tensor with a batch axis, or a list or tuple of
+    tensors (nested lists too), one per sample: as many as the timestep tensor holds."""
+    if isinstance(value, torch.Tensor):
+        return int(value.shape[0]) if value.dim() > 0 else None
+    if not isinstance(value, (list, tuple)) or not value or (steps is not None and len(value) != steps):
+        return None
+    leaves = pytree.tree_leaves(value)
+    return len(value) if leaves and all(isinstance(v, torch.Tensor) for v in leaves) else None
 
 
 def _stream_node(path: str, chains: list[ResidualChain], params: set[str]) -> fx.Node:

@@ -160,6 +160,7 @@ def _build(doc: Mapping[str, Any]) -> Spec:
     targets = doc.get("targets", {})
     return Spec(
         timestep=timestep,
+        sample=doc.get("sample", {}).get("arg"),
         routing=base,
         mode=r.get("mode", "block"),
         streams=r.get("streams", "sample"),

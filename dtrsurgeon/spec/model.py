@@ -157,6 +157,7 @@ class Spec:
     """
 
     timestep: TimestepMap = field(default_factory=TimestepMap)
+    sample: str | None = None  # the forward argument carrying the sample; None: found by its value
     routing: MaskParams = field(default_factory=MaskParams)
     mode: str = "block"
     streams: str = "sample"  # units carrying several streams: route the sample's ("sample") or every one ("all")
@@ -189,6 +190,8 @@ class Spec:
             "targets": {"include": list(self.include), "exclude": list(self.exclude)},
             "overrides": [o.to_dict() for o in self.overrides],
         }
+        if self.sample is not None:
+            d["sample"] = {"arg": self.sample}
         if self.description:
             d["description"] = self.description
         if self.mtl is not None:

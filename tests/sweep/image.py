@@ -266,6 +266,20 @@ FACTORIES.update({
                                            "encoder_hidden_states": torch.randn(b, 5, 16, generator=g),
                                            "encoder_attention_mask": torch.ones(b, 5)}),
 })
+def _z_image_inputs(model, g, b, t):
+    """Its sample is a list of per-sample [C, F, H, W] latents (16 tokens each, padded to 32), its caption a list
+    of per-sample [5, 16] features; timesteps in [0, 1]."""
+    return dict(x=[torch.randn(4, 1, 8, 8, generator=g) for _ in range(b)], t=t.float() / 1000,
+                cap_feats=[torch.randn(5, 16, generator=g) for _ in range(b)])
+
+
+FACTORIES.update({
+    # the caption's padded 32 tokens come first on the rotary table's first axis: 64 positions there
+    "ZImageTransformer2DModel": (
+        lambda: _seeded(_d().ZImageTransformer2DModel, in_channels=4, dim=32, n_layers=2, n_refiner_layers=1,
+                        n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6], axes_lens=[64, 16, 16]),
+        _z_image_inputs),
+})
 UNITS = {
     # each Kandinsky3ResNetBlock runs its 4 inner blocks in a loop (16 -> 8 -> 8 -> 8 -> 16 channels) and adds its input back
     "Kandinsky3UNet": {"Kandinsky3ResNetBlock": 16, "Kandinsky3AttentionBlock": 9},
@@ -304,15 +318,14 @@ UNITS = {
     # a sequence-first stream [L, B, C] (image then text tokens); the adaLN shift, expanded to the stream's
     # shape and added to each block's normalised input, is no residual skip
     "ErnieImageTransformer2DModel": {"ErnieImageSharedAdaLNBlock": 2},
+    # the sample is the list x: noise_refiner.0 on its tokens and the 2 joint layers; context_refiner.0 sees the
+    # caption only: conditioning
+    "ZImageTransformer2DModel": {"ZImageTransformerBlock": 3},
 }
 LEFT_OUT = {
     "DreamLiteTransformer2DModel": "a wrapper of BasicTransformerBlockDreamLite, routed inside DreamLiteUNetModel "
                                    "where it is used; alone, its default layer_norm blocks ignore the timestep, and "
                                    "its ada_norm (AdaLayerNorm) takes one timestep for the batch, not one per sample",
-    "ZImageTransformer2DModel": "its sample is a list of per-sample [C, F, H, W] tensors (x=[...]): "
-                                "analysis/units.py:_sample_input takes the first tensor argument, t, for the sample, "
-                                "so the image tokens' noise_refiner is dropped as conditioning (and under export the "
-                                "list's placeholders are x_0, x_1, ..., not x)",
 }
 # class -> why its vanilla model does not compile with fullgraph=True (checked: the vanilla compile raises)
 NO_FULLGRAPH = {
