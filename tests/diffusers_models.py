@@ -8,6 +8,8 @@ for one forward call; the timestep argument is ``timestep`` for all three models
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from diffusers import DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
 
@@ -18,13 +20,37 @@ TEXT_LEN = 6
 
 
 def _randomize_zeros_(model: torch.nn.Module, std: float = 0.2, seed: int = SEED) -> torch.nn.Module:
-    """Random weights for zero-initialised tensors (DiT's adaLN-Zero linear, zero convs)."""
+    """Random weights for zero-initialised tensors (DiT's adaLN-Zero linear, zero convs) and for the
+    NaN-filled ones a build under :func:`_empty_filled` leaves uninitialised (LuminaNext's ``pad_token``)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() >= 1 and p.abs().max() == 0:
+            if p.dim() >= 1 and (p.abs().max() == 0 or p.isnan().any()):
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
+
+
+@contextlib.contextmanager
+def _empty_filled():
+    """``torch.empty`` returns NaN-filled tensors inside (torch's deterministic mode, warn-only).  Why: a
+    parameter a library never initialises (LuminaNext's ``nn.Parameter(torch.empty(hidden))``) holds
+    whatever the allocator hands back, all zeros on a fresh heap page, free-list pointers on reused
+    memory; ``_randomize_zeros_`` then draws for it or not, and every zero-initialised tensor after it
+    gets other numbers.  Two builds of one config differed so, after a long run of other tests::
+
+        torch.empty(4)                    # tensor([4.5e+07, 4.6e-41, 0., 0.]) or tensor([0., 0., 0., 0.])
+        with _empty_filled(): torch.empty(4)    # tensor([nan, nan, nan, nan]), whatever ran before
+    """
+    was_on = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_filling = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = was_filling
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
 
 
 def tiny_unet2d() -> UNet2DModel:
@@ -114,9 +140,12 @@ def n_params(model: torch.nn.Module) -> int:
 # -- the sweep over every timestep-taking backbone (tests/test_diffusers_sweep.py) -------------------------
 
 def _seeded(cls, **config):
-    """``cls(**config)`` under the fixed seed, zero-initialised layers made random, in eval mode."""
+    """``cls(**config)`` under the fixed seed, zero-initialised and uninitialised layers made random, in
+    eval mode: the same weights whatever ran before in the process."""
     torch.manual_seed(SEED)
-    return _randomize_zeros_(cls(**config)).eval()
+    with _empty_filled():
+        model = cls(**config)
+    return _randomize_zeros_(model).eval()
 
 
 def _mmdit_config(**extra):

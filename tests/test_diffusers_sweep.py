@@ -12,6 +12,7 @@ NO_FULLGRAPH).  The training step needs a vanilla backward on CPU (NO_BACKWARD l
 
 import copy
 import inspect
+from unittest import mock
 
 import pytest
 import torch
@@ -87,6 +88,25 @@ def test_every_timestep_class_is_built_or_left_out_with_a_reason():
     assert set(UNITS) <= classes
     assert set(NO_FULLGRAPH) <= set(UNITS)
     assert set(NO_BACKWARD) <= set(UNITS)
+
+
+def test_every_sweep_model_is_built_the_same_whatever_memory_torch_empty_returns():
+    """The cached model and a fresh build must hold the same weights (the library-file test compares a
+    route() of a fresh build with the cached routed model).  A parameter a library never initialises
+    (LuminaNext's ``pad_token = nn.Parameter(torch.empty(hidden))``) holds what the allocator hands back:
+    free-list pointers on reused memory, zeros on a fresh heap page, as after a long run of other tests;
+    the build must not depend on which."""
+    real_empty = torch.empty
+
+    def zeroed_empty(*args, **kwargs):
+        return real_empty(*args, **kwargs).zero_()
+
+    for name in UNITS:
+        built_here = dm.sweep_model(name).state_dict()
+        with mock.patch("torch.empty", zeroed_empty):
+            on_a_fresh_page = dm.sweep_model(name).state_dict()
+        differing = [k for k in built_here if not torch.equal(built_here[k], on_a_fresh_page[k])]
+        assert not differing, f"{name}: {differing}"
 
 
 # -- one build and one capture per class, shared by the tests here and test_apply_library's ---------------
