@@ -68,7 +68,7 @@ class Edit:
     required: bool = True  # take_task: a required parameter, else dtr_task=None
     guards: tuple[str, ...] = ()  # pass_task: classes (as the file names them) whose instances take the task
     if_given: bool = False  # pass_task / bind_task in a module-level helper: only when its caller gave a task
-    var: str = ""  # mask kinds: the stream's variable
+    var: str = ""  # mask kinds: the stream's variable; merge_return: the item of a returned tuple it merges
     axis: int = 0  # mask kinds: its channel axis
     via: str = ""  # mask_site: "call" or "sequential" (the projection is the Sequential's last module)
     code: str = ""  # span-anchored kinds: the node's source, for people reading the plan

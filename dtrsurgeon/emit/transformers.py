@@ -189,24 +189,52 @@ class RouteStream(FunctionEditTransformer):
 
 class MergeReturn(FunctionEditTransformer):
     """Block mode: every returned value goes through the merge:
-    ``return x`` -> ``return dtr_merge(x, dtr_skip, dtr_keep)``."""
+    ``return x`` -> ``return dtr_merge(x, dtr_skip, dtr_keep)``.  A single-stream merge that meets a
+    tuple return (a branch the example call did not take, such as a ControlNet copy that also
+    returns a hint) merges the one item that is the stream's variable (the edit's ``var``) and
+    passes the others through::
+
+        return x, self.hint(x)   ->   return (dtr_merge(x, dtr_skip, dtr_keep), self.hint(x))
+    """
 
     KIND = EditKind.MERGE_RETURN
 
     def leave_Return(self, original, updated):
         if not self.current:
             return updated
-        wrap_text = self.current[0].text[0]
-        several = wrap_text.startswith("dtr_merge_outputs(")
-        if updated.value is None or (isinstance(updated.value, cst.Tuple) and not several):
+        edit = self.current[0]
+        several = edit.text[0].startswith("dtr_merge_outputs(")
+        value = updated.value
+        if isinstance(value, cst.Tuple) and not several:
+            return updated.with_changes(value=self._merge_stream_item(original, value, edit))
+        if value is None:
             pos = self.get_metadata(PositionProvider, original)
             raise EmitError(f"{self.path}:{pos.start.line}: block mode needs the unit to return its stream, "
-                            "found a bare or tuple return; use routing.mode 'branch' for this unit")
-        value = updated.value
+                            "found a bare return; use routing.mode 'branch' for this unit")
         if isinstance(value, cst.Tuple) and not value.lpar:
             value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
-        wrap = cst.parse_expression(wrap_text)
-        return updated.with_changes(value=wrap.with_changes(args=[wrap.args[0].with_changes(value=value), *wrap.args[1:]]))
+        return updated.with_changes(value=_wrapped(edit.text[0], value))
+
+    def _merge_stream_item(self, original, value: cst.Tuple, edit: Edit) -> cst.Tuple:
+        """``value`` with its item named ``edit.var`` merged; an EmitError naming the line when the
+        tuple holds that variable as no item or as several."""
+        places = [i for i, el in enumerate(value.elements)
+                  if isinstance(el.value, cst.Name) and el.value.value == edit.var and not isinstance(el, cst.StarredElement)]
+        if not edit.var or len(places) != 1:
+            pos = self.get_metadata(PositionProvider, original)
+            held = f"holds the stream variable {edit.var!r} {len(places)} times" if edit.var else "has no stream variable"
+            raise EmitError(f"{self.path}:{pos.start.line}: block mode merges the stream where the unit returns it, "
+                            f"but this returned tuple {held}; use routing.mode 'branch' for this unit")
+        items = list(value.elements)
+        items[places[0]] = items[places[0]].with_changes(value=_wrapped(edit.text[0], items[places[0]].value))
+        lpar = value.lpar or [cst.LeftParen()]
+        return value.with_changes(elements=items, lpar=lpar, rpar=value.rpar or [cst.RightParen()])
+
+
+def _wrapped(wrap_text: str, value: cst.BaseExpression) -> cst.Call:
+    """The merge call ``wrap_text`` with ``value`` in place of its first argument (``__out__``)."""
+    wrap = cst.parse_expression(wrap_text)
+    return wrap.with_changes(args=[wrap.args[0].with_changes(value=value), *wrap.args[1:]])
 
 
 def _statement_values(module: cst.Module) -> set[int]:
