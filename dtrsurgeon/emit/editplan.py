@@ -41,7 +41,8 @@ class EditKind(enum.StrEnum):
     BIND_METHOD = "bind_method"  # the reference self.helper at `span`: dtr_bind_task(self.helper, dtr_task)
     FOLD_TASK = "fold_task"  # on entry: each row of a folded batch takes its sample's task
     ROUTE_STREAM = "route_stream"  # block mode: route the stream on entry (line 0) or after `line`
-    MERGE_RETURN = "merge_return"  # block mode: every returned value goes through `text[0]` (__out__)
+    MERGE_RETURN = "merge_return"  # block mode: every returned value goes through `text[0]` (__out__); in a
+    # returned tuple, the item `var` (the stream after `line`)
     MASK_BRANCH = "mask_branch"  # branch mode: the residual add on `line` masks its branch's reads of `var`
     MASK_LOADS = "mask_loads"  # branch mode: the assignment on `line` masks its reads of `var`
     MASK_SITE = "mask_site"  # pre_output mode: the call at `span` gets its input masked

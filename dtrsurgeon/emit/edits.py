@@ -55,6 +55,7 @@ class FunctionEdit:
     block_stmts: tuple[str, ...] = ()  # block mode (source): mask the stream on entry ...
     return_wrap: str = ""  # ... and pass every returned value (__out__) through this call
     merge_var: str = ""  # ... or, in a returned tuple, the item that is this variable (the stream)
+    merge_after: int = 0  # ... which holds the stream after this line (0: from entry)
     append_stmt: str | None = None  # statement appended to the body (root __init__)
     insert_after: dict[int, tuple[str, ...]] = field(default_factory=dict)  # line -> statements after its statement
     load_lines: set[int] = field(default_factory=set)  # lines whose reads of stream_var get masked
@@ -107,6 +108,7 @@ def collect_edits(plan: Plan, forward_of: Callable[[str], tuple[str, str]],
         if unit.mode == Mode.BLOCK:
             stmts, edit.return_wrap = _block_edit(unit, class_streams.get(unit.cls, ()))
             edit.merge_var = unit.stream_var if edit.return_wrap.startswith("dtr_merge(") else ""
+            edit.merge_after = unit.stream_line.line if unit.stream_line is not None else 0
             if unit.stream_line is None:
                 edit.block_stmts = stmts
             else:
