@@ -87,3 +87,13 @@ def test_made_stream_merge_keeps_the_bypassed_channels():
     plain_hint, plain_stream = _unit_outputs(model, (x, t), "control.0")
     assert torch.allclose(stream, plain_stream, atol=1e-6)
     assert not torch.allclose(hint, plain_hint, atol=1e-4)  # computed from the masked stream
+
+
+def test_made_stream_the_returns_do_not_name_is_left_out_with_the_reason():
+    """A block that may return its made stream normalised (``(hint, self.out_norm(c))``) gives no item
+    to merge it at: it is left out, named in plan.skipped with why, and the rest is routed (control.1
+    takes its stream as a parameter)."""
+    plan = dtrsurgeon.plan(build("NormedControlNet"), spec_for())
+    assert [u.path for u in plan.units] == ["blocks.0", "blocks.1", "control.1"]
+    assert "nor does it return the stream it makes inside itself ('control') as one item of each tuple it returns" \
+        in dict(plan.skipped)["control.0"]

@@ -8,6 +8,9 @@ description of the construct, not copied).
 * ``ControlStreamNet``: a control branch whose first block makes its stream inside itself from the
   control input and the hidden state (``c = self.proj_in(c) + x``) and returns ``(hint, c)``; the
   later control blocks take ``c`` as a parameter and return ``(hint, c)`` too.
+* ``NormedControlNet``: the same, but a control block may return its stream normalised,
+  ``(hint, self.out_norm(c))``: the returns do not tell which item is the stream it made, so the first
+  control block is left out with the reason.
 """
 
 import torch
@@ -99,11 +102,11 @@ class MainBlock(nn.Module):
 
 
 class ControlStreamNet(TokenNet):
-    def __init__(self, dim=16, depth=2):
+    def __init__(self, dim=16, depth=2, control_block=ControlBlock):
         super().__init__(dim=dim)
         self.ctrl_in = nn.Linear(4, dim)
         self.blocks = nn.ModuleList(MainBlock(dim) for _ in range(depth))
-        self.control = nn.ModuleList(ControlBlock(dim, first=i == 0) for i in range(depth))
+        self.control = nn.ModuleList(control_block(dim, first=i == 0) for i in range(depth))
 
     def forward(self, x, t):
         control = self.ctrl_in(x.flip(1))
@@ -116,3 +119,23 @@ class ControlStreamNet(TokenNet):
         for block, hint in zip(self.blocks, hints):
             x = block(x, c) + hint
         return self.out(x)
+
+
+class NormedControlBlock(ControlBlock):
+    def __init__(self, dim, first=False):
+        super().__init__(dim, first)
+        self.out_norm = nn.LayerNorm(dim) if first else None
+
+    def forward(self, x, control, c):
+        if self.proj_in is not None:
+            control = self.proj_in(control) + x
+        control = control + self.fc(self.norm(control) * (1 + self.mod(c)[:, None]))
+        hint = self.proj_out(control)
+        if self.out_norm is not None:
+            return hint, self.out_norm(control)
+        return hint, control
+
+
+class NormedControlNet(ControlStreamNet):
+    def __init__(self, dim=16, depth=2):
+        super().__init__(dim=dim, depth=depth, control_block=NormedControlBlock)

@@ -191,12 +191,12 @@ def returned_place(cls: type, var: str, shape: tuple, output_shapes: tuple) -> i
     returns = _returned_names(cls)
     places = {names.index(var) for names in returns if var in names}
     if not var or not returns or len(places) != 1 or any(var not in names for names in returns):
-        raise NoStreams(f"it returns a tuple and makes its stream inside itself, and its forward does not return "
-                        f"that stream's variable {var!r} as one item of each tuple it returns")
+        raise NoStreams(f"nor does it return the stream it makes inside itself ({var!r}) as one item of each "
+                        "tuple it returns")
     index = places.pop()
     if index >= len(output_shapes) or tuple(output_shapes[index]) != tuple(shape):
-        raise NoStreams(f"it returns a tuple and makes its stream {var!r} inside itself, but item {index} of what "
-                        f"it returned is not shaped like that stream")
+        raise NoStreams(f"nor is item {index} of what it returned shaped like the stream it makes inside itself "
+                        f"({var!r})")
     return index
 
 
