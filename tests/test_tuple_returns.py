@@ -39,11 +39,13 @@ PATTERNS = {  # (toy, mode) -> the units it routes
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,mode", list(PATTERNS))
 def test_tuple_returning_blocks_route_per_sample_and_train(name, mode):
     check_routes(TOYS, name, mode, PATTERNS[name, mode])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,mode", list(PATTERNS))
 def test_tuple_returning_blocks_through_apply_equal_transform(name, mode, tmp_path):
     check_apply(TOYS, name, mode, tmp_path)
