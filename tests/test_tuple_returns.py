@@ -99,3 +99,11 @@ def test_made_stream_the_returns_do_not_name_is_left_out_with_the_reason():
     assert [u.path for u in plan.units] == ["blocks.0", "blocks.1", "control.1"]
     assert "nor does it return the stream it makes inside itself ('control') as one item of each tuple it returns" \
         in dict(plan.skipped)["control.0"]
+
+
+def test_a_stream_renamed_by_its_first_residual_add_is_not_cut_there():
+    """``h = x + self.fc(x)`` reads the parameter it adds to: a residual add, not where a stream is made.
+    Routing ``h`` after it would leave that add unrouted, so the block is left out with the reason."""
+    plan = dtrsurgeon.plan(build("RenamedStreamNet"), spec_for())
+    assert [u.path for u in plan.units] == ["tail"]
+    assert "nor does it make one stream inside itself" in dict(plan.skipped)["blocks.0"]

@@ -11,6 +11,9 @@ description of the construct, not copied).
 * ``NormedControlNet``: the same, but a control block may return its stream normalised,
   ``(hint, self.out_norm(c))``: the returns do not tell which item is the stream it made, so the first
   control block is left out with the reason.
+* ``RenamedStreamNet``: a control block that takes its stream as a parameter and returns it under
+  another name, ``h = x + self.fc(x); return hint, h``: its first add is a residual add of the
+  parameter, not where a stream is made, so the block is left out rather than routed after it.
 """
 
 import torch
@@ -139,3 +142,31 @@ class NormedControlBlock(ControlBlock):
 class NormedControlNet(ControlStreamNet):
     def __init__(self, dim=16, depth=2):
         super().__init__(dim=dim, depth=depth, control_block=NormedControlBlock)
+
+
+class RenamedStreamBlock(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+        self.ff = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+        self.proj_out = nn.Linear(dim, dim)
+
+    def forward(self, x, c):
+        h = x + self.fc(x) * c[:, None]
+        h = h + self.ff(h)
+        return self.proj_out(h), h
+
+
+class RenamedStreamNet(TokenNet):
+    def __init__(self, dim=16, depth=2):
+        super().__init__(dim=dim)
+        self.blocks = nn.ModuleList(RenamedStreamBlock(dim) for _ in range(depth))
+        self.tail = MainBlock(dim)
+
+    def forward(self, x, t):
+        x = self.inp(x) + self.pos
+        c = self.temb(embed_time(t, self.dim))
+        for block in self.blocks:
+            hint, x = block(x, c)
+            x = x + hint
+        return self.out(self.tail(x, c))

@@ -300,7 +300,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     order = list(named)
     skipped: list[tuple[str, str]] = []
     sample_name, batch = _sample_input(model, args, kwargs)
-    holders, streams, made, caller_adds = _holders(chains, cap, named, params, skipped)
+    holders, streams, made, caller_adds = _holders(chains, cap, named, params, flow, skipped)
     _drop_conditioning(holders, streams, sample_name, _placeholder(cap.graph, cap.inputs.get(sample_name, sample_name)),
                        flow, params, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
@@ -375,8 +375,8 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
                 threads=threads, seen=seen)
 
 
-def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[ResidualChain]], dict[str, list[FoundStream]],
-                                                          dict[str, int], dict[str, str]]:
+def _holders(chains, cap, named, params, flow, skipped) -> tuple[dict[str, list[ResidualChain]],
+                                                                dict[str, list[FoundStream]], dict[str, int], dict[str, str]]:
     """The modules that may be units: (path -> their residual chains, path -> the streams of those
     that return a tuple, path -> the place in the returned tuple of the stream that such a unit makes
     inside itself, path -> the module whose forward adds its input back: the root, or a
@@ -403,7 +403,7 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
                                           cap.output_shapes.get(path, ()), params, cap.input_shapes.get(path, ()))
         except NoStreams as e:
             try:
-                made[path], holders[path] = _made_stream_place(path, module, holders[path], starts, cap, params)
+                made[path], holders[path] = _made_stream_place(path, module, holders[path], starts, cap, params, flow)
             except NoStreams as inner:
                 skipped.append((path, f"{e}; {inner}; residual blocks inside it are routed"))
                 del holders[path]
@@ -411,11 +411,12 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
     return holders, streams, made, owners
 
 
-def _made_stream_place(path, module, chains, starts, cap, params) -> tuple[int, list[ResidualChain]]:
+def _made_stream_place(path, module, chains, starts, cap, params, flow) -> tuple[int, list[ResidualChain]]:
     """(the place in the returned tuple, the residual chains) of the one stream a tuple-returning unit
     makes inside itself; :class:`NoStreams` when it holds several chains or returns no stream it makes.
     A stream made by adding a projected control input to a parameter starts where that add assigns it:
-    the add is where the stream is made, not one of its residual adds::
+    the add, whose other operand does not read the parameter, is where the stream is made, not one of
+    its residual adds::
 
         control = self.proj_in(control) + x     # the chain x -> control -> ... is cut here
         control = control + self.fc(control)    # the residual chain of the stream "control"
@@ -426,7 +427,7 @@ def _made_stream_place(path, module, chains, starts, cap, params) -> tuple[int, 
     chain, frame = chains[0], starts[0][1]
     if not _inside(_origin(chain.start, path, params), path):
         made = _frame_in(chain.adds[0].node, module)
-        if len(chain.adds) < 2 or made is None:
+        if len(chain.adds) < 2 or made is None or _computed_from(chain.adds[0].branch, [chain.adds[0].skip], flow):
             raise NoStreams("nor does it make one stream inside itself")
         chain, frame = ResidualChain(module=chain.module, module_key=chain.module_key, adds=chain.adds[1:]), made
     var = (_assigned_name(frame.code) if frame else None) or ""
