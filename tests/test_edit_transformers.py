@@ -105,8 +105,25 @@ def test_merge_return_wraps_each_return_of_the_function_only():
     pair = "class M:\n    def forward(self, x, c):\n        return c, x\n"
     assert edit(MergeReturn, pair, Edit(EditKind.MERGE_RETURN, text=(several,))) == \
         "class M:\n    def forward(self, x, c):\n        return dtr_merge_outputs((c, x), ((1, dtr_skip, dtr_keep),))\n"
-    with pytest.raises(EmitError, match=r"m.py:3: block mode needs the unit to return its stream"):
-        edit(MergeReturn, pair, Edit(EditKind.MERGE_RETURN, text=("dtr_merge(__out__, dtr_skip, dtr_keep)",)))
+    one = "dtr_merge(__out__, dtr_skip, dtr_keep)"
+    assert edit(MergeReturn, pair, Edit(EditKind.MERGE_RETURN, text=(one,), var="x")) == \
+        "class M:\n    def forward(self, x, c):\n        return (c, dtr_merge(x, dtr_skip, dtr_keep))\n"
+    with pytest.raises(EmitError, match=r"m.py:3: .*this returned tuple has no stream variable"):
+        edit(MergeReturn, pair, Edit(EditKind.MERGE_RETURN, text=(one,)))
+    twice = "class M:\n    def forward(self, x, c):\n        return x, x\n"
+    with pytest.raises(EmitError, match=r"m.py:3: .*holds the stream variable 'x' 2 times"):
+        edit(MergeReturn, twice, Edit(EditKind.MERGE_RETURN, text=(one,), var="x"))
+    split = ("class M:\n    def forward(self, x, c):\n        x = x + c\n        x = (x.float() + c).type_as(x)\n"
+             "        x += c\n        x = x.clip(-1, 1)\n        if c is None:\n            return x, c\n"
+             "        c, x = x[:, :2], x[:, 2:]\n        return c, x\n")
+    routed_after = Edit(EditKind.MERGE_RETURN, line=3, text=(one,), var="x")
+    with pytest.raises(EmitError, match=r"m.py:10: .*returns 'x', which line 9 may have rebound"):
+        edit(MergeReturn, split, routed_after)
+    kept = edit(MergeReturn, split.replace("        c, x = x[:, :2], x[:, 2:]\n", ""), routed_after)
+    assert kept.count("dtr_merge(x, dtr_skip, dtr_keep)") == 2
+    bare = "class M:\n    def forward(self, x):\n        return\n"
+    with pytest.raises(EmitError, match=r"m.py:3: block mode needs the unit to return its stream, found a bare return"):
+        edit(MergeReturn, bare, Edit(EditKind.MERGE_RETURN, text=(one,), var="x"))
 
 
 def test_pass_task_only_at_its_span_with_guards_where_asked():

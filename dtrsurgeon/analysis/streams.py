@@ -177,6 +177,29 @@ def tuple_streams(path: str, module: nn.Module, starts: list[tuple[fx.Node, str]
     return sorted(found.values(), key=lambda s: sig.index(s.arg))
 
 
+def returned_place(cls: type, var: str, shape: tuple, output_shapes: tuple) -> int:
+    """Where a tuple-returning forward returns the stream it makes inside itself in variable ``var``:
+    the one place every ``return a, b`` of the forward puts ``var``, whose captured item has the
+    stream's ``shape``.  A first control block makes its stream from the control input and the hidden
+    state, so no forward parameter carries it; its name tells its item apart::
+
+        control = self.proj_in(control) + x        # var "control", made inside the unit
+        ...
+        return hint, control                       # -> 1
+
+    Raises :class:`NoStreams` with the reason when the returns do not tell."""
+    returns = _returned_names(cls)
+    places = {names.index(var) for names in returns if var in names}
+    if not var or not returns or len(places) != 1 or any(var not in names for names in returns):
+        raise NoStreams(f"nor does it return the stream it makes inside itself ({var!r}) as one item of each "
+                        "tuple it returns")
+    index = places.pop()
+    if index >= len(output_shapes) or tuple(output_shapes[index]) != tuple(shape):
+        raise NoStreams(f"nor is item {index} of what it returned shaped like the stream it makes inside itself "
+                        f"({var!r})")
+    return index
+
+
 def identifier(arg: str) -> str:
     """A name made from a stream's argument for variables and buffers: ``args[1]`` -> ``args_1``."""
     return "_".join(part for part in re.split(r"\W+", arg) if part)

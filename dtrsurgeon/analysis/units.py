@@ -60,6 +60,7 @@ from dtrsurgeon.analysis.streams import (
     channel_axis,
     fold_of,
     identifier,
+    returned_place,
     tuple_streams,
 )
 from dtrsurgeon.analysis.streams import inside as _inside
@@ -309,7 +310,7 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
     named = dict(model.named_modules())
     order = list(named)
     skipped: list[tuple[str, str]] = []
-    holders, streams, caller_adds = _holders(chains, cap, named, params, skipped)
+    holders, streams, made, caller_adds = _holders(chains, cap, named, params, flow, skipped)
     samples = [n for name in cap.inputs.get(sample_name, (sample_name,)) if (n := _placeholder(cap.graph, name))]
     _drop_conditioning(holders, streams, sample_name, samples, flow, params, spec.include, skipped)
     candidates = sorted(holders, key=order.index)
@@ -328,6 +329,9 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
         if path in caller_adds:
             unit, node = _caller_add_unit(path, named[path], holders[path][0], spec, cap, named, model,
                                           owner=type(named[caller_adds[path]]))
+        elif path in made:
+            unit, node = _made_stream_unit(path, named[path], holders[path], made[path], spec, cap, flow, params,
+                                           named, model)
         elif path in streams:
             unit, node = _multi_stream_unit(path, named[path], holders[path], streams[path], spec, sample_name,
                                             cap, named, model)
@@ -381,9 +385,11 @@ def build_plan(model: nn.Module, spec, example_inputs=None) -> Plan:
                 threads=threads, seen=seen)
 
 
-def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[ResidualChain]], dict[str, list[FoundStream]], dict[str, str]]:
+def _holders(chains, cap, named, params, flow, skipped) -> tuple[dict[str, list[ResidualChain]],
+                                                                dict[str, list[FoundStream]], dict[str, int], dict[str, str]]:
     """The modules that may be units: (path -> their residual chains, path -> the streams of those
-    that return a tuple, path -> the module whose forward adds its input back: the root, or a
+    that return a tuple, path -> the place in the returned tuple of the stream that such a unit makes
+    inside itself, path -> the module whose forward adds its input back: the root, or a
     container such as a ViT's ``Transformer``).  Tuple-returning modules whose streams cannot be
     told apart are skipped with the reason."""
     holders: dict[str, list[ResidualChain]] = {}
@@ -398,6 +404,7 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
             calls.update(found)
             owners.update(dict.fromkeys(found, path))
     streams: dict[str, list[FoundStream]] = {}
+    made: dict[str, int] = {}
     for path in [p for p in holders if cap.returns_tensor.get(p) is False]:
         module = named[path]
         starts = [(c.start, _chain_frame(c, path, module, params)) for c in holders[path]]
@@ -405,10 +412,37 @@ def _holders(chains, cap, named, params, skipped) -> tuple[dict[str, list[Residu
             streams[path] = tuple_streams(path, module, [(n, _statement(f)) for n, f in starts],
                                           cap.output_shapes.get(path, ()), params, cap.input_shapes.get(path, ()))
         except NoStreams as e:
-            skipped.append((path, f"{e}; residual blocks inside it are routed"))
-            del holders[path]
+            try:
+                made[path], holders[path] = _made_stream_place(path, module, holders[path], starts, cap, params, flow)
+            except NoStreams as inner:
+                skipped.append((path, f"{e}; {inner}; residual blocks inside it are routed"))
+                del holders[path]
     holders.update(calls)
-    return holders, streams, owners
+    return holders, streams, made, owners
+
+
+def _made_stream_place(path, module, chains, starts, cap, params, flow) -> tuple[int, list[ResidualChain]]:
+    """(the place in the returned tuple, the residual chains) of the one stream a tuple-returning unit
+    makes inside itself; :class:`NoStreams` when it holds several chains or returns no stream it makes.
+    A stream made by adding a projected control input to a parameter starts where that add assigns it:
+    the add, whose other operand does not read the parameter, is where the stream is made, not one of
+    its residual adds::
+
+        control = self.proj_in(control) + x     # the chain x -> control -> ... is cut here
+        control = control + self.fc(control)    # the residual chain of the stream "control"
+        return hint, control                    # -> (1, [that chain])
+    """
+    if len(chains) != 1:
+        raise NoStreams("nor does it make one stream inside itself")
+    chain, frame = chains[0], starts[0][1]
+    if not _inside(_origin(chain.start, path, params), path):
+        made = _frame_in(chain.adds[0].node, module)
+        if len(chain.adds) < 2 or made is None or _computed_from(chain.adds[0].branch, [chain.adds[0].skip], flow):
+            raise NoStreams("nor does it make one stream inside itself")
+        chain, frame = ResidualChain(module=chain.module, module_key=chain.module_key, adds=chain.adds[1:]), made
+    var = (_assigned_name(frame.code) if frame else None) or ""
+    shape = tuple(chain.start.meta["val"].shape)
+    return returned_place(type(module), var, shape, cap.output_shapes.get(path, ())), [chain]
 
 
 def _chain_frame(chain: ResidualChain, path: str, module: nn.Module, params: set[str]) -> Frame | None:
@@ -669,6 +703,22 @@ def _multi_stream_unit(path, module, chains, streams: list[FoundStream], spec, s
         out_index=primary.out_index, streams=tuple(record(s) for s in others),
     )
     return unit, primary.node
+
+
+def _made_stream_unit(path, module, chains, out_index: int, spec, cap, flow, params, named,
+                      model) -> tuple[RoutedUnit, fx.Node]:
+    """A tuple-returning unit that makes its one stream inside itself (a first control block:
+    ``control = self.proj_in(control) + x``, then ``return hint, control``).  Block mode routes the
+    stream after the line that makes it and merges it at its place ``out_index`` in the returned
+    tuple, the other items passing through; branch and pre_output modes mask inside the unit and
+    leave the return as it is.  :class:`_NotRoutable` when block mode finds no line to route after."""
+    unit = _unit(path, module, chains, spec, cap, flow, params, named, model)
+    if unit.mode != "block":
+        return unit, _stream_node(path, chains, params)
+    if unit.stream_line is None:
+        raise _NotRoutable(f"it returns a tuple and makes its stream inside itself, and block mode finds no line "
+                           f"that makes it ({unit.mode_note.split(': ', 1)[-1] or 'the stream is its input'})")
+    return replace(unit, out_index=out_index), _stream_node(path, chains, params)
 
 
 def _call_path(path: str, cap, named, model) -> tuple[SourceLine, ...]:

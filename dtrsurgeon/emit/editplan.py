@@ -41,7 +41,8 @@ class EditKind(enum.StrEnum):
     BIND_METHOD = "bind_method"  # the reference self.helper at `span`: dtr_bind_task(self.helper, dtr_task)
     FOLD_TASK = "fold_task"  # on entry: each row of a folded batch takes its sample's task
     ROUTE_STREAM = "route_stream"  # block mode: route the stream on entry (line 0) or after `line`
-    MERGE_RETURN = "merge_return"  # block mode: every returned value goes through `text[0]` (__out__)
+    MERGE_RETURN = "merge_return"  # block mode: every returned value goes through `text[0]` (__out__); in a
+    # returned tuple, the item `var` (the stream after `line`)
     MASK_BRANCH = "mask_branch"  # branch mode: the residual add on `line` masks its branch's reads of `var`
     MASK_LOADS = "mask_loads"  # branch mode: the assignment on `line` masks its reads of `var`
     MASK_SITE = "mask_site"  # pre_output mode: the call at `span` gets its input masked
@@ -68,7 +69,7 @@ class Edit:
     required: bool = True  # take_task: a required parameter, else dtr_task=None
     guards: tuple[str, ...] = ()  # pass_task: classes (as the file names them) whose instances take the task
     if_given: bool = False  # pass_task / bind_task in a module-level helper: only when its caller gave a task
-    var: str = ""  # mask kinds: the stream's variable
+    var: str = ""  # mask kinds: the stream's variable; merge_return: the item of a returned tuple it merges
     axis: int = 0  # mask kinds: its channel axis
     via: str = ""  # mask_site: "call" or "sequential" (the projection is the Sequential's last module)
     code: str = ""  # span-anchored kinds: the node's source, for people reading the plan

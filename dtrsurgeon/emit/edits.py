@@ -54,6 +54,8 @@ class FunctionEdit:
     fold_stmt: str | None = None  # a folded batch: expand the task index on entry
     block_stmts: tuple[str, ...] = ()  # block mode (source): mask the stream on entry ...
     return_wrap: str = ""  # ... and pass every returned value (__out__) through this call
+    merge_var: str = ""  # ... or, in a returned tuple, the item that is this variable (the stream)
+    merge_after: int = 0  # ... which holds the stream after this line (0: from entry)
     append_stmt: str | None = None  # statement appended to the body (root __init__)
     insert_after: dict[int, tuple[str, ...]] = field(default_factory=dict)  # line -> statements after its statement
     load_lines: set[int] = field(default_factory=set)  # lines whose reads of stream_var get masked
@@ -105,6 +107,8 @@ def collect_edits(plan: Plan, forward_of: Callable[[str], tuple[str, str]],
         edit.task_param = "required"
         if unit.mode == Mode.BLOCK:
             stmts, edit.return_wrap = _block_edit(unit, class_streams.get(unit.cls, ()))
+            edit.merge_var = unit.stream_var if edit.return_wrap.startswith("dtr_merge(") else ""
+            edit.merge_after = unit.stream_line.line if unit.stream_line is not None else 0
             if unit.stream_line is None:
                 edit.block_stmts = stmts
             else:
@@ -197,7 +201,8 @@ def _block_edit(unit, streams) -> tuple[tuple[str, ...], str]:
         return (*stmts, f"{var} = dtr_masked({var}, self.dtr_mask, {TASK}, {unit.channel_axis})"), ""
     stmts += [f"{KEEP} = dtr_channel_mask(self.dtr_mask, {TASK}, {var}, {unit.channel_axis})",
               *_route_stmts(var, "dtr_skip", KEEP)]
-    if unit.out_index is None:
+    if unit.out_index is None or (unit.stream_line is not None and not streams):
+        # a stream made inside: each returned tuple has its item merged by name (see MergeReturn)
         return tuple(stmts), f"dtr_merge(__out__, dtr_skip, {KEEP})"
     merges = [f"({unit.out_index}, dtr_skip, {KEEP})"]
     for s in streams:

@@ -109,7 +109,7 @@ def _function_edits(edit: FunctionEdit) -> tuple[Edit, ...]:
         out.append(Edit(EditKind.ROUTE_STREAM, text=tuple(edit.block_stmts)))
     out += [Edit(EditKind.ROUTE_STREAM, line=line, text=tuple(stmts)) for line, stmts in sorted(edit.insert_after.items())]
     if edit.return_wrap:
-        out.append(Edit(EditKind.MERGE_RETURN, text=(edit.return_wrap,)))
+        out.append(Edit(EditKind.MERGE_RETURN, line=edit.merge_after, text=(edit.return_wrap,), var=edit.merge_var))
     out += [Edit(EditKind.MASK_BRANCH, line=line, var=edit.stream_var, axis=edit.stream_axis)
             for line in sorted(edit.branch_lines)]
     out += [Edit(EditKind.MASK_LOADS, line=line, var=edit.stream_var, axis=edit.stream_axis)

@@ -189,24 +189,120 @@ class RouteStream(FunctionEditTransformer):
 
 class MergeReturn(FunctionEditTransformer):
     """Block mode: every returned value goes through the merge:
-    ``return x`` -> ``return dtr_merge(x, dtr_skip, dtr_keep)``."""
+    ``return x`` -> ``return dtr_merge(x, dtr_skip, dtr_keep)``.  A single-stream merge that meets a
+    tuple return (a branch the example call did not take, such as a ControlNet copy that also
+    returns a hint) merges the one item that is the stream's variable (the edit's ``var``) and
+    passes the others through::
+
+        return x, self.hint(x)   ->   return (dtr_merge(x, dtr_skip, dtr_keep), self.hint(x))
+
+    That item is the stream only while every assignment to ``var`` after the line the stream is
+    routed after (the edit's ``line``) is a residual add; one that may change what the variable
+    holds (``enc, x = x[:, :n], x[:, n:]``) refuses the return with its line."""
 
     KIND = EditKind.MERGE_RETURN
+
+    def enter_function(self, node):
+        self.bindings.append([])
+
+    def leave_FunctionDef(self, original, updated):
+        self.bindings.pop()
+        return super().leave_FunctionDef(original, updated)
+
+    def visit_Module(self, node):
+        self.bindings: list[list[tuple[int, bool]]] = []
+
+    def visit_Assign(self, node):
+        self._bind(node, [t.target for t in node.targets], _keeps_stream(node, self._var()))
+
+    def visit_AnnAssign(self, node):
+        self._bind(node, [node.target], False)
+
+    def visit_AugAssign(self, node):
+        self._bind(node, [node.target], True)
 
     def leave_Return(self, original, updated):
         if not self.current:
             return updated
-        wrap_text = self.current[0].text[0]
-        several = wrap_text.startswith("dtr_merge_outputs(")
-        if updated.value is None or (isinstance(updated.value, cst.Tuple) and not several):
+        edit = self.current[0]
+        several = edit.text[0].startswith("dtr_merge_outputs(")
+        value = updated.value
+        if isinstance(value, cst.Tuple) and not several:
+            return updated.with_changes(value=self._merge_stream_item(original, value, edit))
+        if value is None:
             pos = self.get_metadata(PositionProvider, original)
             raise EmitError(f"{self.path}:{pos.start.line}: block mode needs the unit to return its stream, "
-                            "found a bare or tuple return; use routing.mode 'branch' for this unit")
-        value = updated.value
+                            "found a bare return; use routing.mode 'branch' for this unit")
         if isinstance(value, cst.Tuple) and not value.lpar:
             value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
-        wrap = cst.parse_expression(wrap_text)
-        return updated.with_changes(value=wrap.with_changes(args=[wrap.args[0].with_changes(value=value), *wrap.args[1:]]))
+        return updated.with_changes(value=_wrapped(edit.text[0], value))
+
+    def _var(self) -> str:
+        return self.current[0].var if self.current else ""
+
+    def _bind(self, node, targets, keeps: bool) -> None:
+        """Record an assignment of the current function that binds its stream variable."""
+        var = self._var()
+        if var and self.bindings and any(var in _target_names(t) for t in targets):
+            self.bindings[-1].append((self.get_metadata(PositionProvider, node).start.line, keeps))
+
+    def _merge_stream_item(self, original, value: cst.Tuple, edit: Edit) -> cst.Tuple:
+        """``value`` with its item named ``edit.var`` merged; an EmitError naming the line when the
+        tuple holds that variable as no item or as several, or when it may no longer hold the stream."""
+        line = self.get_metadata(PositionProvider, original).start.line
+        places = [i for i, el in enumerate(value.elements)
+                  if isinstance(el, cst.Element) and isinstance(el.value, cst.Name) and el.value.value == edit.var]
+        rebound = [at for at, keeps in (self.bindings[-1] if self.bindings else []) if edit.line < at < line and not keeps]
+        if not edit.var or len(places) != 1 or rebound:
+            held = (f"holds the stream variable {edit.var!r} {len(places)} times" if edit.var and len(places) != 1
+                    else f"returns {edit.var!r}, which line {rebound[0]} may have rebound to something other than the "
+                         "stream" if rebound else "has no stream variable")
+            raise EmitError(f"{self.path}:{line}: block mode merges the stream where the unit returns it, "
+                            f"but this returned tuple {held}; use routing.mode 'branch' for this unit")
+        items = list(value.elements)
+        items[places[0]] = items[places[0]].with_changes(value=_wrapped(edit.text[0], items[places[0]].value))
+        return value.with_changes(elements=items, lpar=value.lpar or [cst.LeftParen()],
+                                  rpar=value.rpar or [cst.RightParen()])
+
+
+def _target_names(target: cst.BaseExpression) -> set[str]:
+    """The names an assignment target binds: ``x`` -> {x}; ``enc, (x, *rest)`` -> {enc, x, rest}."""
+    if isinstance(target, cst.Name):
+        return {target.value}
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return {n for el in target.elements for n in _target_names(el.value)}
+    if isinstance(target, cst.StarredElement):
+        return _target_names(target.value)
+    return set()
+
+
+_CASTS = frozenset({"float", "half", "bfloat16", "double", "to", "type", "type_as", "contiguous", "clip", "clamp"})
+
+
+def _uncast(node: cst.BaseExpression) -> cst.BaseExpression:
+    """Through the calls that keep a tensor's shape: ``(x.float() + y).type_as(x)`` -> ``x.float() + y``;
+    ``x.clip(-m, m)`` -> ``x``."""
+    while isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in _CASTS:
+        node = node.func.value
+    return node
+
+
+def _keeps_stream(node: cst.Assign, var: str) -> bool:
+    """Is ``node`` a residual add on ``var`` (``x = x + f(x)``, ``x = (x.float() + a * g).type_as(x)``) or a
+    cast of it (``x = x.clip(-m, m)``), after which ``var`` still holds the stream?"""
+    if len(node.targets) != 1 or not isinstance(node.targets[0].target, cst.Name):
+        return False
+    value = _uncast(node.value)
+    if isinstance(value, cst.Name):
+        return value.value == var
+    return (isinstance(value, cst.BinaryOperation) and isinstance(value.operator, (cst.Add, cst.Subtract))
+            and any(isinstance(side, cst.Name) and side.value == var for side in (_uncast(value.left), _uncast(value.right))))
+
+
+def _wrapped(wrap_text: str, value: cst.BaseExpression) -> cst.Call:
+    """The merge call ``wrap_text`` with ``value`` in place of its first argument (``__out__``)."""
+    wrap = cst.parse_expression(wrap_text)
+    return wrap.with_changes(args=[wrap.args[0].with_changes(value=value), *wrap.args[1:]])
 
 
 def _statement_values(module: cst.Module) -> set[int]:

@@ -273,6 +273,12 @@ UNITS: dict = {
     "HunyuanVideo15Transformer3DModel": {"HunyuanVideo15TransformerBlock": 2},
     "EasyAnimateTransformer3DModel": {"EasyAnimateTransformerBlock": 2},
     "ConsisIDTransformer3DModel": {"ConsisIDBlock": 2},
+    # each block adds the position embedding again before its residual adds: routed after that line;
+    # the block's ControlNet variant returns (stream, projection), where the stream item is merged
+    "CosmosTransformer3DModel": {"CosmosTransformerBlock": 2},
+    # the first VACE block makes its control stream inside itself (proj_in(control) + hidden_states):
+    # every VACE block is routed after that line and merges the stream item of its (hint, stream)
+    "WanVACETransformer3DModel": {"WanTransformerBlock": 2, "WanVACETransformerBlock": 2},
     # the same blocks on the clean latents and 2x / 4x history packed in front of the current frames
     "HunyuanVideoFramepackTransformer3DModel": {"HunyuanVideoTransformerBlock": 2,
                                                 "HunyuanVideoSingleTransformerBlock": 2},
@@ -291,14 +297,6 @@ _PER_FRAME_T = ("its timestep is per frame ([B, F]: a flow-map step from t to r 
 LEFT_OUT.update({
     "AnyFlowTransformer3DModel": _PER_FRAME_T,
     "AnyFlowFARTransformer3DModel": _PER_FRAME_T,
-    "CosmosTransformer3DModel": "each block adds the learned position embedding again before its residual adds, "
-                                "so its stream starts after that line (transformer_cosmos.py:425) and block mode "
-                                "masks it there; but the block's forward also has a tuple return (its ControlNet "
-                                "variant, line 452) and block mode needs the unit to return its stream (EmitError)",
-    "WanVACETransformer3DModel": "the first VACE block makes its control stream inside itself (control_hidden_states = "
-                                 "proj_in(control_hidden_states) + hidden_states) and returns (hint, stream): a "
-                                 "tuple-returning unit routes only streams that are forward parameters, so "
-                                 "vace_blocks.0 is left out while vace_blocks.1.. are routed",
 })
 
 # the vanilla model does not compile with fullgraph=True: the sweep checks that, then skips
