@@ -107,3 +107,17 @@ def test_a_stream_renamed_by_its_first_residual_add_is_not_cut_there():
     plan = dtrsurgeon.plan(build("RenamedStreamNet"), spec_for())
     assert [u.path for u in plan.units] == ["tail"]
     assert "nor does it make one stream inside itself" in dict(plan.skipped)["blocks.0"]
+
+
+def test_a_tuple_return_the_example_inputs_never_took_is_refused_by_name():
+    """A block whose stream is its input returns ``(x, hint)`` only once a hint is attached, a branch the
+    example inputs never took: ``transform()``'s wrapper cannot tell which item is the stream and says so,
+    naming the block's class, rather than failing inside the runtime on a tuple."""
+    vanilla = build("InputHintNet")
+    args, _ = inputs(vanilla)
+    routed = dtrsurgeon.transform(vanilla, spec_for(), example_inputs=(args, {}))
+    with torch.no_grad():
+        routed(*args)  # the branch the plan saw
+        routed.blocks[0].hint = torch.nn.Linear(16, 16)
+        with pytest.raises(dtrsurgeon.EmitError, match=r"InputHintBlock: this routed block returned a tuple of 2 items"):
+            routed(*args)

@@ -170,3 +170,35 @@ class RenamedStreamNet(TokenNet):
             hint, x = block(x, c)
             x = x + hint
         return self.out(self.tail(x, c))
+
+
+class InputHintBlock(nn.Module):
+    """Its stream is its input; it returns ``(x, hint)`` only once a hint projection is attached
+    (a ControlNet copy made after training started), a branch the example inputs never take."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mod = nn.Linear(dim, dim)
+        self.fc = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.hint = None
+
+    def forward(self, x, c):
+        x = x + self.fc(self.norm(x) * (1 + self.mod(c)[:, None]))
+        if self.hint is not None:
+            return x, self.hint(x)
+        return x
+
+
+class InputHintNet(TokenNet):
+    def __init__(self, dim=16, depth=2):
+        super().__init__(dim=dim)
+        self.blocks = nn.ModuleList(InputHintBlock(dim) for _ in range(depth))
+
+    def forward(self, x, t):
+        x = self.inp(x) + self.pos
+        c = self.temb(embed_time(t, self.dim))
+        for block in self.blocks:
+            out = block(x, c)
+            x = out[0] + out[1] if isinstance(out, tuple) else out
+        return self.out(x)

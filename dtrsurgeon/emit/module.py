@@ -195,8 +195,19 @@ def _block_forward(self, *args, dtr_task=None, **kwargs):
     if not self._dtr_merge:  # the caller adds the skip: attn(x * m) + x
         return out
     if merges[0][0] is None:
+        if isinstance(out, (tuple, list)):
+            _refuse_unseen_tuple(self, len(out))
         return dtr_merge(out, merges[0][1], merges[0][2])
     return dtr_merge_outputs(out, merges)
+
+
+def _refuse_unseen_tuple(unit: nn.Module, items: int) -> None:
+    """A unit the example inputs saw return its stream alone returned a tuple (``return x, self.hint(x)``
+    on a branch they did not take): which item is the stream is unknown, and merging the tuple whole
+    would fail deep in the runtime.  Named instead, with the two ways out."""
+    raise EmitError(f"{type(unit)._dtr_base.__qualname__}: this routed block returned a tuple of {items} items, "
+                    f"but the example inputs saw it return its stream alone, so which item to merge is unknown; "
+                    f"plan with example inputs that take this return, or use routing.mode 'branch'")
 
 
 @functools.lru_cache(maxsize=None)
