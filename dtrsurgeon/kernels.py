@@ -1,8 +1,8 @@
 """Fused Triton kernels for DTR's masking on CUDA tensors, one pass each.
 
-:func:`dtrsurgeon.runtime.dtr_fused` imports this module lazily, the first time a routing helper sees a
-CUDA tensor outside ``torch.compile`` (inductor fuses the plain ops itself), so CPU runs never load
-Triton.  ``DTRSURGEON_FUSED=0`` turns the kernels off for A/B runs.  This module imports nothing from
+:func:`dtrsurgeon.runtime.dtr_fused` loads this module through the loader the package hands the runtime
+(``dtr_use_fused_kernels``), the first time a routing helper sees a CUDA tensor outside ``torch.compile``
+(inductor fuses the plain ops itself), so CPU runs never load Triton.  ``DTRSURGEON_FUSED=0`` turns the kernels off for A/B runs.  This module imports nothing from
 dtrsurgeon: it sits at the bottom of the package with the runtime.
 
 The plain runtime computes, per block-mode unit and step, ``x * keep`` and ``addcmul(out, skip, ~keep)``

@@ -48,8 +48,17 @@ def routed_reference(name, reentrant):
     return reference
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
-@pytest.mark.parametrize("name", ["SegmentedCheckpointNet", "AlwaysSegmentedNet", "DecoratedSegmentedNet", "LoopElseNet"])
+# each toy with use_reentrant False and True; the fast suite runs the decorated forward and the
+# if/else loop without reentrance, the rest is slow (3-6 s each on 2 cores)
+FAST = {("DecoratedSegmentedNet", False), ("LoopElseNet", False)}
+TOYS_AND_REENTRANCE = [
+    pytest.param(name, reentrant, marks=() if (name, reentrant) in FAST else pytest.mark.slow)
+    for name in ("SegmentedCheckpointNet", "AlwaysSegmentedNet", "DecoratedSegmentedNet", "LoopElseNet")
+    for reentrant in (False, True)
+]
+
+
+@pytest.mark.parametrize("name,reentrant", TOYS_AND_REENTRANCE)
 def test_checkpoint_sequential_routes_each_unit(name, reentrant):
     model = build(name, reentrant)
     routed = dtrsurgeon.transform(model, DEFAULT)
@@ -65,8 +74,7 @@ def test_checkpoint_sequential_routes_each_unit(name, reentrant):
     assert torch.allclose(out, alone, atol=1e-5)  # each sample routed by its own timestep
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
-@pytest.mark.parametrize("name", ["SegmentedCheckpointNet", "AlwaysSegmentedNet", "DecoratedSegmentedNet", "LoopElseNet"])
+@pytest.mark.parametrize("name,reentrant", TOYS_AND_REENTRANCE)
 def test_checkpoint_sequential_through_apply_equals_transform(name, reentrant, tmp_path):
     model = build(name, reentrant)
     spec = tmp_path / "spec.json"

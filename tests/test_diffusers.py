@@ -171,8 +171,8 @@ def test_zero_dim_and_python_timesteps_broadcast(name):
 
 
 @pytest.mark.parametrize("name", [
-    "unet2d",
-    "unet2d_condition",
+    pytest.param("unet2d", marks=pytest.mark.slow),  # 17 s each on 2 cores; the DiT keeps it in the fast suite
+    pytest.param("unet2d_condition", marks=pytest.mark.slow),
     "dit",
 ])
 def test_every_unit_changes_its_own_output(name):

@@ -135,6 +135,7 @@ def test_changing_one_samples_timestep_changes_that_sample_only(name):
     assert [torch.equal(x, y) for x, y in zip(a, b)] == [True, False, True, True]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, mode", TOY_MODES)
 def test_generated_source_computes_what_transform_computes(name, mode, tmp_path):
     check_apply(toys(name), name, mode, tmp_path)
@@ -175,3 +176,25 @@ def test_the_cli_reports_a_bad_sample_arg_in_one_line_and_exits_2(tmp_path, caps
     assert err.startswith("dtrsurgeon apply: error: spec /sample/arg: 'image' is not an argument of "
                           "ContextFirstNet.forward(context, latents, t)") and "\n" not in err
     assert not out.exists()
+
+
+class _ConditionListFirst(torch.nn.Module):
+    """A list of conditions comes before the sample tensor: the tensor is the sample."""
+
+    def forward(self, cond_list, x, timestep):
+        return x
+
+
+class _Variadic(torch.nn.Module):
+    def forward(self, *args, timestep=None):
+        return args[0]
+
+
+def test_a_plain_tensor_sample_wins_over_an_earlier_list_and_varargs_are_no_sample():
+    from dtrsurgeon.analysis.units import _sample_input
+    from dtrsurgeon.spec import load_spec
+
+    spec = load_spec({"version": 1, "timestep": {"arg": "timestep"}})
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+    assert _sample_input(_ConditionListFirst(), ([torch.randn(7), torch.randn(7)], x, t), {}, spec) == ("x", 2)
+    assert _sample_input(_Variadic(), (x, torch.randn(2, 5)), {"timestep": t}, spec) == ("", 0)

@@ -121,3 +121,16 @@ def test_a_tuple_return_the_example_inputs_never_took_is_refused_by_name():
         routed.blocks[0].hint = torch.nn.Linear(16, 16)
         with pytest.raises(dtrsurgeon.EmitError, match=r"InputHintBlock: this routed block returned a tuple of 2 items"):
             routed(*args)
+
+
+def test_a_block_called_without_a_task_returns_its_tuple_unrouted():
+    vanilla = build("InputHintNet")
+    args, _ = inputs(vanilla)
+    routed = dtrsurgeon.transform(vanilla, spec_for(), example_inputs=(args, {}))
+    routed.blocks[0].hint = torch.nn.Linear(16, 16)
+    x, c = torch.randn(3, 6, 16), torch.randn(3, 16)
+    with torch.no_grad(), pytest.warns(UserWarning):
+        out = routed.blocks[0](x, c)  # no dtr_task: unrouted, as the block's own forward
+    with torch.no_grad():
+        expected = type(routed.blocks[0])._dtr_base.forward(routed.blocks[0], x, c)
+    assert isinstance(out, tuple) and all(torch.equal(a, b) for a, b in zip(out, expected))

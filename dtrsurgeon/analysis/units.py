@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import inspect
+import itertools
 import os
 import sys
 import warnings
@@ -558,22 +559,28 @@ def _computed_from(node: fx.Node, sources: list[fx.Node], flow) -> bool:
 
 
 def _sample_input(model: nn.Module, args: tuple, kwargs: dict, spec: Spec) -> tuple[str, int]:
-    """(name, batch size) of the root's sample: the argument ``sample.arg`` names, else the first
-    argument other than the timestep's that holds samples (:func:`_samples_in`).  A packed-sequence
-    model takes a list, one tensor per sample::
+    """(name, batch size) of the root's sample: the argument ``sample.arg`` names, else the first named
+    argument other than the timestep's that is a tensor with a batch axis, else the first that is a list
+    of tensors, one per sample (:func:`_samples_in`; a list of conditions before the sample does not win
+    over it).  A packed-sequence model takes a list, one tensor per sample::
 
         forward(x=[x0, x1, x2], t=t, cap_feats=[c0, c1, c2])   # x_i: [C, F, H, W], t: [3]
         -> ("x", 3)      (not t, the first tensor: the blocks on the image tokens are no conditioning)
     """
+    signature = inspect.signature(model.forward)
     try:
-        bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+        bound = signature.bind_partial(*args, **kwargs).arguments
     except TypeError:
         bound = {}
     t = bound.get(spec.timestep.arg)
     steps = int(t.shape[0]) if isinstance(t, torch.Tensor) and t.dim() == 1 else None
     if spec.sample is None:
-        return next(((name, found) for name, v in bound.items()
-                     if name != spec.timestep.arg and (found := _samples_in(v, steps)) is not None), ("", 0))
+        named = {name: v for name, v in bound.items() if name != spec.timestep.arg
+                 and signature.parameters[name].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+        tensors = ((n, v) for n, v in named.items() if isinstance(v, torch.Tensor))  # a plain sample first,
+        lists = ((n, v) for n, v in named.items() if isinstance(v, (list, tuple)))  # then a packed one
+        return next(((name, found) for name, v in itertools.chain(tensors, lists)
+                     if (found := _samples_in(v, steps)) is not None), ("", 0))
     found = _samples_in(bound.get(spec.sample), steps)
     if found is None:
         raise SpecError("/sample/arg", f"{spec.sample!r} of {type(model).__name__}.forward gets "

@@ -195,7 +195,7 @@ def _block_forward(self, *args, dtr_task=None, **kwargs):
     if not self._dtr_merge:  # the caller adds the skip: attn(x * m) + x
         return out
     if merges[0][0] is None:
-        if isinstance(out, (tuple, list)):
+        if isinstance(out, (tuple, list)) and merges[0][2] is not None:
             _refuse_unseen_tuple(self, len(out))
         return dtr_merge(out, merges[0][1], merges[0][2])
     return dtr_merge_outputs(out, merges)
