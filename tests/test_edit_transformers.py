@@ -121,6 +121,11 @@ def test_merge_return_wraps_each_return_of_the_function_only():
         edit(MergeReturn, split, routed_after)
     kept = edit(MergeReturn, split.replace("        c, x = x[:, :2], x[:, 2:]\n", ""), routed_after)
     assert kept.count("dtr_merge(x, dtr_skip, dtr_keep)") == 2
+    for rebinding in ("        x @= c\n", "        for x in c:\n            pass\n", "        with c as x:\n            pass\n",
+                      "        c = (x := c)\n", "        del x\n"):
+        body = "class M:\n    def forward(self, x, c):\n        x = x + c\n" + rebinding + "        return c, x\n"
+        with pytest.raises(EmitError, match=r"returns 'x', which line 4 may have rebound"):
+            edit(MergeReturn, body, routed_after)
     bare = "class M:\n    def forward(self, x):\n        return\n"
     with pytest.raises(EmitError, match=r"m.py:3: block mode needs the unit to return its stream, found a bare return"):
         edit(MergeReturn, bare, Edit(EditKind.MERGE_RETURN, text=(one,), var="x"))

@@ -187,6 +187,10 @@ class RouteStream(FunctionEditTransformer):
         return _insert_on_entry(updated, entry) if entry else updated
 
 
+#: ``x += f(x)``, ``x *= gate``: the variable still holds the stream, its shape kept (``x @= w`` need not)
+_STREAM_KEEPING_AUGMENTS = (cst.AddAssign, cst.SubtractAssign, cst.MultiplyAssign, cst.DivideAssign)
+
+
 class MergeReturn(FunctionEditTransformer):
     """Block mode: every returned value goes through the merge:
     ``return x`` -> ``return dtr_merge(x, dtr_skip, dtr_keep)``.  A single-stream merge that meets a
@@ -219,7 +223,20 @@ class MergeReturn(FunctionEditTransformer):
         self._bind(node, [node.target], False)
 
     def visit_AugAssign(self, node):
-        self._bind(node, [node.target], True)
+        self._bind(node, [node.target], isinstance(node.operator, _STREAM_KEEPING_AUGMENTS))
+
+    def visit_For(self, node):
+        self._bind(node, [node.target], False)
+
+    def visit_WithItem(self, node):
+        if node.asname is not None:
+            self._bind(node, [node.asname.name], False)
+
+    def visit_NamedExpr(self, node):
+        self._bind(node, [node.target], False)
+
+    def visit_Del(self, node):
+        self._bind(node, [node.target], False)
 
     def leave_Return(self, original, updated):
         if not self.current:
