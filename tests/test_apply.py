@@ -80,6 +80,7 @@ def pair(generated_dit):
     return ref, gen
 
 
+@pytest.mark.slow
 def test_same_outputs_and_gradients_as_transform(pair):
     ref, gen = pair
     routed = dtrsurgeon.transform(ref, "dit-paper")
@@ -301,6 +302,7 @@ def test_output_folder_must_exist(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err and not out.parent.exists()
 
 
+@pytest.mark.slow
 def test_checkpointing_branch_not_taken_at_capture_is_routed(tmp_path):
     """The checkpoint call in the branch capture never runs gets the block with its task bound; the
     generated file defines the helper, and it trains like transform() with checkpointing on."""

@@ -257,7 +257,7 @@ def test_compile_a_step_that_calls_the_routed_model(name):
     assert torch.allclose(step(args[0], kwargs), run(r, args, kwargs), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["unet2d", "dit"])
+@pytest.mark.parametrize("name", [pytest.param("unet2d", marks=pytest.mark.slow), "dit"])
 def test_gradient_checkpointing(name):
     """diffusers' own checkpointing branch (`self._gradient_checkpointing_func(block, ...)`), never taken
     during capture, routes like the plain branch: same outputs and gradients in train mode."""

@@ -90,6 +90,7 @@ def test_every_timestep_class_is_built_or_left_out_with_a_reason():
     assert set(NO_BACKWARD) <= set(UNITS)
 
 
+@pytest.mark.slow
 def test_every_sweep_model_is_built_the_same_whatever_memory_torch_empty_returns():
     """The cached model and a fresh build must hold the same weights (the library-file test compares a
     route() of a fresh build with the cached routed model).  A parameter a library never initialises

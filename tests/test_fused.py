@@ -99,6 +99,7 @@ def _dtr_merge_sees(out):
     return _merge_sees(out)
 
 
+@pytest.mark.slow
 def test_fresh_accepts_only_an_unshared_out_of_place_result():
     """In a fresh interpreter: late in a long test session something process-wide holds extra references
     to new tensors (seen in the full suite only), and fresh() then declines even an unshared result."""

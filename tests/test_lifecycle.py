@@ -73,6 +73,7 @@ def test_routing_disabled_under_compile_neither_breaks_nor_recompiles(dit):
     assert counter.frame_count == 1
 
 
+@pytest.mark.slow
 def test_set_routing_equals_a_fresh_transform_with_the_new_spec(dit):
     routed = dtrsurgeon.transform(dit, SPEC)
     change = {"channel_ratio": 0.5, "task_weights": {"curve": "linear"}}

@@ -59,6 +59,7 @@ def cond():
 
 # -- F1: no_grad regions (guided-diffusion's checkpoint) ------------------------
 
+@pytest.mark.slow
 def test_no_grad_regions_are_analysed(unet):
     """Every block after the first always-checkpointed attention block is found."""
     plan = dtrsurgeon.plan(unet, spec_for(unet))
@@ -283,6 +284,7 @@ def test_edm_branch_compiles_without_graph_breaks(edm):
         assert torch.allclose(compiled(x, t), routed(x, t), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_instances_whose_analysis_differs_from_their_class_are_skipped():
     """enc.block1's projection is an einsum, so its first residual add is not found: the branch lines
     of its class (conv0's input) would mask a stream the plan did not measure, so it is skipped."""
@@ -339,6 +341,7 @@ def test_inspect_lists_a_skipped_unit_once_with_its_reason(tmp_path, capsys):
     assert f"not routed: {EDM_TWO_WIDTHS[0]}: {EDM_TWO_WIDTHS[1]}" in out
 
 
+@pytest.mark.slow
 def test_apply_checks_only_the_files_it_rewrites(unet):
     """guided-diffusion's residual adds run in an autograd Function in nn.py, and the graph attributes
     them there. Block mode on entry rewrites only the unit's forward and branch mode the adds'
