@@ -48,9 +48,9 @@ def routed_reference(name, reentrant):
     return reference
 
 
-# each toy with use_reentrant False and True; the fast suite runs the decorated forward and the
-# if/else loop without reentrance, the rest is slow (3-6 s each on 2 cores)
-FAST = {("DecoratedSegmentedNet", False), ("LoopElseNet", False)}
+# each toy with use_reentrant False and True; the fast suite runs the if/else loop without
+# reentrance, the rest is slow (3-6 s each on 2 cores)
+FAST = {("LoopElseNet", False)}
 TOYS_AND_REENTRANCE = [
     pytest.param(name, reentrant, marks=() if (name, reentrant) in FAST else pytest.mark.slow)
     for name in ("SegmentedCheckpointNet", "AlwaysSegmentedNet", "DecoratedSegmentedNet", "LoopElseNet")

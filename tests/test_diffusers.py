@@ -107,7 +107,7 @@ def test_units_are_the_outermost_residual_blocks(name):
     assert not [(a, b) for a in paths for b in paths if b.startswith(a + ".")]
 
 
-@pytest.mark.parametrize("name", ["unet2d", "unet2d_condition", "dit"])
+@pytest.mark.parametrize("name", ["unet2d", pytest.param("unet2d_condition", marks=pytest.mark.slow), "dit"])
 def test_channel_axes_and_widths(name):
     p = plan(name)
     for u in p.units:

@@ -65,6 +65,7 @@ def test_the_blocks_on_the_sample_list_are_units_and_the_caption_refiner_is_not(
     assert f"computed from the sample {sample!r}" in dict(p.skipped)["context_refiner.0"]
 
 
+@pytest.mark.slow
 def test_capture_maps_each_items_placeholder_back_to_its_list_argument():
     """Export names a list's tensors x_0, x_1, ...; a trace on real tensors argN_M: both map back."""
     model = build("PackedImageNet")

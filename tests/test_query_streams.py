@@ -104,7 +104,8 @@ def test_first_query_block_routes_the_expanded_queries():
     assert not torch.allclose(seen["out"], model.blocks[0](queries, context), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["LearnedQueryNet", "ExpandedShiftNet", "GatedConditionNet", "JointTextRefinerNet"])
+@pytest.mark.parametrize("name", [pytest.param("LearnedQueryNet", marks=pytest.mark.slow), "ExpandedShiftNet",
+                                  "GatedConditionNet", "JointTextRefinerNet"])
 def test_through_apply_equals_transform(name, tmp_path):
     model = build(name)
     spec = tmp_path / "spec.json"

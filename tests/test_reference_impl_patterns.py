@@ -117,6 +117,7 @@ def test_sd3_routes_the_image_tokens_by_default_and_the_context_on_request(tmp_p
         assert torch.allclose(routed(*args), run_alone(routed, args, kwargs)[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_decoupled_dit_reuses_a_routed_condition():
     """Given the condition s of a routed call, the routed model skips its encoder and predicts what the
     call that computed s predicted; the unrouted encoder's s gives another prediction."""

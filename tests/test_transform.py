@@ -177,6 +177,7 @@ def test_feature_maps_use_axis_1():
     assert torch.allclose(routed(x, t), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_gives_the_same_gradients():
     model = randomize_(toy_models.Checkpointed()).train()
     plain = toy_models.TokenNet()
